@@ -1,0 +1,1 @@
+"""Command-line interface (Typer). Each command parses, validates, and calls one library function."""

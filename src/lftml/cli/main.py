@@ -1,0 +1,59 @@
+"""The ``lftml`` command. Subcommands live in sibling modules; this file wires them together and
+turns :class:`lftml.errors.LftmlError` into a one-line message and exit status 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from lftml.errors import LftmlError
+
+app = typer.Typer(
+    name="lftml",
+    help="Lattice field theory meets machine learning: phi^4 engine, RBMs, diffusion models, complex Langevin.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from lftml.cli import engine, rbm, diffusion, complex_langevin
+
+    engine.register(app)
+    app.add_typer(rbm.app, name="rbm")
+    app.add_typer(diffusion.app, name="diffusion")
+    app.add_typer(complex_langevin.app, name="cl")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except LftmlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: output files hold everything completed so far (use --resume to continue)", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:  # raised by typer for --help etc.
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

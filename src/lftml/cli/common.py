@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,51 @@ def emit_json(obj: Any) -> None:
     typer.echo(json.dumps(to_jsonable(obj), indent=2))
 
 
-def fmt_err(value: float, error: float) -> str:
-    """``value(error)`` in the particle-physics convention with two significant digits of the error."""
-    if error is None or not math.isfinite(error) or error <= 0:
+def fmt_err(value: float, error: float | None) -> str:
+    """``value(error)`` with two significant digits of the error (see :func:`lftml.stats.format_value_error`)."""
+    from lftml.stats import format_value_error
+
+    if error is None:
         return f"{value:.6g}"
-    digits = max(0, 1 - int(math.floor(math.log10(error))))
-    scaled = round(error * 10**digits)
-    if digits == 0:
-        return f"{value:.0f}({scaled})"
-    return f"{value:.{digits}f}({scaled})"
+    return format_value_error(value, error)
+
+
+#: Options that take a variable number of values (``--shape 32 32``). Click options take a fixed
+#: number, so the top-level group joins such values into one comma-separated token first.
+MULTI_VALUE_OPTIONS = ("--shape",)
+
+
+def normalize_argv(args: list[str]) -> list[str]:
+    """``[..., "--shape", "32", "32", ...]`` -> ``[..., "--shape", "32,32", ...]``."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        out.append(tok)
+        i += 1
+        if tok in MULTI_VALUE_OPTIONS:
+            vals = []
+            while i < len(args) and re.fullmatch(r"[+-]?\d+(,[+-]?\d+)*", args[i]):
+                vals.append(args[i])
+                i += 1
+            if vals:
+                out.append(",".join(vals))
+    return out
+
+
+def parse_shape(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """Parse ``"32,32"``, ``"32 32"`` or ``"32x32"`` into a tuple of positive ints."""
+    if isinstance(text, (list, tuple)):
+        parts = [str(t) for t in text]
+    else:
+        parts = [p for p in re.split(r"[,x\s]+", str(text).strip()) if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise LftmlError(f"--shape must be positive integers, e.g. --shape 32 32; got {text!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise LftmlError(f"--shape must be positive integers, e.g. --shape 32 32; got {text!r}")
+    return shape
 
 
 def require_file(path: Path, what: str = "file") -> Path:

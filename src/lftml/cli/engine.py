@@ -1,7 +1,247 @@
-"""Engine commands: hmc, langevin, analyze, free."""
+"""Engine commands: ``hmc``, ``langevin``, ``analyze``, ``free``, ``demo``.
+
+Theory flags name the parametrisation (see :mod:`lftml.theories.phi4`):
+``--kappa K --lam L`` (hopping form), ``--m2 M --lam4 L`` ((m^2, lambda/4) form),
+``--m2 M --g G`` ((m^2, g/4!) form), ``--m2 M`` alone: the free field.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
+from lftml.cli.common import JSON_OPTION, SEED_OPTION, emit_json, fmt_err, parse_shape, require_file
+from lftml.errors import LftmlError
+from lftml.lattice import Lattice
+from lftml.theories import FreeScalar, Phi4
+
+SHAPE_HELP = "Lattice extents, e.g. --shape 32 32 (any dimension)."
+
+
+def build_theory(
+    shape: str,
+    kappa: Optional[float] = None,
+    lam: Optional[float] = None,
+    m2: Optional[float] = None,
+    lam4: Optional[float] = None,
+    g: Optional[float] = None,
+):
+    """Theory from CLI flags; exactly one parametrisation must be given completely."""
+    lattice = Lattice(parse_shape(shape))
+    if kappa is not None or lam is not None:
+        if m2 is not None or lam4 is not None or g is not None:
+            raise LftmlError("mixing parametrisations: use either --kappa/--lam (hopping form) or --m2 with --lam4 or --g")
+        if kappa is None or lam is None:
+            raise LftmlError("the hopping form needs both --kappa and --lam")
+        return Phi4.hopping(lattice, kappa, lam)
+    if m2 is None:
+        if lam4 is not None or g is not None:
+            raise LftmlError("--lam4 and --g need --m2 (the bare mass squared)")
+        raise LftmlError("no theory given: use --kappa K --lam L, or --m2 M [--lam4 L | --g G] (--m2 alone: free field)")
+    if lam4 is not None and g is not None:
+        raise LftmlError("give one quartic coupling: --lam4 (lambda/4 form) or --g (g/4! form), not both")
+    if lam4 is not None:
+        return Phi4.m2_lam4(lattice, m2, lam4)
+    if g is not None:
+        return Phi4.m2_g(lattice, m2, g)
+    return FreeScalar(lattice, m2)
+
+
+def _table(result: dict[str, Any]) -> str:
+    rows = [
+        ("<M>", "magnetisation"),
+        ("<|M|>", "abs_magnetisation"),
+        ("chi_2 = V(<M^2>-<M>^2)", "susceptibility"),
+        ("V(<M^2>-<|M|>^2)", "susceptibility_abs"),
+        ("U_L = 1-<M^4>/3<M^2>^2", "binder"),
+        ("<S>/V", "action_density"),
+    ]
+    exact = result.get("exact", {})
+    lines = [f"{'observable':<26}{'value(error)':>22}{'tau_int':>16}" + ("   exact" if exact else "")]
+    for label, key in rows:
+        if key not in result:
+            continue
+        e = result[key]
+        tau = f"{e['tau_int']:.2f}({e['tau_int_error']:.2f})" if e.get("tau_int") is not None else ""
+        ex = exact.get(key)
+        lines.append(f"{label:<26}{fmt_err(e['value'], e['error']):>22}{tau:>16}" + (f"   {ex:.6g}" if ex is not None else ""))
+    info = [f"configs {result['n_configs']} x chains {result['n_chains']}", f"volume {result['volume']}"]
+    if result.get("acceptance") is not None:
+        info.append(f"acceptance {result['acceptance']:.4f}")
+    if result.get("exp_minus_dH"):
+        e = result["exp_minus_dH"]
+        info.append(f"<exp(-dH)> {fmt_err(e['value'], e['error'])}")
+    if result.get("cost_per_independent_config_s"):
+        info.append(f"cost/independent config {result['cost_per_independent_config_s']:.3g} s")
+    lines.append("; ".join(info))
+    if result.get("effective_mass"):
+        em = ", ".join(f"t={d['t']}: {fmt_err(d['value'], d['error'])}" for d in result["effective_mass"][:4])
+        lines.append(f"effective mass {em}" + (f"   (exact {exact['effective_mass']:.6g})" if "effective_mass" in exact else ""))
+    return "\n".join(lines)
+
+
+def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, start, out, resume, adapt, target, device,
+                 dtype, progress, as_json, kind):
+    from lftml.analysis import analyze
+    from lftml.run import RunConfig, run
+
+    config = RunConfig(
+        n_chains=chains, n_configs=n_configs, n_therm=therm, every=every, seed=seed, start=start, adapt=adapt,
+        target_acceptance=target, device=device, dtype=dtype,
+    )
+    result = run(sampler, config, out, resume=resume, progress=progress and not as_json, kind=kind)
+    summary: dict[str, Any] = {
+        "out": str(out), "n_configs": result.n_configs, "n_chains": result.n_chains, "acceptance": result.acceptance,
+        "sampler": result.sampler, "wall_time_s": result.wall_time_s,
+    }
+    if result.n_configs >= 4:
+        summary["analysis"] = analyze(out, correlators=False)
+    if as_json:
+        emit_json(summary)
+        return
+    typer.echo(f"{theory.describe()}: wrote {result.n_configs} x {result.n_chains} configurations to {out} "
+               f"in {result.wall_time_s:.1f} s")
+    if "analysis" in summary:
+        typer.echo(_table(summary["analysis"]))
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def hmc(
+        shape: str = typer.Option(..., "--shape", help=SHAPE_HELP),
+        kappa: Optional[float] = typer.Option(None, help="Hopping parameter (hopping form, with --lam)."),
+        lam: Optional[float] = typer.Option(None, help="Quartic coupling of the hopping form (with --kappa)."),
+        m2: Optional[float] = typer.Option(None, help="Bare mass squared (with --lam4 or --g; alone: free field)."),
+        lam4: Optional[float] = typer.Option(None, help="Quartic coupling lambda in lambda phi^4/4 (with --m2)."),
+        g: Optional[float] = typer.Option(None, help="Quartic coupling g in g phi^4/4! (with --m2)."),
+        chains: int = typer.Option(16, help="Independent chains run as one batch."),
+        n_configs: int = typer.Option(100, "--n-configs", help="Configurations to store per chain."),
+        therm: int = typer.Option(100, help="Thermalisation trajectories (not stored)."),
+        every: int = typer.Option(1, help="Trajectories between stored configurations."),
+        integrator: str = typer.Option("omelyan", help="leapfrog or omelyan (2MN)."),
+        md_steps: int = typer.Option(10, "--md-steps", help="MD steps per trajectory."),
+        traj_length: float = typer.Option(1.0, "--traj-length", help="Trajectory length (step = length / steps)."),
+        adapt: bool = typer.Option(False, help="Adapt the step size during thermalisation, then freeze it."),
+        target_acceptance: float = typer.Option(0.8, "--target-acceptance", help="Target of --adapt."),
+        start: str = typer.Option("hot", help="hot (random) or cold (ordered, random sign per chain)."),
+        seed: int = SEED_OPTION,
+        out: Path = typer.Option(..., "--out", help="Output ensemble (HDF5)."),
+        resume: bool = typer.Option(False, "--resume", help="Extend --out (bit-identical to an uninterrupted run)."),
+        device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+        dtype: str = typer.Option("float64", help="float64 (default) or float32."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Hybrid Monte Carlo for phi^4 / free fields; writes an HDF5 ensemble and prints its analysis."""
+        from lftml.samplers import HMC
+
+        theory = build_theory(shape, kappa, lam, m2, lam4, g)
+        sampler = HMC.from_trajectory(theory, traj_length, md_steps, integrator)
+        _run_command(sampler, theory, chains=chains, n_configs=n_configs, therm=therm, every=every, seed=seed,
+                     start=start, out=out, resume=resume, adapt=adapt, target=target_acceptance, device=device,
+                     dtype=dtype, progress=progress, as_json=as_json, kind="hmc")
+
+    @app.command()
+    def langevin(
+        shape: str = typer.Option(..., "--shape", help=SHAPE_HELP),
+        kappa: Optional[float] = typer.Option(None, help="Hopping parameter (hopping form, with --lam)."),
+        lam: Optional[float] = typer.Option(None, help="Quartic coupling of the hopping form (with --kappa)."),
+        m2: Optional[float] = typer.Option(None, help="Bare mass squared (with --lam4 or --g; alone: free field)."),
+        lam4: Optional[float] = typer.Option(None, help="Quartic coupling lambda in lambda phi^4/4 (with --m2)."),
+        g: Optional[float] = typer.Option(None, help="Quartic coupling g in g phi^4/4! (with --m2)."),
+        dt: float = typer.Option(0.01, help="Langevin time step."),
+        scheme: str = typer.Option("euler", help="euler (O(dt) bias) or heun (second order, O(dt^2) bias)."),
+        chains: int = typer.Option(16, help="Independent chains run as one batch."),
+        n_configs: int = typer.Option(100, "--n-configs", help="Configurations to store per chain."),
+        therm: int = typer.Option(1000, help="Thermalisation steps (not stored)."),
+        every: int = typer.Option(10, help="Langevin steps between stored configurations."),
+        start: str = typer.Option("hot", help="hot (random) or cold (ordered, random sign per chain)."),
+        seed: int = SEED_OPTION,
+        out: Path = typer.Option(..., "--out", help="Output ensemble (HDF5)."),
+        resume: bool = typer.Option(False, "--resume", help="Extend --out (bit-identical to an uninterrupted run)."),
+        device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+        dtype: str = typer.Option("float64", help="float64 (default) or float32."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Langevin dynamics (stochastic quantisation); results carry a step-size bias: extrapolate dt -> 0."""
+        from lftml.samplers import Langevin
+
+        theory = build_theory(shape, kappa, lam, m2, lam4, g)
+        sampler = Langevin(theory, dt, scheme)
+        _run_command(sampler, theory, chains=chains, n_configs=n_configs, therm=therm, every=every, seed=seed,
+                     start=start, out=out, resume=resume, adapt=False, target=0.8, device=device, dtype=dtype,
+                     progress=progress, as_json=as_json, kind="langevin")
+
+    @app.command()
+    def analyze(
+        path: Path = typer.Argument(..., help="Ensemble file (HDF5) written by lftml."),
+        discard: int = typer.Option(0, help="Leading configurations to drop."),
+        S: float = typer.Option(2.0, "--S", help="Wolff's window parameter S."),
+        plot: Optional[Path] = typer.Option(None, help="Save a figure (history, histogram, correlator) as PNG."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Observables with Gamma-method errors and tau_int (<M>, <|M|>, chi_2, U_L, correlator, ...)."""
+        from lftml.analysis import analyze as analyze_file
+
+        require_file(path, "ensemble file")
+        if discard < 0:
+            raise LftmlError(f"--discard must be >= 0, got {discard}")
+        result = analyze_file(path, discard=discard, S=S)
+        if plot is not None:
+            from lftml.plots import ensemble_overview
+
+            ensemble_overview(path, plot, discard=discard)
+        if as_json:
+            emit_json(result)
+        else:
+            typer.echo(f"{path}: {result.get('kind')} ensemble, theory {result.get('theory')}")
+            typer.echo(_table(result))
+
+    @app.command()
+    def free(
+        shape: str = typer.Option(..., "--shape", help=SHAPE_HELP),
+        m2: float = typer.Option(..., help="Mass squared m^2 > 0."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Exact free-field values: <phi^2>, chi_2 = 1/m^2, U_L = 0, C(t), effective mass, spectrum."""
+        theory = FreeScalar(Lattice(parse_shape(shape)), m2)
+        T = theory.lattice.shape[0]
+        eig = theory.eigenvalues()
+        result = {
+            "shape": list(theory.lattice.shape), "m2": m2, "volume": theory.lattice.volume,
+            "phi2": theory.phi2(), "susceptibility": theory.susceptibility(), "magnetisation": 0.0, "binder": 0.0,
+            "magnetisation_variance": theory.magnetisation_variance(),
+            "correlator": theory.zero_momentum_correlator()[: T // 2 + 1].tolist(),
+            "effective_mass": theory.effective_mass(),
+            "eigenvalue_min": float(eig[0]), "eigenvalue_max": float(eig[-1]),
+            "log_partition": theory.log_partition(),
+        }
+        if as_json:
+            emit_json(result)
+            return
+        typer.echo(f"free scalar field on {tuple(result['shape'])}, m^2 = {m2:g} (exact)")
+        for key in ("phi2", "susceptibility", "binder", "effective_mass", "eigenvalue_min", "eigenvalue_max", "log_partition"):
+            typer.echo(f"  {key:<16} {result[key]:.10g}")
+        typer.echo("  C(t)             " + " ".join(f"{c:.6g}" for c in result["correlator"]))
+
+    @app.command()
+    def demo(
+        out: Optional[Path] = typer.Option(None, help="Keep the ensemble here (default: a temporary file)."),
+        seed: int = SEED_OPTION,
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """A quick 2d phi^4 HMC run (16x16, kappa = 0.21, lambda = 0.022, the talk's symmetric point) and its analysis."""
+        from lftml.samplers import HMC
+
+        theory = Phi4.hopping(Lattice((16, 16)), 0.21, 0.022)
+        sampler = HMC.from_trajectory(theory, 1.0, 8, "omelyan")
+        with tempfile.TemporaryDirectory() as tmp:
+            target = out if out is not None else Path(tmp) / "demo.h5"
+            _run_command(sampler, theory, chains=16, n_configs=200, therm=100, every=2, seed=seed, start="hot",
+                         out=target, resume=False, adapt=False, target=0.8, device="cpu", dtype="float64",
+                         progress=not as_json, as_json=as_json, kind="hmc")

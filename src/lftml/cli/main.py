@@ -8,10 +8,21 @@ import sys
 
 import typer
 
+from typer.core import TyperGroup
+
+from lftml.cli.common import normalize_argv
 from lftml.errors import LftmlError
+
+class _Group(TyperGroup):
+    """Top-level group: joins multi-value options (``--shape 32 32``) before click parses them."""
+
+    def parse_args(self, ctx, args):  # type: ignore[override]
+        return super().parse_args(ctx, normalize_argv(list(args)))
+
 
 app = typer.Typer(
     name="lftml",
+    cls=_Group,
     help="Lattice field theory meets machine learning: phi^4 engine, RBMs, diffusion models, complex Langevin.",
     no_args_is_help=True,
     add_completion=False,

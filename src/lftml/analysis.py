@@ -1,0 +1,159 @@
+"""Ensemble analysis: the standard observables with Gamma-method errors and tau_int.
+
+Definitions (M = site average of phi per configuration, V = volume, <.> = ensemble average):
+
+* ``magnetisation`` <M>; ``abs_magnetisation`` <|M|>;
+* ``susceptibility`` chi_2 = V (<M^2> - <M>^2) (the talk's definition);
+* ``susceptibility_abs`` = V (<M^2> - <|M|>^2) (the broken-phase variant, finite-volume safe);
+* ``binder`` U_L = 1 - <M^4> / (3 <M^2>^2) (0 for a Gaussian, 2/3 deep in the broken phase);
+* ``action_density`` <S>/V; ``correlator`` C(t) = V_s (<s(t0+t) s(t0)> - <M>^2) averaged over t0
+  (s = time-slice mean, V_s = V/T) and ``effective_mass`` arccosh((C(t-1) + C(t+1)) / (2 C(t))).
+
+Errors of derived quantities come from linearisation (:func:`lftml.stats.gamma_method_derived`);
+tau_int is in units of the measurement spacing of the file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lftml.ensemble import Ensemble
+from lftml.errors import LftmlError
+from lftml.stats import Estimate, gamma_method, gamma_method_derived
+
+PRIMARY_KEYS = ("magnetisation", "abs_magnetisation", "susceptibility", "susceptibility_abs", "binder")
+
+
+def _entry(e: Estimate) -> dict[str, float]:
+    return e.to_dict()
+
+
+def summarize(
+    M: np.ndarray,
+    volume: int,
+    *,
+    action_density: np.ndarray | None = None,
+    slice_mean: np.ndarray | None = None,
+    S: float = 2.0,
+) -> dict[str, Any]:
+    """Analyse magnetisation histories ``M`` of shape ``(n_configs, n_chains)`` (or ``(n_configs,)``).
+
+    Returns the keys of :data:`PRIMARY_KEYS` (each ``{"value","error","tau_int","tau_int_error"}``),
+    ``action_density`` if given, ``correlator``/``effective_mass`` lists if ``slice_mean``
+    ``(n_configs, n_chains, T)`` is given, and ``n_configs``, ``n_chains``, ``volume``.
+    """
+    M = np.asarray(M, dtype=np.float64)
+    if M.ndim == 1:
+        M = M[:, None]
+    if M.ndim != 2:
+        raise LftmlError(f"magnetisation history must be (n_configs, n_chains), got shape {M.shape}")
+    V = float(volume)
+    M2, M4, absM = M * M, M**4, np.abs(M)
+    out: dict[str, Any] = {
+        "magnetisation": _entry(gamma_method(M, S=S)),
+        "abs_magnetisation": _entry(gamma_method(absM, S=S)),
+        "susceptibility": _entry(gamma_method_derived(lambda m2, m: V * (m2 - m * m), M2, M, S=S)),
+        "susceptibility_abs": _entry(gamma_method_derived(lambda m2, a: V * (m2 - a * a), M2, absM, S=S)),
+        "binder": _entry(gamma_method_derived(lambda m4, m2: 1.0 - m4 / (3.0 * m2 * m2), M4, M2, S=S)),
+    }
+    if action_density is not None:
+        out["action_density"] = _entry(gamma_method(np.asarray(action_density, dtype=np.float64), S=S))
+    if slice_mean is not None:
+        out.update(correlator(slice_mean, M, volume, S=S))
+    out.update({"n_configs": int(M.shape[0]), "n_chains": int(M.shape[1]), "volume": int(volume)})
+    return out
+
+
+def correlator(slice_mean: np.ndarray, M: np.ndarray, volume: int, S: float = 2.0) -> dict[str, Any]:
+    """Connected zero-momentum correlator and cosh effective mass from time-slice means.
+
+    ``slice_mean``: ``(n_configs, n_chains, T)``. Returns ``{"correlator": [...], "effective_mass": [...]}``,
+    entries ``{"t", "value", "error"}``; effective masses where the argument of arccosh is > 1.
+    """
+    s = np.asarray(slice_mean, dtype=np.float64)
+    T = s.shape[-1]
+    Vs = volume / T
+    # per-configuration products averaged over the source time t0
+    prods = [np.mean(s * np.roll(s, -t, axis=-1), axis=-1) for t in range(T // 2 + 1)]
+    corr = []
+    for t, A in enumerate(prods):
+        e = gamma_method_derived(lambda a, m: Vs * (a - m * m), A, M, S=S)
+        corr.append({"t": t, "value": e.value, "error": e.error})
+    meff = []
+    for t in range(1, T // 2):
+        def f(a_m, a_0, a_p, m):
+            c_m, c_0, c_p = (Vs * (a - m * m) for a in (a_m, a_0, a_p))
+            x = (c_m + c_p) / (2.0 * c_0)
+            return math.acosh(x) if x > 1.0 else float("nan")
+
+        try:
+            e = gamma_method_derived(f, prods[t - 1], prods[t], prods[t + 1], M, S=S)
+        except LftmlError:
+            continue
+        if math.isfinite(e.value):
+            meff.append({"t": t, "value": e.value, "error": e.error})
+    return {"correlator": corr, "effective_mass": meff}
+
+
+def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, correlators: bool = True) -> dict[str, Any]:
+    """Analyse an ensemble file: :func:`summarize` plus sampler statistics and provenance.
+
+    ``discard`` drops that many leading configurations (extra thermalisation). Adds
+    ``acceptance`` (mean over all recorded updates, or None), ``exp_minus_dH`` (<exp(-dH)>, which is
+    1 for a correct HMC), ``theory``, ``kind``, ``wall_time_s`` and, when timing is recorded,
+    ``cost_per_independent_config_s`` = wall time x 2 tau_int(|M|) / (n_configs n_chains).
+    For the free field the exact values are added under ``exact``.
+    """
+    ens = source if isinstance(source, Ensemble) else Ensemble.open(source)
+    try:
+        if ens.n_configs - discard < 4:
+            raise LftmlError(
+                f"{ens.path} holds {ens.n_configs} configurations"
+                + (f" ({discard} discarded)" if discard else "")
+                + "; the error analysis needs at least 4"
+            )
+        obs = ens.observables
+        if "M" not in obs:
+            raise LftmlError(f"{ens.path} has no magnetisation observable (is it a complex-field ensemble?)")
+        sl = slice(discard, None)
+        result = summarize(
+            obs["M"][sl],
+            ens.volume,
+            action_density=obs["action_density"][sl] if "action_density" in obs else None,
+            slice_mean=obs["slice_mean"][sl] if (correlators and "slice_mean" in obs) else None,
+            S=S,
+        )
+        rec = ens.records
+        result["acceptance"] = float(np.mean(rec["accepted"])) if "accepted" in rec and rec["accepted"].size else None
+        if "exp_minus_dH" in rec and rec["exp_minus_dH"].size:
+            x = rec["exp_minus_dH"]
+            e = gamma_method(x, S=S) if x.shape[0] >= 4 else None
+            result["exp_minus_dH"] = _entry(e) if e else None
+        result["kind"] = ens.metadata.get("kind")
+        result["theory"] = ens.metadata.get("theory")
+        result["sampler"] = ens.metadata.get("sampler")
+        result["seed"] = ens.metadata.get("seed")
+        result["wall_time_s"] = ens.wall_time_s
+        tau = result["abs_magnetisation"]["tau_int"]
+        n_tot = result["n_configs"] * result["n_chains"]
+        result["cost_per_independent_config_s"] = (
+            ens.wall_time_s * 2.0 * tau / n_tot if ens.wall_time_s > 0 else None
+        )
+        theory = ens.theory
+        if theory is not None and theory.to_dict().get("name") == "free":
+            result["exact"] = {
+                "magnetisation": 0.0,
+                "susceptibility": theory.susceptibility(),
+                "binder": 0.0,
+                "phi2": theory.phi2(),
+                "correlator": theory.zero_momentum_correlator()[: ens.lattice_shape[0] // 2 + 1].tolist(),
+                "effective_mass": theory.effective_mass(),
+            }
+        return result
+    finally:
+        if not isinstance(source, Ensemble):
+            ens.close()

@@ -1,0 +1,478 @@
+"""Ensembles on disk: one HDF5 file per run, appendable along Monte Carlo time.
+
+Layout (``format = "lftml-ensemble"``, ``format_version = 1``)::
+
+    /configs                 (n_configs, n_chains, *lattice_shape), chunked, resizable
+    /observables/<name>      (n_configs, n_chains, ...)   per-configuration observables
+    /records/<name>          (n_steps, n_chains)          per-update sampler records (dH, accepted, ...)
+    /checkpoint_a, _b        sampler state for --resume (double-buffered)
+    attrs: format, format_version, metadata (JSON), n_configs, n_records, lattice_shape, n_chains,
+           checkpoint (name of the current checkpoint group or ""), wall_time_s
+
+Crash safety: rows beyond the ``n_configs`` / ``n_records`` attributes are not part of the
+ensemble (a run killed between writing rows and updating the counters loses only those rows); the
+file is opened, appended and closed for each flush, so the window in which a kill could damage
+HDF5's own metadata is the few milliseconds of a flush. The checkpoint is double-buffered and only
+becomes current after its data are written. One-shot writers (:func:`write_ensemble`) write a
+temporary file and rename it, so they never leave a half-written file under the target name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+import torch
+
+import lftml
+from lftml.errors import FileFormatError, LftmlError
+from lftml.observables import measure
+from lftml.theories.base import Theory, theory_from_dict
+
+FORMAT = "lftml-ensemble"
+FORMAT_VERSION = 1
+_CHUNK_BYTES = 1 << 20
+
+
+def _git_revision() -> str | None:
+    """The git commit of the lftml source tree, if it is a checkout (else None)."""
+    try:
+        import subprocess
+
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+        )
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "."],
+            capture_output=True,
+            text=True,
+            timeout=2,
+        )
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except Exception:
+        return None
+
+
+def provenance() -> dict[str, Any]:
+    """Code version and environment recorded in every output file."""
+    import platform
+
+    return {
+        "lftml_version": lftml.__version__,
+        "git_revision": _git_revision(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"metadata value {obj!r} is not JSON-serialisable")
+
+
+def _chunks(shape_per_config: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunk one configuration row at a time, splitting chains so a chunk is <= ~1 MiB."""
+    n_chains, *site_shape = shape_per_config
+    per_chain = int(np.prod(site_shape, dtype=np.int64)) * itemsize
+    c = max(1, min(n_chains, _CHUNK_BYTES // max(per_chain, 1)))
+    return (1, c, *site_shape)
+
+
+def _open_checked(path: Path, mode: str) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"ensemble file {path} does not exist")
+    try:
+        f = h5py.File(path, mode)
+    except OSError as exc:
+        raise FileFormatError(f"{path} is not a readable HDF5 file ({exc.__class__.__name__}); is it damaged?") from None
+    if f.attrs.get("format") != FORMAT:
+        f.close()
+        raise FileFormatError(f"{path} is an HDF5 file but not an lftml ensemble (no format='{FORMAT}' attribute)")
+    version = int(f.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        f.close()
+        raise FileFormatError(f"{path} has ensemble format version {version}; this lftml reads up to {FORMAT_VERSION}")
+    return f
+
+
+class EnsembleWriter:
+    """Appends configurations, observables and sampler records to an ensemble file.
+
+    Rows are buffered in memory and written by :meth:`flush` (also on :meth:`close` and when the
+    buffer holds ``flush_every`` configurations or ``flush_seconds`` have passed). Each flush opens the
+    file, appends, updates the committed counters, writes the checkpoint (if given) and closes.
+    """
+
+    def __init__(self, path: Path, theory: Theory | None, flush_every: int, flush_seconds: float):
+        self.path = Path(path)
+        self.theory = theory
+        self.flush_every = int(flush_every)
+        self.flush_seconds = float(flush_seconds)
+        self._configs: list[np.ndarray] = []
+        self._obs: dict[str, list[np.ndarray]] = {}
+        self._rec: dict[str, list[np.ndarray]] = {}
+        self._checkpoint: dict[str, Any] | None = None
+        self._last_flush = time.monotonic()
+        self._extra_wall = 0.0
+        with _open_checked(self.path, "r") as f:
+            self.n_chains = int(f.attrs["n_chains"])
+            self.lattice_shape = tuple(int(s) for s in f.attrs["lattice_shape"])
+            self.dtype = f["configs"].dtype
+            self._n_committed = int(f.attrs["n_configs"])
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        lattice_shape: tuple[int, ...],
+        n_chains: int,
+        metadata: Mapping[str, Any],
+        dtype: Any = np.float64,
+        theory: Theory | None = None,
+        overwrite: bool = False,
+        flush_every: int = 50,
+        flush_seconds: float = 30.0,
+    ) -> "EnsembleWriter":
+        """Create a new ensemble file (refuses to overwrite unless ``overwrite``)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise LftmlError(f"{path} already exists; pass --resume to extend it or choose another --out")
+        if path.parent and not path.parent.exists():
+            raise LftmlError(f"directory {path.parent} does not exist")
+        n_chains = int(n_chains)
+        if n_chains < 1:
+            raise LftmlError(f"n_chains must be >= 1, got {n_chains}")
+        meta = {**provenance(), **dict(metadata)}
+        if theory is not None and "theory" not in meta:
+            meta["theory"] = theory.to_dict()
+        dtype = np.dtype(dtype)
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["metadata"] = json.dumps(meta, default=_json_default)
+            f.attrs["n_configs"] = 0
+            f.attrs["n_records"] = 0
+            f.attrs["n_chains"] = n_chains
+            f.attrs["lattice_shape"] = np.asarray(lattice_shape, dtype=np.int64)
+            f.attrs["checkpoint"] = ""
+            f.attrs["wall_time_s"] = 0.0
+            row = (n_chains, *lattice_shape)
+            f.create_dataset(
+                "configs", shape=(0, *row), maxshape=(None, *row), dtype=dtype, chunks=_chunks(row, dtype.itemsize)
+            )
+            f.create_group("observables")
+            f.create_group("records")
+        os.replace(tmp, path)
+        return cls(path, theory, flush_every, flush_seconds)
+
+    @classmethod
+    def resume(
+        cls, path: str | os.PathLike, theory: Theory | None = None, flush_every: int = 50, flush_seconds: float = 30.0
+    ) -> "EnsembleWriter":
+        """Open an existing ensemble for appending; rows beyond the committed counters are dropped."""
+        path = Path(path)
+        with _open_checked(path, "a") as f:
+            n = int(f.attrs["n_configs"])
+            nr = int(f.attrs["n_records"])
+            if f["configs"].shape[0] != n:
+                f["configs"].resize(n, axis=0)
+            for name, ds in f["observables"].items():
+                if ds.shape[0] != n:
+                    ds.resize(n, axis=0)
+            for name, ds in f["records"].items():
+                if ds.shape[0] != nr:
+                    ds.resize(nr, axis=0)
+        return cls(path, theory, flush_every, flush_seconds)
+
+    # ------------------------------------------------------------ appending
+    @property
+    def n_configs(self) -> int:
+        """Configurations committed to disk plus those buffered."""
+        return self._n_committed + sum(len(c) for c in self._configs)
+
+    def append(
+        self,
+        configs: np.ndarray | torch.Tensor,
+        observables: Mapping[str, np.ndarray] | None = None,
+        records: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Buffer ``configs`` of shape ``(n_new, n_chains, *lattice_shape)`` (or one ``(n_chains, ...)``
+        row) with their observables ``(n_new, n_chains, ...)``. With ``observables=None`` and a
+        theory, the standard observables of :func:`lftml.observables.measure` are computed."""
+        c = configs.detach().cpu().numpy() if isinstance(configs, torch.Tensor) else np.asarray(configs)
+        row = (self.n_chains, *self.lattice_shape)
+        if c.shape == row:
+            c = c[None]
+            if observables is not None:
+                observables = {k: np.asarray(v)[None] for k, v in observables.items()}
+        if c.shape[1:] != row:
+            raise LftmlError(f"configurations of shape {c.shape[1:]} do not fit this ensemble's rows {row}")
+        if observables is None and self.theory is not None and not np.iscomplexobj(c):
+            per = [measure(torch.from_numpy(ci), self.theory) for ci in c]
+            observables = {k: np.stack([p[k] for p in per]) for k in per[0]}
+        self._configs.append(c.astype(self.dtype, copy=False))
+        for k, v in (observables or {}).items():
+            v = np.asarray(v)
+            if v.shape[:2] != (len(c), self.n_chains):
+                raise LftmlError(f"observable {k} has shape {v.shape}, expected ({len(c)}, {self.n_chains}, ...)")
+            self._obs.setdefault(k, []).append(v)
+        if records:
+            self.add_records(records)
+        self._maybe_flush()
+
+    def add_records(self, records: Mapping[str, np.ndarray]) -> None:
+        """Buffer per-update sampler records, each ``(n_new, n_chains)``."""
+        for k, v in records.items():
+            v = np.asarray(v)
+            if v.ndim == 1:
+                v = v[None]
+            self._rec.setdefault(k, []).append(v)
+
+    def set_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Sampler state matching the configurations appended so far; written with the next flush."""
+        self._checkpoint = dict(state)
+
+    def _maybe_flush(self) -> None:
+        buffered = sum(len(c) for c in self._configs)
+        if buffered >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def add_wall_time(self, seconds: float) -> None:
+        self._extra_wall += float(seconds)
+
+    def flush(self) -> None:
+        """Write buffered rows, then counters, then the checkpoint (crash-ordered)."""
+        with h5py.File(self.path, "a") as f:
+            if self._configs:
+                new = np.concatenate(self._configs)
+                ds = f["configs"]
+                n0 = int(f.attrs["n_configs"])
+                ds.resize(n0 + len(new), axis=0)
+                ds[n0:] = new
+                for k, parts in self._obs.items():
+                    arr = np.concatenate(parts)
+                    if k not in f["observables"]:
+                        if n0 != 0:
+                            raise LftmlError(f"observable {k} appears for the first time after {n0} configurations")
+                        f["observables"].create_dataset(
+                            k, shape=(0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]), dtype=arr.dtype,
+                            chunks=True,
+                        )
+                    o = f["observables"][k]
+                    o.resize(n0 + len(arr), axis=0)
+                    o[n0:] = arr
+            if self._rec:
+                nr0 = int(f.attrs["n_records"])
+                lengths = set()
+                for k, parts in self._rec.items():
+                    arr = np.concatenate(parts)
+                    lengths.add(len(arr))
+                    if k not in f["records"]:
+                        f["records"].create_dataset(
+                            k, shape=(nr0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]), dtype=arr.dtype,
+                            chunks=True, fillvalue=np.nan if arr.dtype.kind == "f" else 0,
+                        )
+                    r = f["records"][k]
+                    r.resize(nr0 + len(arr), axis=0)
+                    r[nr0:] = arr
+                if len(lengths) != 1:
+                    raise LftmlError(f"sampler records of unequal lengths {sorted(lengths)}")
+                f.attrs["n_records"] = nr0 + lengths.pop()
+            if self._configs:
+                f.attrs["n_configs"] = int(f.attrs["n_configs"]) + sum(len(c) for c in self._configs)
+            f.attrs["wall_time_s"] = float(f.attrs.get("wall_time_s", 0.0)) + self._extra_wall
+            if self._checkpoint is not None:
+                current = str(f.attrs.get("checkpoint", ""))
+                target = "checkpoint_b" if current == "checkpoint_a" else "checkpoint_a"
+                if target in f:
+                    del f[target]
+                g = f.create_group(target)
+                for k, v in self._checkpoint.items():
+                    if isinstance(v, (bytes, str)) or np.isscalar(v):
+                        g.attrs[k] = v
+                    else:
+                        g.create_dataset(k, data=np.asarray(v))
+                g.attrs["n_configs"] = int(f.attrs["n_configs"])
+                g.attrs["n_records"] = int(f.attrs["n_records"])
+                f.flush()
+                f.attrs["checkpoint"] = target
+        self._n_committed += sum(len(c) for c in self._configs)
+        self._configs.clear()
+        self._obs.clear()
+        self._rec.clear()
+        self._checkpoint = None
+        self._extra_wall = 0.0
+        self._last_flush = time.monotonic()
+
+    def update_metadata(self, **items: Any) -> None:
+        """Merge ``items`` into the file's JSON metadata (written immediately)."""
+        with h5py.File(self.path, "a") as f:
+            meta = json.loads(f.attrs["metadata"])
+            meta.update(items)
+            f.attrs["metadata"] = json.dumps(meta, default=_json_default)
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "EnsembleWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The current checkpoint of an ensemble (None if it has none)."""
+    with _open_checked(Path(path), "r") as f:
+        name = str(f.attrs.get("checkpoint", ""))
+        if not name or name not in f:
+            return None
+        g = f[name]
+        out: dict[str, Any] = {k: g[k][()] for k in g.keys()}
+        out.update({k: g.attrs[k] for k in g.attrs.keys()})
+        return out
+
+
+def write_ensemble(
+    path: str | os.PathLike,
+    configs: np.ndarray | torch.Tensor,
+    *,
+    metadata: Mapping[str, Any],
+    theory: Theory | None = None,
+    observables: Mapping[str, np.ndarray] | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write a whole ensemble ``(n_configs, n_chains, *shape)`` at once, atomically (temp + rename)."""
+    path = Path(path)
+    c = configs.detach().cpu().numpy() if isinstance(configs, torch.Tensor) else np.asarray(configs)
+    if c.ndim < 3:
+        raise LftmlError(f"configs must be (n_configs, n_chains, *lattice_shape), got shape {c.shape}")
+    if not overwrite and path.exists():
+        raise LftmlError(f"{path} already exists")
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        tmp.unlink()
+    w = EnsembleWriter.create(
+        tmp, lattice_shape=c.shape[2:], n_chains=c.shape[1], metadata=metadata, dtype=c.dtype, theory=theory,
+        overwrite=True, flush_every=max(len(c), 1), flush_seconds=1e9,
+    )
+    w.append(c, observables=observables)
+    w.close()
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Ensemble:
+    """Read access to an ensemble file. ``configs`` is lazy (an h5py dataset) while the file is open."""
+
+    path: Path
+    metadata: dict[str, Any]
+    n_configs: int
+    n_chains: int
+    lattice_shape: tuple[int, ...]
+    observables: dict[str, np.ndarray] = field(repr=False)
+    records: dict[str, np.ndarray] = field(repr=False)
+    wall_time_s: float = 0.0
+    _file: h5py.File | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Ensemble":
+        path = Path(path)
+        f = _open_checked(path, "r")
+        try:
+            n = int(f.attrs["n_configs"])
+            nr = int(f.attrs["n_records"])
+            metadata = json.loads(f.attrs["metadata"])
+            obs = {k: ds[:n] for k, ds in f["observables"].items()}
+            rec = {k: ds[:nr] for k, ds in f["records"].items()}
+            ens = cls(
+                path=path,
+                metadata=metadata,
+                n_configs=n,
+                n_chains=int(f.attrs["n_chains"]),
+                lattice_shape=tuple(int(s) for s in f.attrs["lattice_shape"]),
+                observables=obs,
+                records=rec,
+                wall_time_s=float(f.attrs.get("wall_time_s", 0.0)),
+                _file=f,
+            )
+        except (KeyError, ValueError) as exc:
+            f.close()
+            raise FileFormatError(f"{path} is a damaged lftml ensemble ({exc})") from None
+        return ens
+
+    @property
+    def configs(self) -> h5py.Dataset:
+        """Lazy ``(n_configs_on_disk, n_chains, *shape)`` dataset; only the first ``n_configs`` rows count."""
+        if self._file is None or not self._file.id.valid:
+            self._file = _open_checked(self.path, "r")
+        return self._file["configs"]
+
+    def load_configs(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Configurations ``[start, stop)`` as a numpy array."""
+        stop = self.n_configs if stop is None else min(stop, self.n_configs)
+        return self.configs[start:stop]
+
+    @property
+    def theory(self) -> Theory | None:
+        d = self.metadata.get("theory")
+        return theory_from_dict(d) if d else None
+
+    @property
+    def volume(self) -> int:
+        return int(np.prod(self.lattice_shape))
+
+    def close(self) -> None:
+        if self._file is not None and self._file.id.valid:
+            self._file.close()
+        self._file = None
+
+    def __enter__(self) -> "Ensemble":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+@contextmanager
+def open_ensemble(path: str | os.PathLike) -> Iterator[Ensemble]:
+    ens = Ensemble.open(path)
+    try:
+        yield ens
+    finally:
+        ens.close()

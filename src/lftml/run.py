@@ -1,0 +1,328 @@
+"""Run a sampler: initial fields, thermalisation (with optional HMC step-size adaptation),
+measurements every ``every`` updates, an ensemble file with provenance, and bit-identical resume.
+
+Random streams: ``SeedSequence(seed)`` with spawn key (0, i) seeds chain i's initial field and
+(1, i) its sampling stream, so chain i is the same Markov chain whatever ``n_chains`` is.
+
+Resume: the file's checkpoint holds the field, every generator state, the (frozen) step size and
+the update counters at the last committed measurement. Continuing from it replays exactly the
+updates an uninterrupted run would have made, so ``configs`` agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from lftml.ensemble import EnsembleWriter, _open_checked, read_checkpoint
+from lftml.errors import LftmlError
+from lftml.samplers.hmc import HMC
+from lftml.samplers.langevin import Langevin
+from lftml.samplers.rng import ChainRNG
+from lftml.samplers.stability import max_stable_step, omega2_max
+from lftml.theories.base import Theory
+
+log = logging.getLogger(__name__)
+
+Sampler = HMC | Langevin
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to run: chains, statistics, start, seed and where.
+
+    ``n_therm`` and ``every`` count sampler updates (HMC trajectories or Langevin steps).
+    ``adapt``: adapt the HMC step size during thermalisation towards ``target_acceptance``
+    (mean Metropolis probability), then freeze it.
+    """
+
+    n_chains: int = 16
+    n_configs: int = 100
+    n_therm: int = 100
+    every: int = 1
+    seed: int = 0
+    start: str = "hot"
+    adapt: bool = False
+    target_acceptance: float = 0.8
+    device: str = "cpu"
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        for name in ("n_chains", "every"):
+            if int(getattr(self, name)) < 1:
+                raise LftmlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_configs", "n_therm"):
+            if int(getattr(self, name)) < 0:
+                raise LftmlError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.start not in ("hot", "cold"):
+            raise LftmlError(f"--start must be 'hot' or 'cold', got {self.start!r}")
+        if not 0.0 < self.target_acceptance < 1.0:
+            raise LftmlError(f"target acceptance must lie in (0, 1), got {self.target_acceptance}")
+        if self.dtype not in ("float64", "float32"):
+            raise LftmlError(f"--dtype must be float64 or float32, got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_chains": self.n_chains, "n_therm": self.n_therm, "every": self.every, "seed": self.seed,
+            "start": self.start, "adapt": self.adapt, "target_acceptance": self.target_acceptance, "dtype": self.dtype,
+        }
+
+
+@dataclass
+class RunResult:
+    path: Path | None
+    n_configs: int
+    n_chains: int
+    acceptance: float | None
+    step_size: float | None
+    wall_time_s: float
+    sampler: dict[str, Any] = field(default_factory=dict)
+    configs: torch.Tensor | None = None  # kept in memory when no output file is written
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; any other string is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LftmlError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LftmlError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
+    return dev
+
+
+def initial_field(theory: Theory, config: RunConfig, device: torch.device) -> torch.Tensor:
+    """Hot start: phi ~ N(0, 1) per site. Cold start: the ordered field ``s * v`` with ``v`` the
+    mean-field minimum (0 in the symmetric phase) and a random global sign ``s`` per chain, so
+    broken-phase chains start in both vacua and not in domain-wall states."""
+    rng = ChainRNG.from_seed(config.seed, config.n_chains, purpose=0, device=device)
+    shape = theory.lattice.shape
+    if config.start == "hot":
+        return rng.normal(shape, dtype=config.torch_dtype)
+    v = float(getattr(theory, "mean_field_vev", lambda: 0.0)())
+    signs = rng.signs().to(device=device, dtype=config.torch_dtype)
+    return signs.view(-1, *([1] * len(shape))) * torch.full((1, *shape), v, dtype=config.torch_dtype, device=device)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so a killed run flushes what it has."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class _Adapter:
+    """Robbins-Monro adaptation of log(step size) towards a target mean acceptance probability,
+    clamped below the linear stability limit. Used during thermalisation only."""
+
+    def __init__(self, sampler: HMC, target: float, t: int = 0, log_eps: float | None = None):
+        self.target = target
+        self.t = t
+        self.log_eps = math.log(sampler.step_size) if log_eps is None else log_eps
+        self.eps_max = 0.98 * max_stable_step(sampler.integrator, omega2_max(sampler.theory)) if hasattr(
+            sampler.theory, "coefficients") else math.inf
+
+    def update(self, sampler: HMC, acc_prob: float) -> HMC:
+        self.t += 1
+        self.log_eps += (acc_prob - self.target) / (self.t + 5) ** 0.6
+        self.log_eps = min(self.log_eps, math.log(self.eps_max))
+        return replace(sampler, step_size=math.exp(self.log_eps))
+
+
+def _records(info: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy()[None] for k, v in info.items()}
+
+
+def _metadata(kind: str, theory: Theory, sampler: Sampler, config: RunConfig) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "theory": theory.to_dict(),
+        "sampler": sampler.settings(),
+        "run": config.to_dict(),
+        "seed": config.seed,
+    }
+
+
+def _check_resume_compatible(path: Path, meta_new: dict[str, Any]) -> dict[str, Any]:
+    with _open_checked(path, "r") as f:
+        meta = json.loads(f.attrs["metadata"])
+    problems = []
+    if meta.get("theory") != meta_new["theory"]:
+        problems.append(f"theory {meta.get('theory')} != {meta_new['theory']}")
+    old_run, new_run = meta.get("run", {}), meta_new["run"]
+    for key in ("n_chains", "n_therm", "every", "seed", "start", "adapt", "target_acceptance", "dtype"):
+        if old_run.get(key) != new_run.get(key):
+            problems.append(f"{key} {old_run.get(key)!r} != {new_run.get(key)!r}")
+    old_s, new_s = meta.get("sampler", {}), meta_new["sampler"]
+    for key in set(old_s) | set(new_s):
+        if key in ("step_size", "trajectory_length") and old_run.get("adapt"):
+            continue  # adapted during thermalisation; the checkpoint holds the frozen value
+        if old_s.get(key) != new_s.get(key):
+            problems.append(f"sampler {key} {old_s.get(key)!r} != {new_s.get(key)!r}")
+    if problems:
+        raise LftmlError(f"cannot resume {path}: it was made with other settings ({'; '.join(problems)})")
+    return meta
+
+
+def run(
+    sampler: Sampler,
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    kind: str | None = None,
+    flush_every: int = 50,
+    flush_seconds: float = 30.0,
+) -> RunResult:
+    """Thermalise and measure; write ``config.n_configs`` configurations to ``out`` (HDF5).
+
+    With ``resume=True`` an existing ``out`` is extended (bit-identically) to ``n_configs``.
+    Without ``out`` the configurations are returned in memory (``RunResult.configs``).
+    """
+    theory = sampler.theory
+    device = resolve_device(config.device)
+    kind = kind or ("hmc" if isinstance(sampler, HMC) else "langevin")
+    meta = _metadata(kind, theory, sampler, config)
+    rng = ChainRNG.from_seed(config.seed, config.n_chains, purpose=1, device=device)
+    adapter = _Adapter(sampler, config.target_acceptance) if (config.adapt and isinstance(sampler, HMC)) else None
+    updates_done = 0  # updates after thermalisation
+    therm_done = 0
+    writer: EnsembleWriter | None = None
+    phi: torch.Tensor | None = None
+    out_path = Path(out) if out is not None else None
+
+    if out_path is not None and resume and out_path.exists():
+        _check_resume_compatible(out_path, meta)
+        ck = read_checkpoint(out_path)
+        writer = EnsembleWriter.resume(out_path, theory, flush_every=flush_every, flush_seconds=flush_seconds)
+        if ck is not None:
+            phi = torch.from_numpy(np.asarray(ck["phi"])).to(device=device, dtype=config.torch_dtype)
+            rng.set_state(np.asarray(ck["rng_state"]))
+            therm_done = int(ck["therm_done"])
+            updates_done = int(ck["updates_done"])
+            if isinstance(sampler, HMC):
+                sampler = replace(sampler, step_size=float(ck["step_size"]))
+            if adapter is not None:
+                adapter = _Adapter(sampler, config.target_acceptance, int(ck["adapt_t"]), float(ck["adapt_log_eps"]))
+            if int(ck["n_configs"]) != writer.n_configs:
+                raise LftmlError(f"{out_path}: checkpoint and data disagree; the file is damaged")
+            log.info("resuming %s at %d configurations", out_path, writer.n_configs)
+        elif writer.n_configs:
+            raise LftmlError(f"{out_path} holds configurations but no checkpoint; it cannot be resumed")
+    elif out_path is not None:
+        if out_path.exists() and not overwrite:
+            raise LftmlError(f"{out_path} already exists; pass --resume to extend it, or choose another --out")
+        writer = EnsembleWriter.create(
+            out_path, lattice_shape=theory.lattice.shape, n_chains=config.n_chains, metadata=meta,
+            dtype=np.dtype(config.dtype), theory=theory, overwrite=overwrite,
+            flush_every=flush_every, flush_seconds=flush_seconds,
+        )
+    if phi is None:
+        phi = initial_field(theory, config, device)
+    state = sampler.init(phi)
+
+    n_have = writer.n_configs if writer is not None else 0
+    total = config.n_therm + config.n_configs * config.every
+    done = therm_done + updates_done
+    memory: list[torch.Tensor] = []
+    acc_sum, acc_n = 0.0, 0
+    t_start = time.perf_counter()
+    t_last = t_start
+
+    def checkpoint() -> dict[str, Any]:
+        ck = {
+            "phi": state.phi.detach().cpu().numpy(),
+            "rng_state": rng.get_state(),
+            "therm_done": therm_done,
+            "updates_done": updates_done,
+            "step_size": float(getattr(sampler, "step_size", float("nan"))),
+            "adapt_t": adapter.t if adapter else 0,
+            "adapt_log_eps": adapter.log_eps if adapter else 0.0,
+        }
+        return ck
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=done, disable=None if progress else True, desc=kind, unit="upd", leave=False)
+    try:
+        with _sigterm_as_interrupt():
+            while therm_done < config.n_therm:
+                state, info = sampler.step(state, rng)
+                therm_done += 1
+                if adapter is not None:
+                    sampler = adapter.update(sampler, float(info["acceptance_probability"].mean()))
+                bar.update(1)
+                if writer is not None and (therm_done == config.n_therm or time.perf_counter() - t_last > flush_seconds):
+                    now = time.perf_counter()
+                    writer.add_wall_time(now - t_last)
+                    t_last = now
+                    writer.set_checkpoint(checkpoint())
+                    writer.flush()
+            if adapter is not None and writer is not None and n_have == 0:
+                writer.update_metadata(sampler={**sampler.settings(), "adapted": True})
+            while n_have < config.n_configs:
+                pending: list[dict[str, np.ndarray]] = []
+                for _ in range(config.every):
+                    state, info = sampler.step(state, rng)
+                    updates_done += 1
+                    if "accepted" in info:
+                        acc_sum += float(info["accepted"].double().mean())
+                        acc_n += 1
+                    pending.append(_records(info))
+                bar.update(config.every)
+                n_have += 1
+                if writer is not None:
+                    now = time.perf_counter()
+                    writer.add_wall_time(now - t_last)
+                    t_last = now
+                    writer.set_checkpoint(checkpoint())
+                    records = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+                    writer.append(state.phi[None], records=records)
+                else:
+                    memory.append(state.phi.detach().clone())
+                if progress and acc_n:
+                    bar.set_postfix(acc=f"{acc_sum / acc_n:.3f}")
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.add_wall_time(time.perf_counter() - t_last)
+            writer.close()
+    wall = time.perf_counter() - t_start
+    return RunResult(
+        path=out_path,
+        n_configs=n_have,
+        n_chains=config.n_chains,
+        acceptance=(acc_sum / acc_n) if acc_n else None,
+        step_size=getattr(sampler, "step_size", None),
+        wall_time_s=wall,
+        sampler=sampler.settings(),
+        configs=torch.stack(memory) if memory else None,
+    )

@@ -1,0 +1,110 @@
+"""Hybrid Monte Carlo (Duane, Kennedy, Pendleton, Roweth 1987), batched over chains.
+
+One trajectory: draw momenta pi ~ N(0, 1) per site, integrate Hamilton's equations of
+``H = sum pi^2/2 + S(phi)`` for ``n_steps`` steps of size ``step_size`` (trajectory length
+``step_size * n_steps``) with a reversible symplectic integrator, then accept the end point with
+probability ``min(1, exp(-dH))``, ``dH = H_end - H_start``. This is exact for any step size (the
+step size only changes the acceptance rate). Step-size adaptation is done by the driver
+(:mod:`lftml.run`) during thermalisation only, and frozen afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lftml.errors import LftmlError
+from lftml.samplers.integrators import FORCES_PER_STEP, INTEGRATORS
+from lftml.samplers.rng import ChainRNG
+from lftml.samplers.stability import max_stable_step, md_stable, omega2_max
+from lftml.theories.base import Theory
+
+
+@dataclass(frozen=True)
+class HMCState:
+    phi: torch.Tensor  # (n_chains, *shape)
+    action: torch.Tensor  # (n_chains,)
+
+
+@dataclass(frozen=True)
+class HMC:
+    """HMC settings (immutable). ``step_size`` is the MD step, ``n_steps`` the steps per trajectory."""
+
+    theory: Theory
+    step_size: float
+    n_steps: int
+    integrator: str = "omelyan"
+
+    def __post_init__(self) -> None:
+        if self.integrator not in INTEGRATORS:
+            raise LftmlError(f"unknown integrator {self.integrator!r}; choose one of {', '.join(INTEGRATORS)}")
+        if int(self.n_steps) < 1:
+            raise LftmlError(f"the number of MD steps must be >= 1, got {self.n_steps}")
+        if not (self.step_size > 0 and math.isfinite(self.step_size)):
+            raise LftmlError(f"the MD step size must be positive, got {self.step_size}")
+        if hasattr(self.theory, "coefficients"):
+            w2 = omega2_max(self.theory)
+            if not md_stable(self.integrator, self.step_size, w2):
+                raise LftmlError(
+                    f"MD step size {self.step_size:g} is unstable for this action with the {self.integrator} integrator "
+                    f"(the stiffest mode needs a step < {max_stable_step(self.integrator, w2):.4g}); "
+                    "increase --md-steps or shorten --traj-length"
+                )
+
+    @classmethod
+    def from_trajectory(cls, theory: Theory, traj_length: float, n_steps: int, integrator: str = "omelyan") -> "HMC":
+        if not (traj_length > 0):
+            raise LftmlError(f"the trajectory length must be positive, got {traj_length}")
+        if int(n_steps) < 1:
+            raise LftmlError(f"the number of MD steps must be >= 1, got {n_steps}")
+        return cls(theory, traj_length / int(n_steps), int(n_steps), integrator)
+
+    @property
+    def trajectory_length(self) -> float:
+        return self.step_size * self.n_steps
+
+    @property
+    def forces_per_update(self) -> int:
+        return FORCES_PER_STEP[self.integrator] * self.n_steps + 1
+
+    def settings(self) -> dict:
+        return {
+            "algorithm": "hmc",
+            "integrator": self.integrator,
+            "step_size": self.step_size,
+            "n_steps": self.n_steps,
+            "trajectory_length": self.trajectory_length,
+        }
+
+    def init(self, phi: torch.Tensor) -> HMCState:
+        self.theory.lattice.check_field(phi, "initial field")
+        return HMCState(phi, self.theory.action(phi))
+
+    def hamiltonian(self, phi: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        dims = self.theory.lattice.dims
+        return 0.5 * (pi * pi).sum(dim=dims) + self.theory.action(phi)
+
+    def step(self, state: HMCState, rng: ChainRNG) -> tuple[HMCState, dict[str, torch.Tensor]]:
+        """One trajectory with Metropolis accept/reject per chain."""
+        phi0 = state.phi
+        pi0 = rng.normal(phi0.shape[1:], dtype=phi0.dtype)
+        dims = self.theory.lattice.dims
+        h0 = 0.5 * (pi0 * pi0).sum(dim=dims) + state.action
+        phi1, pi1 = INTEGRATORS[self.integrator](phi0, pi0, self.theory.force, self.step_size, self.n_steps)
+        s1 = self.theory.action(phi1)
+        h1 = 0.5 * (pi1 * pi1).sum(dim=dims) + s1
+        dH = h1 - h0
+        u = rng.uniform(dtype=torch.float64).to(dH.device)
+        dH_safe = torch.nan_to_num(dH, nan=math.inf)
+        accept = torch.log(u) < -dH_safe
+        mask = accept.view(-1, *([1] * (phi0.ndim - 1)))
+        new = HMCState(torch.where(mask, phi1, phi0), torch.where(accept, s1, state.action))
+        info = {
+            "dH": dH,
+            "accepted": accept,
+            "acceptance_probability": torch.clamp(torch.exp(-dH_safe), max=1.0),
+            "exp_minus_dH": torch.exp(-dH),
+        }
+        return new, info

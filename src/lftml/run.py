@@ -181,7 +181,7 @@ def _check_resume_compatible(path: Path, meta_new: dict[str, Any]) -> dict[str, 
             problems.append(f"{key} {old_run.get(key)!r} != {new_run.get(key)!r}")
     old_s, new_s = meta.get("sampler", {}), meta_new["sampler"]
     for key in set(old_s) | set(new_s):
-        if key in ("step_size", "trajectory_length") and old_run.get("adapt"):
+        if key in ("step_size", "trajectory_length", "adapted") and old_run.get("adapt"):
             continue  # adapted during thermalisation; the checkpoint holds the frozen value
         if old_s.get(key) != new_s.get(key):
             problems.append(f"sampler {key} {old_s.get(key)!r} != {new_s.get(key)!r}")
@@ -316,6 +316,11 @@ def run(
             writer.add_wall_time(time.perf_counter() - t_last)
             writer.close()
     wall = time.perf_counter() - t_start
+    if acc_n and acc_sum / acc_n < 0.1:
+        log.warning(
+            "HMC acceptance is %.3f: the chain hardly moves; increase --md-steps (smaller step) or use --adapt",
+            acc_sum / acc_n,
+        )
     return RunResult(
         path=out_path,
         n_configs=n_have,

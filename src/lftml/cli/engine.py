@@ -85,7 +85,7 @@ def _table(result: dict[str, Any]) -> str:
 
 
 def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, start, out, resume, adapt, target, device,
-                 dtype, progress, as_json, kind):
+                 dtype, progress, as_json, kind, flush_every=50):
     from lftml.analysis import analyze
     from lftml.run import RunConfig, run
 
@@ -93,7 +93,10 @@ def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, star
         n_chains=chains, n_configs=n_configs, n_therm=therm, every=every, seed=seed, start=start, adapt=adapt,
         target_acceptance=target, device=device, dtype=dtype,
     )
-    result = run(sampler, config, out, resume=resume, progress=progress and not as_json, kind=kind)
+    if flush_every < 1:
+        raise LftmlError(f"--checkpoint-every must be >= 1, got {flush_every}")
+    result = run(sampler, config, out, resume=resume, progress=progress and not as_json, kind=kind,
+                 flush_every=flush_every)
     summary: dict[str, Any] = {
         "out": str(out), "n_configs": result.n_configs, "n_chains": result.n_chains, "acceptance": result.acceptance,
         "sampler": result.sampler, "wall_time_s": result.wall_time_s,
@@ -134,6 +137,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu, cuda or auto."),
         dtype: str = typer.Option("float64", help="float64 (default) or float32."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
+        checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Configurations between file flushes."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Hybrid Monte Carlo for phi^4 / free fields; writes an HDF5 ensemble and prints its analysis."""
@@ -143,7 +147,7 @@ def register(app: typer.Typer) -> None:
         sampler = HMC.from_trajectory(theory, traj_length, md_steps, integrator)
         _run_command(sampler, theory, chains=chains, n_configs=n_configs, therm=therm, every=every, seed=seed,
                      start=start, out=out, resume=resume, adapt=adapt, target=target_acceptance, device=device,
-                     dtype=dtype, progress=progress, as_json=as_json, kind="hmc")
+                     dtype=dtype, progress=progress, as_json=as_json, kind="hmc", flush_every=checkpoint_every)
 
     @app.command()
     def langevin(
@@ -166,6 +170,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu, cuda or auto."),
         dtype: str = typer.Option("float64", help="float64 (default) or float32."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
+        checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Configurations between file flushes."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Langevin dynamics (stochastic quantisation); results carry a step-size bias: extrapolate dt -> 0."""
@@ -175,7 +180,7 @@ def register(app: typer.Typer) -> None:
         sampler = Langevin(theory, dt, scheme)
         _run_command(sampler, theory, chains=chains, n_configs=n_configs, therm=therm, every=every, seed=seed,
                      start=start, out=out, resume=resume, adapt=False, target=0.8, device=device, dtype=dtype,
-                     progress=progress, as_json=as_json, kind="langevin")
+                     progress=progress, as_json=as_json, kind="langevin", flush_every=checkpoint_every)
 
     @app.command()
     def analyze(

@@ -4,7 +4,6 @@ turns :class:`lftml.errors.LftmlError` into a one-line message and exit status 2
 from __future__ import annotations
 
 import logging
-import sys
 
 import typer
 
@@ -18,6 +17,17 @@ class _Group(TyperGroup):
 
     def parse_args(self, ctx, args):  # type: ignore[override]
         return super().parse_args(ctx, normalize_argv(list(args)))
+
+    def invoke(self, ctx):  # type: ignore[override]
+        """User errors become one line on stderr and exit status 2 (also under CliRunner)."""
+        try:
+            return super().invoke(ctx)
+        except LftmlError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            typer.echo("interrupted: output files hold everything completed so far (use --resume to continue)", err=True)
+            ctx.exit(130)
 
 
 app = typer.Typer(
@@ -45,25 +55,7 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        app(args=argv, standalone_mode=False)
-    except LftmlError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: output files hold everything completed so far (use --resume to continue)", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:  # raised by typer for --help etc.
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    app(args=argv, prog_name="lftml")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 from lftml.errors import LftmlError
 from lftml.samplers.integrators import FORCES_PER_STEP, INTEGRATORS
 from lftml.samplers.rng import ChainRNG
-from lftml.samplers.stability import max_stable_step, md_stable, omega2_max
+from lftml.samplers.stability import max_stable_step, omega2_max
 from lftml.theories.base import Theory
 
 
@@ -46,10 +46,11 @@ class HMC:
             raise LftmlError(f"the MD step size must be positive, got {self.step_size}")
         if hasattr(self.theory, "coefficients"):
             w2 = omega2_max(self.theory)
-            if not md_stable(self.integrator, self.step_size, w2):
+            eps_max = max_stable_step(self.integrator, w2)
+            if self.step_size >= eps_max:
                 raise LftmlError(
                     f"MD step size {self.step_size:g} is unstable for this action with the {self.integrator} integrator "
-                    f"(the stiffest mode needs a step < {max_stable_step(self.integrator, w2):.4g}); "
+                    f"(the stiffest mode needs a step < {eps_max:.4g}); "
                     "increase --md-steps or shorten --traj-length"
                 )
 

@@ -7,6 +7,8 @@ whose step is unstable for that mode blows up exponentially, so such settings ar
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from lftml.samplers.integrators import OMELYAN_LAMBDA
@@ -32,13 +34,21 @@ def md_stable(integrator: str, eps: float, w2: float) -> bool:
     return abs(np.trace(m)) < 2.0
 
 
+@lru_cache(maxsize=256)
 def max_stable_step(integrator: str, w2: float) -> float:
-    """Largest stable MD step for a mode of frequency^2 ``w2`` (bisection)."""
-    lo, hi = 0.0, 10.0 / np.sqrt(w2)
+    """Upper end of the first interval of stable steps, (0, eps_max), for a mode of frequency^2 ``w2``.
+
+    Omelyan's scheme has islands of stability beyond its first threshold; they are not counted."""
+    grid = np.linspace(0.0, 6.0 / np.sqrt(w2), 3001)[1:]
+    unstable = [e for e in grid if not md_stable(integrator, e, w2)]
+    if not unstable:
+        return float(grid[-1])
+    hi = unstable[0]
+    lo = grid[np.searchsorted(grid, hi) - 1] if hi > grid[0] else 0.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if all(md_stable(integrator, e, w2) for e in np.linspace(mid / 2, mid, 8)) else (lo, mid)
-    return lo
+        lo, hi = (mid, hi) if md_stable(integrator, mid, w2) else (lo, mid)
+    return float(lo)
 
 
 def langevin_max_step(theory) -> float:

@@ -1,0 +1,50 @@
+"""Shared test helpers: run the CLI in-process the way a user's shell would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # CI machines have 2 cores; tests are written for one thread each
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str, check: bool = False) -> CliResult:
+    """Run ``lftml ARGS`` in-process through the real entry point (argv normalisation included)."""
+    from typer.testing import CliRunner
+
+    from lftml.cli.main import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    out = CliResult(res.exit_code, res.stdout, res.stderr if res.stderr_bytes is not None else "")
+    if check and out.exit_code != 0:
+        raise AssertionError(f"lftml {' '.join(map(str, args))} exited {out.exit_code}:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def run_cli_subprocess(*args: str, timeout: float = 300) -> CliResult:
+    """Run ``python -m lftml ARGS`` in a fresh process (exit codes and one-line errors as a user sees them)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lftml", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

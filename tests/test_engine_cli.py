@@ -1,0 +1,100 @@
+"""The engine's command line: JSON contracts, exact free-field values, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lftml.cli.common import normalize_argv, parse_shape
+from lftml.errors import LftmlError
+from lftml.lattice import Lattice
+from lftml.theories import FreeScalar
+
+from conftest import run_cli, run_cli_subprocess
+
+ANALYSIS_KEYS = {"magnetisation", "abs_magnetisation", "susceptibility", "susceptibility_abs", "binder"}
+
+
+def test_shape_accepts_space_comma_and_x_forms():
+    assert normalize_argv(["hmc", "--shape", "32", "16", "--chains", "4"]) == ["hmc", "--shape", "32,16", "--chains", "4"]
+    assert parse_shape("32,16") == parse_shape("32x16") == parse_shape("32 16") == (32, 16)
+    with pytest.raises(LftmlError):
+        parse_shape("32,-1")
+
+
+def test_analyze_json_has_the_documented_keys(tmp_path):
+    out = tmp_path / "e.h5"
+    run_cli("hmc", "--shape", "6", "6", "--kappa", "0.2", "--lam", "0.02", "--chains", "4", "--n-configs", "30",
+            "--therm", "10", "--seed", "1", "--out", out, "--no-progress", "--json", check=True)
+    res = run_cli("analyze", out, "--json", check=True)
+    data = res.json()
+    assert ANALYSIS_KEYS <= set(data)
+    for key in ANALYSIS_KEYS:
+        assert {"value", "error", "tau_int"} <= set(data[key])
+        assert data[key]["error"] > 0 and data[key]["tau_int"] >= 0
+    assert data["n_configs"] == 30 and data["n_chains"] == 4 and data["volume"] == 36
+    assert 0.0 < data["acceptance"] <= 1.0
+    table = run_cli("analyze", out, check=True).stdout
+    assert "chi_2" in table and "tau_int" in table and "U_L" in table
+
+
+def test_analyze_plot_writes_png(tmp_path):
+    out = tmp_path / "e.h5"
+    run_cli("hmc", "--shape", "8", "8", "--m2", "0.5", "--chains", "4", "--n-configs", "40", "--therm", "10",
+            "--out", out, "--no-progress", "--json", check=True)
+    png = tmp_path / "e.png"
+    res = run_cli("analyze", out, "--plot", png, "--json", check=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res.json()["exact"]["susceptibility"] == pytest.approx(2.0)
+
+
+def test_free_json_matches_closed_forms():
+    data = run_cli("free", "--shape", "8", "8", "--m2", "0.5", "--json", check=True).json()
+    theory = FreeScalar(Lattice((8, 8)), 0.5)
+    assert data["susceptibility"] == pytest.approx(2.0, rel=1e-14)
+    assert data["binder"] == 0.0
+    assert data["phi2"] == pytest.approx(np.linalg.inv(theory.kernel_matrix())[0, 0], rel=1e-12)
+    assert data["effective_mass"] == pytest.approx(np.arccosh(1.25), rel=1e-14)
+    assert data["eigenvalue_min"] == pytest.approx(0.5) and data["eigenvalue_max"] == pytest.approx(8.5)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["free", "--shape", "8", "0", "--m2", "1"], "positive integers"),
+        (["free", "--shape", "8", "--m2", "-1"], "m2 > 0"),
+        (["hmc", "--shape", "8", "--kappa", "0.2", "--out", "X"], "needs both --kappa and --lam"),
+        (["hmc", "--shape", "8", "--kappa", "0.2", "--lam", "0.1", "--m2", "1", "--out", "X"], "mixing parametrisations"),
+        (["hmc", "--shape", "8", "--m2", "1", "--lam4", "0.1", "--g", "1", "--out", "X"], "one quartic coupling"),
+        (["hmc", "--shape", "8", "--lam4", "0.1", "--out", "X"], "need --m2"),
+        (["hmc", "--shape", "8", "--m2", "1", "--md-steps", "1", "--traj-length", "3", "--out", "X"], "unstable"),
+        (["langevin", "--shape", "8", "--m2", "1", "--dt", "0.5", "--out", "X"], "unstable"),
+        (["hmc", "--shape", "8", "--m2", "1", "--integrator", "rk4", "--out", "X"], "unknown integrator"),
+        (["langevin", "--shape", "8", "--m2", "1", "--scheme", "rk4", "--out", "X"], "unknown Langevin scheme"),
+        (["hmc", "--shape", "8", "--m2", "1", "--chains", "0", "--out", "X"], "n-chains must be >= 1"),
+        (["hmc", "--shape", "8", "--m2", "1", "--start", "warm", "--out", "X"], "hot' or 'cold"),
+        (["analyze", "missing.h5"], "does not exist"),
+    ],
+)
+def test_bad_input_gets_one_line_error_and_exit_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(*args)
+    assert res.exit_code == 2
+    assert message in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "X").exists()
+
+
+def test_console_entry_point_exit_codes(tmp_path):
+    bad = tmp_path / "foreign.h5"
+    bad.write_text("not hdf5")
+    res = run_cli_subprocess("analyze", bad)
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    ok = run_cli_subprocess("free", "--shape", "4", "4", "--m2", "1", "--json")
+    assert ok.exit_code == 0 and ok.stdout.lstrip().startswith("{")
+
+
+def test_demo_runs_and_prints_an_analysis_table():
+    res = run_cli("demo", "--json", check=True)
+    data = res.json()
+    assert data["analysis"]["n_configs"] == 200 and ANALYSIS_KEYS <= set(data["analysis"])

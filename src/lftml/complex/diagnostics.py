@@ -1,0 +1,268 @@
+"""Diagnostics that tell correct complex Langevin results from wrong ones.
+
+Each diagnostic gives a number (in :func:`diagnose`) and a plot (functions take a matplotlib ``ax``
+and return it):
+
+1. **Correctness criterion** (Aarts, James, Seiler, Stamatescu, EPJC 71 (2011) 1756): for holomorphic
+   observables ``<L_c O> = 0`` with ``L_c = sum_k (d_k + K_k) d_k``. Number: the largest z-score
+   ``|<L_c O>| / error`` over observables and real/imaginary parts. It also detects a finite-step-size
+   bias (reduce ``--dt`` or use the Heun scheme).
+2. **Boundary terms** (Scherzer, Seiler, Sexty, Stamatescu, PRD 99 (2019) 014512):
+   ``B_O(Y) = <L_c O * Theta(Y - Y(z))>`` with ``Y(z) = max_sites |Im z|``, as a function of the
+   cut-off Y. For a correct run B(Y) -> 0 once Y encloses the distribution; a plateau at a non-zero
+   value signals boundary terms. Number: the largest z-score of B(Y) over the cut-offs in the *tail*
+   region (cut-offs that enclose at least ``tail_fraction`` = 99% of the Langevin time, where the
+   truncation itself no longer matters), and ``B(Y_tail)`` at the first such cut-off.
+3. **Drift magnitude** (Nagata, Nishimura, Shimasaki, PRD 94 (2016) 114515): the Langevin-time
+   distribution of ``u = max_sites |K|`` must fall off exponentially or faster. Number: the local
+   power-law exponent ``alpha`` of the survival function ``P(u' > u) ~ u^{-alpha}`` fitted between
+   survival probabilities 1e-2 and 1e-4 (a Gaussian tail gives alpha of order 10 there); ``alpha <
+   drift_tail_threshold`` (default 4) is suspicious.
+4. **Distribution of Im z** (Aarts, Giudice, Seiler, Ann. Phys. 337 (2013) 238): a distribution
+   localised in a strip ``|Im z| <= y_max`` guarantees correctness; power-law tails are a warning.
+   Numbers: ``imag_max`` (largest ``|Im z|`` seen), ``imag_width`` (time-weighted rms of Im z) and
+   ``imag_tail_exponent`` (as for the drift; None when the survival never reaches 1e-2, i.e. a strip).
+
+``suspicious`` is true if the criterion or the boundary term exceeds ``zscore_threshold`` (default 4,
+chosen above the 2-3 sigma excursions of correct runs with several observables) or the drift tail
+exponent is below its threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from lftml.complex.analysis import ComplexEstimate, complex_estimate, weighted_mean
+from lftml.complex.langevin import DRIFT_EDGES, IMAG_EDGES, CLRun
+
+__all__ = [
+    "criterion",
+    "boundary_terms",
+    "tail_exponent",
+    "drift_tail",
+    "imag_distribution",
+    "diagnose",
+    "plot_criterion",
+    "plot_boundary_terms",
+    "plot_drift_histogram",
+    "plot_imag_distribution",
+    "plot_diagnostics",
+]
+
+ZSCORE_THRESHOLD = 4.0
+DRIFT_TAIL_THRESHOLD = 4.0
+
+
+def criterion(run: CLRun) -> dict[str, ComplexEstimate]:
+    """``<L_c O>`` (time-weighted, Gamma-method errors) for every holomorphic observable of the run."""
+    return {k: complex_estimate(v, run.weights) for k, v in run.criterion.items()}
+
+
+def boundary_terms(run: CLRun, observable: str) -> dict[str, Any]:
+    """``B(Y)`` for one observable: ``{"cutoffs", "estimates" (list of ComplexEstimate), "fraction_inside"}``."""
+    b = run.boundary[observable]
+    ests = [complex_estimate(b[..., i], run.weights) for i in range(b.shape[-1])]
+    frac = np.asarray(weighted_mean(run.fraction_inside, run.weights)).real
+    return {"cutoffs": np.asarray(run.cutoffs), "estimates": ests, "fraction_inside": frac}
+
+
+def tail_exponent(hist: np.ndarray, edges: np.ndarray, upper: float = 1e-2, lower: float = 1e-4) -> float | None:
+    """Local power ``alpha`` of the survival ``S(u) = P(u' >= u) ~ u^{-alpha}`` between ``S = upper``
+    and ``S = lower`` from a histogram with under/overflow bins (``len(hist) == len(edges) + 1``).
+
+    Returns None when fewer than two edges lie in that range (a distribution with a hard edge, such
+    as a strip in Im z, or too little statistics to resolve the tail): no power-law tail seen.
+    """
+    h = np.asarray(hist, dtype=float)
+    total = h.sum()
+    if total <= 0:
+        return None
+    survival = 1.0 - np.cumsum(h)[:-1] / total  # P(u >= edges[i])
+    sel = (survival <= upper) & (survival >= lower) & (np.asarray(edges) > 0)
+    if sel.sum() < 2:
+        return None
+    x, y = np.log(np.asarray(edges)[sel]), np.log(survival[sel])
+    return float(-np.polyfit(x, y, 1)[0])
+
+
+def drift_tail(run: CLRun) -> float | None:
+    """Tail exponent of the Langevin-time distribution of ``K_max`` (see module docstring)."""
+    return tail_exponent(run.drift_hist, DRIFT_EDGES)
+
+
+def imag_distribution(run: CLRun) -> dict[str, float | None]:
+    """``imag_max``, ``imag_width`` (rms of Im z over sites, time weighted) and ``imag_tail_exponent``."""
+    h = np.asarray(run.imag_hist, dtype=float)
+    n = len(IMAG_EDGES)  # histogram bins: 0 underflow, i in 1..n-1 between edges[i-1], edges[i], n overflow
+    centres = np.concatenate([[IMAG_EDGES[0]], 0.5 * (IMAG_EDGES[1:] + IMAG_EDGES[:-1]), [IMAG_EDGES[-1]]])
+    total = h.sum()
+    width = float(np.sqrt((h * centres**2).sum() / total)) if total > 0 else None
+    # fold onto |Im z|: edges are symmetric, the centre edge is 0
+    mid = n // 2
+    pos = h[mid + 1 :]  # bins above edge 0: [0, e1), ..., overflow
+    neg = h[: mid + 1][::-1]  # mirrored
+    folded = pos + neg
+    folded = np.concatenate([[0.0], folded])  # underflow (nothing below 0)
+    alpha = tail_exponent(folded, IMAG_EDGES[mid:])
+    return {"imag_max": float(np.max(run.imag_max)), "imag_width": width, "imag_tail_exponent": alpha}
+
+
+def diagnose(
+    run: CLRun,
+    *,
+    zscore_threshold: float = ZSCORE_THRESHOLD,
+    drift_tail_threshold: float = DRIFT_TAIL_THRESHOLD,
+    tail_fraction: float = 0.99,
+) -> dict[str, Any]:
+    """All diagnostics as a JSON-ready dict with the boolean ``suspicious`` and the ``reasons``."""
+    reasons: list[str] = []
+    crit = criterion(run)
+    crit_out = {}
+    crit_max = 0.0
+    for k, e in crit.items():
+        z = e.zscore(0j)
+        crit_max = max(crit_max, z)
+        crit_out[k] = {"value": [e.value.real, e.value.imag], "error": [e.error.real, e.error.imag], "zscore": z}
+    if crit_max > zscore_threshold:
+        reasons.append(f"criterion <L_c O> != 0 at {crit_max:.1f} sigma")
+
+    bt_out = {}
+    bt_max = 0.0
+    for k in run.boundary:
+        bt = boundary_terms(run, k)
+        frac = bt["fraction_inside"]
+        tail = np.nonzero(frac >= tail_fraction)[0]
+        zs = [e.zscore(0j) for e in bt["estimates"]]
+        zmax = max((zs[i] for i in tail), default=0.0)
+        first = int(tail[0]) if len(tail) else None
+        bt_max = max(bt_max, zmax)
+        bt_out[k] = {
+            "cutoffs": [float(y) for y in bt["cutoffs"]],
+            "values": [[e.value.real, e.value.imag] for e in bt["estimates"]],
+            "errors": [[e.error.real, e.error.imag] for e in bt["estimates"]],
+            "fraction_inside": [float(f) for f in frac],
+            "tail_cutoff": None if first is None else float(bt["cutoffs"][first]),
+            "tail_value": None if first is None else [bt["estimates"][first].value.real, bt["estimates"][first].value.imag],
+            "max_tail_zscore": zmax,
+        }
+    if bt_max > zscore_threshold:
+        reasons.append(f"boundary terms B(Y) != 0 at {bt_max:.1f} sigma")
+
+    alpha = drift_tail(run)
+    if alpha is not None and alpha < drift_tail_threshold:
+        reasons.append(f"drift magnitudes have a power-law tail (alpha = {alpha:.2f} < {drift_tail_threshold})")
+    imag = imag_distribution(run)
+    return {
+        "criterion": crit_out,
+        "criterion_max_zscore": crit_max,
+        "boundary_terms": bt_out,
+        "boundary_max_zscore": bt_max,
+        "drift_tail_exponent": alpha,
+        **imag,
+        "thresholds": {"zscore": zscore_threshold, "drift_tail_exponent": drift_tail_threshold},
+        "suspicious": bool(reasons),
+        "reasons": reasons,
+    }
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_criterion(ax: Any, run: CLRun, threshold: float = ZSCORE_THRESHOLD) -> Any:
+    """Significance ``<L_c O> / error`` of Re and Im for each observable (should lie within +-threshold);
+    the values themselves are printed in the tick labels."""
+    crit = criterion(run)
+    names = list(crit)
+    x = np.arange(len(names))
+
+    def sig(v: float, e: float) -> float:
+        return v / e if e > 0 else 0.0
+
+    ax.axhspan(-threshold, threshold, color="0.9", label=f"|z| < {threshold:g}")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.plot(x - 0.1, [sig(crit[k].value.real, crit[k].error.real) for k in names], "o", label="Re")
+    ax.plot(x + 0.1, [sig(crit[k].value.imag, crit[k].error.imag) for k in names], "s", label="Im")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"$L_c$ {k}\n{crit[k].value.real:.3g}{crit[k].value.imag:+.3g}i" for k in names])
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel(r"$\langle L_c O\rangle$ / error")
+    ax.set_title("correctness criterion")
+    ax.legend()
+    return ax
+
+
+def plot_boundary_terms(ax: Any, run: CLRun, observable: str | None = None) -> Any:
+    """``B(Y)`` (Re and Im with errors) versus the cut-off Y on ``max |Im z|`` (log axis)."""
+    observable = observable or next(iter(run.boundary))
+    bt = boundary_terms(run, observable)
+    y = bt["cutoffs"]
+    ests = bt["estimates"]
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.errorbar(y, [e.value.real for e in ests], [e.error.real for e in ests], fmt="o-", ms=3, label="Re B(Y)")
+    ax.errorbar(y, [e.value.imag for e in ests], [e.error.imag for e in ests], fmt="s-", ms=3, label="Im B(Y)")
+    ax.set_xscale("log")
+    ax.set_xlabel(r"cut-off $Y$ on $\max|{\rm Im}\,z|$")
+    ax.set_ylabel(r"$B(Y)$")
+    ax.set_title(f"boundary terms ({observable})")
+    ax.legend()
+    return ax
+
+
+def plot_drift_histogram(ax: Any, run: CLRun) -> Any:
+    """Langevin-time probability density of ``u = max |K|`` on log-log axes."""
+    h = np.asarray(run.drift_hist[1:-1], dtype=float)
+    total = run.drift_hist.sum()
+    widths = np.diff(DRIFT_EDGES)
+    dens = h / (total * widths) if total > 0 else h
+    centres = np.sqrt(DRIFT_EDGES[1:] * DRIFT_EDGES[:-1])
+    sel = dens > 0
+    ax.loglog(centres[sel], dens[sel], ".-")
+    alpha = drift_tail(run)
+    ax.set_xlabel(r"drift magnitude $u = \max|K|$")
+    ax.set_ylabel(r"$P(u)$")
+    ax.set_title("drift magnitude" + (f" (tail exponent {alpha:.2f})" if alpha is not None else ""))
+    return ax
+
+
+def plot_imag_distribution(ax: Any, run: CLRun) -> Any:
+    """Langevin-time probability density of Im z (all sites), log scale."""
+    h = np.asarray(run.imag_hist[1:-1], dtype=float)
+    total = run.imag_hist.sum()
+    widths = np.diff(IMAG_EDGES)
+    dens = h / (total * widths) if total > 0 else h
+    centres = 0.5 * (IMAG_EDGES[1:] + IMAG_EDGES[:-1])
+    sel = dens > 0
+    ax.semilogy(centres[sel], dens[sel], ".-")
+    if sel.any():
+        lim = max(abs(centres[sel]).max(), 1e-3) * 1.1
+        ax.set_xlim(-lim, lim)
+        if lim > 50:
+            ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel(r"${\rm Im}\,z$")
+    ax.set_ylabel(r"$P({\rm Im}\,z)$")
+    ax.set_title("distribution of Im z")
+    return ax
+
+
+def plot_diagnostics(run: CLRun, path: str | Any, title: str | None = None) -> Any:
+    """2x2 figure of all four diagnostics written to ``path`` (Agg backend); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    plot_criterion(axes[0, 0], run)
+    if run.boundary:
+        plot_boundary_terms(axes[0, 1], run)
+    plot_drift_histogram(axes[1, 0], run)
+    plot_imag_distribution(axes[1, 1], run)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,189 @@
+"""numba kernels of :mod:`lftml.samplers.fused` (imported lazily: importing this module imports numba).
+
+Every loop runs over contiguous row views (``phi[a:b]``) so that LLVM can prove the indices
+non-negative and vectorise; no fast-math, so no reassociation and no FMA contraction: the kick
+and drift reproduce the eager torch arithmetic exactly. Sums over the lattice use eight float64
+partial sums.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numba
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _jit(fn):
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except Exception as exc:  # noqa: BLE001  (no writable cache location: compile in memory)
+        log.debug("numba cache unavailable for %s (%s); compiling in memory", fn.__name__, exc)
+        return numba.njit(cache=False, nogil=True)(fn)
+
+
+@_jit
+def kick(phi, pi, tmp, rows, L, coef, c_hop, two_c2, four_c4):
+    """``pi += coef * force(phi)`` for one chain, ``force = c_hop * nb - phi * (2 c_2 + 4 c_4 phi phi)``.
+
+    phi, pi: flat ``(R * L,)``; rows: ``(R, 2 (d-1))`` row indices of x+e_0, x-e_0, x+e_1, ...;
+    tmp: scratch ``(L,)``. The neighbour sum is ``((phi[x+e0] + phi[x-e0]) + phi[x+e1]) + ...``,
+    the order of :meth:`lftml.lattice.Lattice.neighbour_sum`."""
+    R = rows.shape[0]
+    nr = rows.shape[1]
+    for r in range(R):
+        ph = phi[r * L : (r + 1) * L]
+        pp = pi[r * L : (r + 1) * L]
+        if nr == 0:  # one dimension
+            for j in range(1, L - 1):
+                p = ph[j]
+                nb = ph[j + 1] + ph[j - 1]
+                pp[j] = pp[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+            for j in range(0, L, max(L - 1, 1)):  # the edge sites (one when L == 1)
+                p = ph[j]
+                nb = ph[(j + 1) % L] + ph[(j - 1 + L) % L]
+                pp[j] = pp[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+            continue
+        up = phi[rows[r, 0] * L : (rows[r, 0] + 1) * L]
+        dn = phi[rows[r, 1] * L : (rows[r, 1] + 1) * L]
+        for j in range(L):
+            tmp[j] = up[j] + dn[j]
+        for k in range(2, nr):
+            o = phi[rows[r, k] * L : (rows[r, k] + 1) * L]
+            for j in range(L):
+                tmp[j] = tmp[j] + o[j]
+        for j in range(1, L - 1):
+            p = ph[j]
+            nb = (tmp[j] + ph[j + 1]) + ph[j - 1]
+            pp[j] = pp[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+        for j in range(0, L, max(L - 1, 1)):
+            p = ph[j]
+            nb = (tmp[j] + ph[(j + 1) % L]) + ph[(j - 1 + L) % L]
+            pp[j] = pp[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+
+
+@_jit
+def kick2d(phi, pi, edge, rows, L, coef, c_hop, two_c2, four_c4):
+    """The same kick for a 2d lattice with R >= 3 rows of L >= 3 sites, as one flat loop over rows
+    1 .. R-2 (neighbours at flat offsets +-L, +-1), then rows 0 and R-1, then the first and last site
+    of every row (whose +-1 neighbours wrap), restarting from their momenta saved in ``edge`` (2R,)."""
+    R = rows.shape[0]
+    V = R * L
+    for r in range(R):
+        edge[2 * r] = pi[r * L]
+        edge[2 * r + 1] = pi[r * L + L - 1]
+    n = V - 2 * L
+    up = phi[2 * L : V]
+    dn = phi[0:n]
+    rg = phi[L + 1 : V - L + 1]
+    lf = phi[L - 1 : V - L - 1]
+    ct = phi[L : V - L]
+    pp = pi[L : V - L]
+    for j in range(n):
+        p = ct[j]
+        nb = ((up[j] + dn[j]) + rg[j]) + lf[j]
+        pp[j] = pp[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+    for r in range(R):
+        ph = phi[r * L : (r + 1) * L]
+        pr = pi[r * L : (r + 1) * L]
+        u = phi[rows[r, 0] * L : (rows[r, 0] + 1) * L]
+        d = phi[rows[r, 1] * L : (rows[r, 1] + 1) * L]
+        if r == 0 or r == R - 1:
+            for j in range(1, L - 1):
+                p = ph[j]
+                nb = ((u[j] + d[j]) + ph[j + 1]) + ph[j - 1]
+                pr[j] = pr[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+        p = ph[0]
+        nb = ((u[0] + d[0]) + ph[1]) + ph[L - 1]
+        pr[0] = edge[2 * r] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+        p = ph[L - 1]
+        nb = ((u[L - 1] + d[L - 1]) + ph[0]) + ph[L - 2]
+        pr[L - 1] = edge[2 * r + 1] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+
+
+@_jit
+def drift(phi, pi, coef):
+    """``phi += coef * pi``."""
+    for i in range(phi.shape[0]):
+        phi[i] = phi[i] + coef * pi[i]
+
+
+@_jit
+def half_sum_sq(x):
+    """``sum x^2 / 2`` in float64 (eight partial sums)."""
+    n = x.shape[0]
+    a = np.zeros(8)
+    m = n - n % 8
+    for i in range(0, m, 8):
+        for k in range(8):
+            v = np.float64(x[i + k])
+            a[k] += v * v
+    for i in range(m, n):
+        v = np.float64(x[i])
+        a[0] += v * v
+    return 0.5 * (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
+
+
+@_jit
+def action(phi, tmp, rows, L, c_hop, c2, c4):
+    """S of one chain in float64: ``sum_x [-c_hop phi_x sum_mu phi_{x+mu} + c_2 phi_x^2 + c_4 phi_x^4]``."""
+    R = rows.shape[0]
+    nr = rows.shape[1]
+    a = np.zeros(8)
+    for r in range(R):
+        ph = phi[r * L : (r + 1) * L]
+        for j in range(L - 1):
+            tmp[j] = ph[j + 1]
+        tmp[L - 1] = ph[0]
+        for k in range(0, nr, 2):
+            o = phi[rows[r, k] * L : (rows[r, k] + 1) * L]
+            for j in range(L):
+                tmp[j] = tmp[j] + o[j]
+        for j in range(L):
+            p = np.float64(ph[j])
+            p2 = p * p
+            a[j % 8] += (-c_hop * p) * np.float64(tmp[j]) + c2 * p2 + (c4 * p2) * p2
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+
+
+@_jit
+def actions(phi, s, rows, L, c64):
+    """``s[c] = S(phi[c])`` for every chain (phi: ``(n, V)``), exactly as :func:`trajectory` computes it."""
+    tmp = np.empty(L, dtype=phi.dtype)
+    for c in range(phi.shape[0]):
+        s[c] = action(phi[c], tmp, rows, L, c64[0], c64[1], c64[2])
+
+
+@_jit
+def trajectory(phi0, pi, phi1, k0, k1, s1, rows, L, ops, coefs, cf, c64):
+    """One MD trajectory per chain, chain after chain: ``phi1[c] <- MD(phi0[c], pi[c])``, ``pi`` in place.
+
+    phi0, pi, phi1: ``(n, V)``; the integrator is the schedule ``ops[i]`` (0: kick ``pi += coefs[i] *
+    force``, 1: drift ``phi += coefs[i] * pi``), coefs in the field dtype; cf: (c_hop, 2 c_2, 4 c_4) in the
+    field dtype; c64: (c_hop, c_2, c_4) in float64. Outputs k0, k1 (kinetic energy at the start and the
+    end) and s1 (action at the end), float64 ``(n,)``."""
+    n = phi0.shape[0]
+    R = rows.shape[0]
+    tmp = np.empty(L, dtype=phi0.dtype)
+    edge = np.empty(2 * R, dtype=phi0.dtype)
+    flat2d = rows.shape[1] == 2 and R >= 3 and L >= 3
+    c_hop = cf[0]
+    two_c2 = cf[1]
+    four_c4 = cf[2]
+    for c in range(n):
+        x = phi1[c]
+        p = pi[c]
+        x[:] = phi0[c]
+        k0[c] = half_sum_sq(p)
+        for i in range(ops.shape[0]):
+            if ops[i] == 0:
+                if flat2d:
+                    kick2d(x, p, edge, rows, L, coefs[i], c_hop, two_c2, four_c4)
+                else:
+                    kick(x, p, tmp, rows, L, coefs[i], c_hop, two_c2, four_c4)
+            else:
+                drift(x, p, coefs[i])
+        k1[c] = half_sum_sq(p)
+        s1[c] = action(x, tmp, rows, L, c64[0], c64[1], c64[2])

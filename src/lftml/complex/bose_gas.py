@@ -48,7 +48,13 @@ import torch
 from lftml.errors import LftmlError
 from lftml.lattice import Lattice
 
-__all__ = ["BoseGas", "PhaseQuenchedBoseGas", "free_bose_gas_exact", "free_bose_gas_stable"]
+__all__ = [
+    "BoseGas",
+    "PhaseQuenchedBoseGas",
+    "free_bose_gas_exact",
+    "free_bose_gas_stable",
+    "free_bose_gas_discrete",
+]
 
 
 def _eps_apply(v: torch.Tensor) -> torch.Tensor:
@@ -79,6 +85,41 @@ def free_bose_gas_exact(shape: Sequence[int], m: float, mu: float) -> dict[str, 
     dm = -2.0 * np.sinh(mu) * np.cos(pt) + 2j * np.cosh(mu) * np.sin(pt)
     v = lat.volume
     return {"density": complex(-(dm / big_m).sum() / v), "phi2": complex((1.0 / big_m).sum() / v)}
+
+
+def free_bose_gas_discrete(
+    shape: Sequence[int], m: float, mu: float, step_size: float = 0.0, scheme: str = "euler"
+) -> dict[str, complex]:
+    """Exact stationary ``density`` and ``phi2`` of the *discretised* complex Langevin process for the
+    free theory (dense linear algebra; small lattices only, 2V <= 4096).
+
+    For a linear drift ``K = -A phi`` (A the complex symmetric Hessian in the two-real-field basis) the
+    stationary distribution is Gaussian with covariance ``C`` (``<phi phi^T> = C``):
+    Euler ``C = [A (1 - eps A/2)]^{-1}``; Heun ``C = 2 eps B^2 (1 - G^2)^{-1}`` with
+    ``G = 1 - eps A + eps^2 A^2/2``, ``B = 1 - eps A/2``. ``step_size = 0`` gives ``C = A^{-1}``, i.e. the
+    exact answer, which equals :func:`free_bose_gas_exact` (a check of action, drift and observables).
+    Then ``phi2 = tr C / (2V)`` and ``density = tr(N C)`` with ``n(phi) = phi^T N phi``.
+    """
+    model = BoseGas(tuple(shape), m=m, lam=0.0, mu=mu)
+    dim = 2 * model.volume
+    if dim > 4096:
+        raise LftmlError(f"free_bose_gas_discrete needs a dense {dim}x{dim} matrix; use a lattice with <= 2048 sites")
+    basis = torch.eye(dim, dtype=torch.complex128).reshape(dim, *model.field_shape)
+    a = -model.drift(basis).reshape(dim, dim).numpy().T  # column j = -K(e_j)
+    n_mat = 0.5 * model.density_gradient(basis).reshape(dim, dim).numpy().T
+    eye = np.eye(dim)
+    eps = float(step_size)
+    if eps == 0:
+        c = np.linalg.inv(a)
+    elif scheme == "euler":
+        c = np.linalg.inv(a @ (eye - 0.5 * eps * a))
+    elif scheme == "heun":
+        g = eye - eps * a + 0.5 * eps * eps * a @ a
+        b = eye - 0.5 * eps * a
+        c = 2 * eps * b @ b @ np.linalg.inv(eye - g @ g)
+    else:
+        raise LftmlError(f"unknown scheme {scheme!r}; choose euler or heun")
+    return {"density": complex(np.trace(n_mat @ c)), "phi2": complex(np.trace(c) / dim)}
 
 
 @dataclass(frozen=True)
@@ -168,12 +209,16 @@ class BoseGas:
         phi2 = 0.5 * (z * z).reshape(z.shape[0], -1).sum(1) / self.volume
         return {"density": self._density_terms(z), "phi2": phi2}
 
+    def density_gradient(self, z: torch.Tensor) -> torch.Tensor:
+        """``d n / d phi_a(x)`` of the density observable (linear in the field)."""
+        t = self.ndim - 1
+        fwd, bwd = self._shift(z, t, +1), self._shift(z, t, -1)
+        return (math.sinh(self.mu) * (fwd + bwd) - 1j * math.cosh(self.mu) * _eps_apply(fwd - bwd)) / self.volume
+
     def criterion(self, z: torch.Tensor, drift: torch.Tensor) -> dict[str, torch.Tensor]:
         """``L_c O = sum (d + K) d O`` for density and phi2 (second derivatives: phi2 gives 2, the
         density none, since it only couples different sites for time extent >= 2)."""
-        t = self.ndim - 1
-        fwd, bwd = self._shift(z, t, +1), self._shift(z, t, -1)
-        grad_n = (math.sinh(self.mu) * (fwd + bwd) - 1j * math.cosh(self.mu) * _eps_apply(fwd - bwd)) / self.volume
+        grad_n = self.density_gradient(z)
         n = z.shape[0]
         lc_n = (drift * grad_n).reshape(n, -1).sum(1)
         lc_phi2 = 2.0 + (drift * z).reshape(n, -1).sum(1) / self.volume

@@ -76,6 +76,15 @@ def summarize(run: CLRun, **diagnose_options: Any) -> dict[str, Any]:
     for k, v in run.bins.items():
         est = complex_estimate(v, run.weights)
         observables[k] = est.to_dict(run.exact.get(k))
+    if run.model.get("model") == "gaussian" and not run.settings.get("adaptive"):
+        # the discretised process is exactly solvable: give its stationary values too
+        from lftml.complex.exact import gaussian_z2_discrete
+
+        sigma = complex(*run.model["sigma"])
+        z2 = gaussian_z2_discrete(sigma, float(run.settings["step_size"]), str(run.settings["scheme"]))
+        for k, v in (("z2", z2), ("z4", 3 * z2 * z2)):
+            if k in observables:
+                observables[k]["exact_at_step_size"] = [v.real, v.imag]
     total_time = float(run.weights.sum(0).mean())
     return {
         "model": run.model,

@@ -17,8 +17,8 @@ from lftml.complex.langevin import ComplexLangevin, run_complex_langevin
 K = 4.0
 
 
-def _run(model, eps, n_chains, seed, time=100.0, n_bins=100, scheme="heun", adaptive=False):
-    s = ComplexLangevin(step_size=eps, scheme=scheme, adaptive=adaptive, thermalisation_time=10.0,
+def _run(model, eps, n_chains, seed, time=100.0, n_bins=100, scheme="heun", adaptive=False, therm=10.0):
+    s = ComplexLangevin(step_size=eps, scheme=scheme, adaptive=adaptive, thermalisation_time=therm,
                         bin_time=time / n_bins, n_bins=n_bins)
     run = run_complex_langevin(model, s, n_chains, seed)
     return run, {k: complex_estimate(v, run.weights) for k, v in run.bins.items()}
@@ -66,7 +66,8 @@ def test_free_bose_gas_on_4x4x4x4_agrees_with_exact_lattice_sums_after_step_extr
     steps = [0.01, 0.02]
     per_eps = {}
     for i, eps in enumerate(steps):
-        _, est = _run(model, eps, 32, seed=100 + i + int(10 * mu), time=150.0, n_bins=75)
+        # the slowest mode relaxes on a time ~ 1/(m^2 + 2 - 2 cosh mu) ~ 8 at mu = 0.9: thermalise for 25
+        _, est = _run(model, eps, 32, seed=100 + i + int(10 * mu), time=150.0, n_bins=75, therm=25.0)
         per_eps[eps] = est
     exact = free_bose_gas_exact(shape, 1.0, mu)
     for k in ("density", "phi2"):

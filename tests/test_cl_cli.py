@@ -118,3 +118,11 @@ def test_cl_unparsable_sigma_exit_code_in_a_real_process():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cl_run_refuses_to_overwrite_an_existing_output(cli, tmp_path):
+    out = tmp_path / "exists.h5"
+    out.write_bytes(b"keep me")
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "10", "--out", str(out))
+    assert res.exit_code == 2 and "already exists" in res.stderr
+    assert out.read_bytes() == b"keep me"

@@ -110,8 +110,11 @@ def simulate(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run, optionally write the ensemble file (``out``) and a diagnostics figure (``plot``), summarise."""
-    if out is not None and not Path(out).parent.exists():
-        raise LftmlError(f"directory {Path(out).parent} of --out does not exist")
+    if out is not None:
+        if not Path(out).parent.exists():
+            raise LftmlError(f"directory {Path(out).parent} of --out does not exist")
+        if Path(out).exists():
+            raise LftmlError(f"{out} already exists; choose another --out or remove it first")
     run = run_complex_langevin(model, settings, n_chains, seed, progress=progress)
     summary = summarize(run)
     if out is not None:

@@ -1,0 +1,130 @@
+"""Saving and loading Gaussian RBMs (``.pt`` files, torch.save of plain containers).
+
+The file is a dict ``{"format": "lftml.rbm.GaussianRBM", "format_version": 1, "config": {...},
+"state": {"W", "eta", "mu" | "mu2_fixed"}, "target": {...} | None, "history": {...}, "meta": {...}}``;
+tensors are stored as they are (float64), so a round trip is bit-identical. Loading uses
+``torch.load(weights_only=True)`` (no arbitrary code) and raises :class:`FileFormatError` for a
+missing, damaged or foreign file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lftml.errors import FileFormatError, LftmlError
+from lftml.rbm.gaussian import GaussianRBM
+
+__all__ = ["save_model", "load_model", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "lftml.rbm.GaussianRBM"
+FORMAT_VERSION = 1
+
+
+def _target_record(target: Any) -> dict[str, Any] | None:
+    if target is None:
+        return None
+    rec: dict[str, Any] = {
+        "second_moment": target.second_moment.detach().clone(),
+        "mean": target.mean.detach().clone(),
+        "lattice_shape": list(target.lattice_shape),
+        "kernel": None if target.kernel is None else target.kernel.detach().clone(),
+        "theory": target.theory,
+    }
+    return rec
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: GaussianRBM,
+    *,
+    target: Any = None,
+    history: dict[str, list] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (with its training target, learning curves and metadata such as seeds and
+    the training configuration) atomically to ``path``."""
+    path = Path(path)
+    state: dict[str, torch.Tensor] = {"W": model.W.detach().clone(), "eta": model.eta.detach().clone()}
+    if model.mu is not None:
+        state["mu"] = model.mu.detach().clone()
+    else:
+        state["mu2_fixed"] = model._mu2_fixed.detach().clone()
+    obj = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config(),
+        "state": state,
+        "target": _target_record(target),
+        "history": history or {},
+        "meta": meta or {},
+    }
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.exists():
+        raise LftmlError(f"directory {directory} does not exist; create it or choose another --out")
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_model(path: str | os.PathLike) -> tuple[GaussianRBM, dict[str, Any]]:
+    """Load a model written by :func:`save_model`. Returns ``(model, record)`` where ``record``
+    has keys ``target`` (a :class:`lftml.rbm.Target` or None), ``history``, ``meta``."""
+    from lftml.rbm.training import Target
+
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise FileFormatError(f"model file {path} is a directory")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged zip, pickle, text file, ...
+        raise FileFormatError(f"{path} is not a readable lftml RBM model file (damaged or foreign: {type(exc).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise FileFormatError(f"{path} is not an lftml RBM model file (expected format {FORMAT!r})")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise FileFormatError(f"{path} has model format version {obj.get('format_version')}, this lftml reads {FORMAT_VERSION}")
+    try:
+        cfg = obj["config"]
+        state = obj["state"]
+        fixed = "mu2_fixed" in state
+        mu2 = state["mu2_fixed"] if fixed else state["mu"] * state["mu"]
+        model = GaussianRBM(
+            cfg["n_visible"],
+            cfg["n_hidden"],
+            mu2=mu2,
+            mu2_mode=cfg["mu2_mode"],
+            sigma_h=cfg["sigma_h"],
+            weights=state["W"],
+            eta=state["eta"],
+            learn_eta=cfg["learn_eta"],
+            lattice_shape=cfg["lattice_shape"],
+            dtype=state["W"].dtype,
+        )
+        with torch.no_grad():
+            if not fixed:
+                model.mu.copy_(state["mu"])  # exact bits (no sqrt(mu^2) round trip)
+        t = obj.get("target")
+        target = None
+        if t is not None:
+            target = Target(
+                second_moment=t["second_moment"],
+                mean=t["mean"],
+                lattice_shape=tuple(t["lattice_shape"]),
+                kernel=t["kernel"],
+                theory=t["theory"],
+            )
+    except (KeyError, TypeError, LftmlError) as exc:
+        raise FileFormatError(f"{path} is a damaged lftml RBM model file ({exc})") from None
+    return model, {"target": target, "history": obj.get("history", {}), "meta": obj.get("meta", {})}

@@ -1,0 +1,186 @@
+r"""Spectral analysis: the RBM as an ultraviolet regulator.
+
+The Gaussian RBM kernel has the SVD form ``K = U [mu^2 1 - sigma_h^2 Xi Xi^T] U^T`` (uniform mu^2),
+eigenvalues ``mu^2 - sigma_h^2 xi_a^2`` (a = 1..N_h) and ``mu^2`` (N_v - N_h times). Both N_h and
+mu^2 cut the spectrum off in the ultraviolet: modes above mu^2, and all but the N_h lowest, end up
+at mu^2.
+
+For data (MNIST or anything ``(n_samples, N_v)``) the talk's diagnostic is the spectrum of the
+two-point correlator ``<phi_i phi_j>_data = (K^{-1})_ij``: its eigenvalues ``1/kappa`` are infrared
+safe (bounded) but the inverse spectrum kappa is ultraviolet divergent (tiny correlator
+eigenvalues, e.g. MNIST border pixels that never light up, give kappa -> infinity). An RBM with
+mass mu^2 reproduces ``min(kappa, mu^2)``: the regulated spectrum.
+
+Data files: :func:`load_mnist` reads the user's local MNIST (IDX, IDX.gz or .npz); lftml ships no
+MNIST and downloads nothing. :func:`synthetic_digits` makes a small digits-like stand-in.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lftml.errors import FileFormatError, LftmlError
+from lftml.rbm.gaussian import GaussianRBM
+
+__all__ = [
+    "spectral_analysis",
+    "data_correlator_spectrum",
+    "regulated_spectrum",
+    "load_mnist",
+    "synthetic_digits",
+]
+
+
+def spectral_analysis(model: GaussianRBM, target: Any = None) -> dict[str, Any]:
+    """Numbers for the UV-regulator story: ``target_eigenvalues`` and ``model_eigenvalues``
+    (ascending lists), ``singular_values`` of W (descending), ``mu2`` (number or per-site list),
+    ``loglik`` (exact <log p>_target) and ``kl`` (KL(target || model), None unless the target
+    kernel is exact). Target-dependent entries are None without a target."""
+    from lftml.rbm.training import _kl_and_loglik
+
+    out: dict[str, Any] = {
+        "n_visible": model.n_visible,
+        "n_hidden": model.n_hidden,
+        "mu2_mode": model.mu2_mode,
+        "mu2": model.mu2_value(),
+        "sigma_h": model.sigma_h,
+        "model_eigenvalues": [float(v) for v in model.eigenvalues()],
+        "singular_values": [float(v) for v in model.singular_values()],
+        "target_eigenvalues": None,
+        "loglik": None,
+        "kl": None,
+        "positive_definite": True,
+    }
+    try:
+        model.check_positive_definite()
+    except LftmlError:
+        out["positive_definite"] = False
+    if target is not None:
+        out["target_eigenvalues"] = [float(v) for v in target.eigenvalues()]
+        if out["positive_definite"]:
+            ll, kl = _kl_and_loglik(model, target)
+            out["loglik"], out["kl"] = ll, kl
+    return out
+
+
+def data_correlator_spectrum(data: np.ndarray | torch.Tensor, connected: bool = False) -> dict[str, np.ndarray]:
+    """Spectrum of the data two-point function ``C_ij = <phi_i phi_j>`` (``connected=True``
+    subtracts <phi_i><phi_j>) for data ``(n_samples, N_v)`` or ``(n_samples, *shape)``.
+
+    Returns ``correlator_eigenvalues`` (1/kappa, descending, >= 0) and ``kappa`` (ascending,
+    ``inf`` for exact zero modes): the inverse spectrum, UV divergent for image data."""
+    x = np.asarray(data.detach().numpy() if isinstance(data, torch.Tensor) else data, dtype=np.float64)
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise LftmlError(f"data must be (n_samples, N_v) with n_samples >= 2, got shape {x.shape}")
+    x = x.reshape(x.shape[0], -1)
+    if not np.all(np.isfinite(x)):
+        raise LftmlError("data contain NaN or infinite values")
+    if connected:
+        x = x - x.mean(0)
+    C = x.T @ x / x.shape[0]
+    ev = np.clip(np.linalg.eigvalsh(C)[::-1], 0.0, None)
+    tiny = ev.max() * 1e-14 if ev.max() > 0 else 0.0
+    with np.errstate(divide="ignore"):
+        kappa = np.where(ev > tiny, 1.0 / np.maximum(ev, tiny if tiny > 0 else 1.0), np.inf)
+    return {"correlator_eigenvalues": ev, "kappa": np.sort(kappa)}
+
+
+def regulated_spectrum(kappa: np.ndarray, n_hidden: int, mu2: float) -> np.ndarray:
+    """Spectrum an ML-trained RBM with N_h hidden nodes and fixed mass mu^2 reproduces for a
+    target with spectrum ``kappa``: the N_h lowest kept up to mu^2, the rest at mu^2 (ascending)."""
+    from lftml.rbm.constructions import optimal_spectrum
+
+    k = np.asarray(kappa, dtype=np.float64)
+    k = np.where(np.isfinite(k), k, np.finfo(np.float64).max)
+    return optimal_spectrum(k, n_hidden, mu2)[0]
+
+
+# ---------------------------------------------------------------------------------- data files
+def _read_idx(raw: bytes, path: Path) -> np.ndarray:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise FileFormatError(f"{path} is not an IDX file (bad magic number)")
+    dtype_code, ndim = raw[2], raw[3]
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if dtype_code not in dtypes or ndim < 1:
+        raise FileFormatError(f"{path}: unsupported IDX data type {dtype_code:#x} or ndim {ndim}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise FileFormatError(f"{path} is truncated (IDX header)")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    dt = np.dtype(dtypes[dtype_code])
+    n = int(np.prod(dims))
+    if len(raw) < header + n * dt.itemsize:
+        raise FileFormatError(f"{path} is truncated: expected {n} values of shape {dims}")
+    return np.frombuffer(raw, dtype=dt, count=n, offset=header).reshape(dims)
+
+
+def load_mnist(path: str | os.PathLike, *, scale: bool = True, max_samples: int | None = None) -> np.ndarray:
+    """Images ``(n, 28, 28)`` float64 from a local MNIST file: IDX (``train-images-idx3-ubyte``,
+    optionally ``.gz``) or ``.npz`` (key ``x_train``, ``images`` or ``arr_0``). ``scale`` maps
+    pixel values 0..255 to [0, 1]. lftml does not download MNIST: pass the file you have."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(
+            f"MNIST file {path} does not exist: lftml does not download MNIST; give the path of a local "
+            f"train-images-idx3-ubyte[.gz] or an .npz with x_train"
+        )
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                key = next((k for k in ("x_train", "images", "arr_0") if k in z.files), None)
+                if key is None:
+                    raise FileFormatError(f"{path} has no x_train/images/arr_0 array (found {z.files})")
+                images = np.asarray(z[key])
+        else:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rb") as f:
+                images = _read_idx(f.read(), path)
+    except FileFormatError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise FileFormatError(f"{path} is not a readable MNIST file ({exc})") from None
+    if images.ndim == 2 and images.shape[1] == 784:
+        images = images.reshape(-1, 28, 28)
+    if images.ndim != 3:
+        raise FileFormatError(f"{path}: expected images (n, 28, 28), got shape {images.shape}")
+    images = images.astype(np.float64)
+    if scale and images.max() > 1.0:
+        images = images / 255.0
+    return images[:max_samples] if max_samples else images
+
+
+def synthetic_digits(n: int, generator: np.random.Generator, size: int = 28) -> np.ndarray:
+    """``n`` digits-like images ``(n, size, size)`` in [0, 1]: one to three random thick strokes
+    (segments and arcs) drawn in the central region, blurred, empty borders -- a stand-in with
+    MNIST's qualitative correlator spectrum (IR safe, UV divergent), not MNIST itself."""
+    if n < 1 or size < 8:
+        raise LftmlError(f"need n >= 1 and size >= 8, got {n}, {size}")
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    lo, hi = 0.22 * size, 0.78 * size
+    out = np.zeros((n, size, size))
+    width = 0.05 * size
+    t = np.linspace(0.0, 1.0, 24)
+    for s in range(n):
+        img = np.zeros((size, size))
+        for _ in range(int(generator.integers(1, 4))):
+            if generator.random() < 0.5:
+                p0, p1 = generator.uniform(lo, hi, 2), generator.uniform(lo, hi, 2)
+                pts = p0[None, :] + t[:, None] * (p1 - p0)[None, :]
+            else:
+                c = generator.uniform(0.4 * size, 0.6 * size, 2)
+                r = generator.uniform(0.1 * size, 0.22 * size)
+                a0 = generator.uniform(0, 2 * np.pi)
+                ang = a0 + t * generator.uniform(np.pi, 2 * np.pi)
+                pts = c[None, :] + r * np.stack([np.cos(ang), np.sin(ang)], 1)
+            for py, px in pts:
+                img = np.maximum(img, np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * width**2)))
+        out[s] = img
+    out[out < 0.05] = 0.0
+    return out

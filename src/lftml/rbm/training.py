@@ -1,0 +1,442 @@
+r"""Training Gaussian RBMs: exact maximum likelihood, persistent contrastive divergence, CD-k.
+
+All three methods ascend the average log-likelihood ``L = <log p(phi)>_target`` with the gradient
+of :func:`lftml.rbm.gaussian.moment_gradients`; they differ only in where the model moments
+``<phi phi^T>_model``, ``<phi>_model`` come from:
+
+* ``exact``: ``K^-1 + K^-1 J J^T K^-1`` in closed form (deterministic);
+* ``pcd``: ``n_chains`` persistent block-Gibbs chains, ``k`` sweeps per update;
+* ``cd``: chains restarted at a data minibatch every update, ``k`` sweeps (CD-k).
+
+The data moments come from the target's correlator ``<phi phi^T>`` (exact for a known theory, or
+the full data set) or, with ``data_term="minibatch"``, from minibatches of data (needs samples).
+
+Optimiser: by default the reference scheme of the scalar-field RBM code (Park, Lucini, Aarts):
+``v <- beta v + (1 - beta) g`` and ``W <- W + lr (v - l2 W)`` for the weights, plain gradient
+steps for mu and eta, and ``lr <- 0.92 lr`` every 64 updates (:class:`ReferenceSGD`, defaults in
+:class:`TrainConfig`). Any ``torch.optim.Optimizer`` can be used instead (``optimizer_factory``);
+it receives the *descent* gradient ``-dL/dtheta`` in ``p.grad``.
+
+Randomness: ``sampling`` generator for the Gibbs chains, ``data`` generator for minibatch order
+(the init stream belongs to the model constructor). Nothing uses global RNG state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from lftml.errors import LftmlError
+from lftml.rbm.gaussian import GaussianRBM, gaussian_log_likelihood, moment_gradients
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Target", "TrainConfig", "ReferenceSGD", "train", "pcd_tolerance", "METHODS"]
+
+METHODS: tuple[str, ...] = ("exact", "pcd", "cd")
+#: Up to this many visible sites training runs single-threaded (restored afterwards).
+SMALL_PROBLEM = 128
+
+
+# ---------------------------------------------------------------------------------- target
+@dataclass
+class Target:
+    """What the RBM learns: second moment ``<phi phi^T>`` (N_v, N_v) and mean ``<phi>`` (N_v,),
+    optionally the exact kernel of a known Gaussian theory and/or the data samples (n, N_v)."""
+
+    second_moment: torch.Tensor
+    mean: torch.Tensor
+    lattice_shape: tuple[int, ...]
+    kernel: torch.Tensor | None = None
+    data: torch.Tensor | None = None
+    theory: dict[str, Any] | None = None
+
+    @property
+    def n_visible(self) -> int:
+        return int(self.second_moment.shape[0])
+
+    @classmethod
+    def from_theory(cls, theory: Any) -> "Target":
+        """Exact target from a Gaussian theory with ``kernel_matrix()`` (e.g. FreeScalar)."""
+        if not hasattr(theory, "kernel_matrix"):
+            raise LftmlError(f"target theory {type(theory).__name__} is not Gaussian: use Target.from_data with samples")
+        K = torch.as_tensor(np.asarray(theory.kernel_matrix()), dtype=torch.float64)
+        t = cls.from_kernel(K, tuple(theory.lattice.shape))
+        t.theory = theory.to_dict()
+        return t
+
+    @classmethod
+    def from_kernel(cls, kernel: np.ndarray | torch.Tensor, lattice_shape: Sequence[int] | None = None) -> "Target":
+        """Exact zero-mean Gaussian target with kernel K (correlator K^-1)."""
+        K = torch.as_tensor(np.asarray(kernel), dtype=torch.float64)
+        if K.ndim != 2 or K.shape[0] != K.shape[1]:
+            raise LftmlError(f"target kernel must be a square (N_v, N_v) matrix, got shape {tuple(K.shape)}")
+        L, info = torch.linalg.cholesky_ex(K)
+        if int(info) != 0:
+            raise LftmlError("target kernel is not positive definite: it does not define a normalisable Gaussian theory")
+        n = K.shape[0]
+        shape = tuple(lattice_shape) if lattice_shape is not None else (n,)
+        if int(np.prod(shape)) != n:
+            raise LftmlError(f"lattice_shape {shape} does not match the target's {n} sites")
+        return cls(torch.cholesky_inverse(L), torch.zeros(n, dtype=torch.float64), shape, kernel=K)
+
+    @classmethod
+    def from_data(cls, data: np.ndarray | torch.Tensor, lattice_shape: Sequence[int] | None = None) -> "Target":
+        """Target from samples ``(n_samples, N_v)`` or ``(n_samples, *lattice_shape)``."""
+        x = torch.as_tensor(np.asarray(data), dtype=torch.float64)
+        if x.ndim < 2:
+            raise LftmlError(f"data must be (n_samples, N_v) or (n_samples, *lattice_shape), got shape {tuple(x.shape)}")
+        if x.shape[0] < 2:
+            raise LftmlError(f"need at least 2 data samples, got {x.shape[0]}")
+        shape = tuple(lattice_shape) if lattice_shape is not None else tuple(x.shape[1:])
+        x = x.reshape(x.shape[0], -1)
+        if int(np.prod(shape)) != x.shape[1]:
+            raise LftmlError(f"lattice_shape {shape} does not match data with {x.shape[1]} sites per sample")
+        if not torch.isfinite(x).all():
+            raise LftmlError("data contain NaN or infinite values")
+        return cls(x.T @ x / x.shape[0], x.mean(0), shape, data=x)
+
+    def eigenvalues(self) -> np.ndarray:
+        """Target spectrum, ascending: eigenvalues of the exact kernel, or for data the inverse
+        eigenvalues of <phi phi^T> (the talk's 1/kappa convention; infinite for zero modes)."""
+        if self.kernel is not None:
+            return torch.linalg.eigvalsh(self.kernel).numpy()
+        ev = torch.linalg.eigvalsh(self.second_moment).numpy()
+        with np.errstate(divide="ignore"):
+            inv = np.where(ev > 0, 1.0 / np.where(ev > 0, ev, 1.0), np.inf)
+        return np.sort(inv)
+
+    def entropy(self) -> float | None:
+        """Differential entropy of the exact target (None unless its kernel is known)."""
+        if self.kernel is None:
+            return None
+        logdet = 2.0 * float(torch.log(torch.diagonal(torch.linalg.cholesky(self.kernel))).sum())
+        return 0.5 * self.n_visible * math.log(2 * math.pi * math.e) - 0.5 * logdet
+
+    def check_model(self, model: GaussianRBM) -> None:
+        if model.n_visible != self.n_visible:
+            raise LftmlError(
+                f"target has {self.n_visible} sites (shape {self.lattice_shape}) but the RBM has n_visible = {model.n_visible}"
+            )
+
+
+# ---------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the defaults reproduce the reference code (mu_0 = 3 means mu^2_0 = 9,
+    W ~ N(0, 0.1^2) are model-init settings, see :class:`GaussianRBM`)."""
+
+    method: str = "exact"
+    n_updates: int = 1000
+    lr: float = 0.5
+    momentum: float = 0.8
+    l2: float = 1e-4
+    lr_decay: float = 0.92
+    decay_every: int = 64
+    k: int = 3
+    n_chains: int = 64
+    batch_size: int = 64
+    data_term: str = "auto"  # "auto" | "correlator" | "minibatch"
+    optimizer: str = "reference"  # "reference" | "sgd" | "adam" | "lbfgs" (or pass optimizer_factory)
+    log_every: int = 1
+    mu_lr_scale: float = 1.0  # learning rate of mu (and eta) relative to W's; 1 in the reference code
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise LftmlError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name in ("n_updates", "k", "n_chains", "batch_size", "decay_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise LftmlError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LftmlError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise LftmlError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.l2 < 0 or not 0 < self.lr_decay <= 1:
+            raise LftmlError(f"need l2 >= 0 and 0 < lr_decay <= 1, got {self.l2}, {self.lr_decay}")
+        if self.data_term not in ("auto", "correlator", "minibatch"):
+            raise LftmlError(f"data_term must be auto, correlator or minibatch, got {self.data_term!r}")
+        if self.optimizer not in ("reference", "sgd", "adam", "lbfgs"):
+            raise LftmlError(f"optimizer must be reference, sgd, adam or lbfgs, got {self.optimizer!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def final_lr(self) -> float:
+        return self.lr * self.lr_decay ** (self.n_updates // self.decay_every)
+
+
+class ReferenceSGD(torch.optim.Optimizer):
+    """The reference code's update (descent form, ``p.grad = -dL/dp``):
+    ``buf = momentum * buf + (1 - momentum) * grad``; ``p -= lr * (buf + l2 * p)``.
+    Use one param group for W (momentum, l2) and one for mu/eta (momentum 0, l2 0)."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.5, momentum: float = 0.8, l2: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, l2=l2))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, beta, l2 = group["lr"], group["momentum"], group["l2"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if beta > 0:
+                    buf = state.get("buf")
+                    if buf is None:
+                        buf = torch.zeros_like(p)
+                    buf.mul_(beta).add_(p.grad, alpha=1 - beta)
+                    state["buf"] = buf
+                    d = buf
+                else:
+                    d = p.grad
+                if l2 > 0:
+                    d = d + l2 * p
+                p.add_(d, alpha=-lr)
+        return loss
+
+
+def _make_optimizer(model: GaussianRBM, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.trainable_parameters()
+    others = [p for k, p in params.items() if k != "W"]
+    if config.optimizer == "reference":
+        groups = [{"params": [params["W"]], "momentum": config.momentum, "l2": config.l2}]
+        if others:
+            groups.append({"params": others, "momentum": 0.0, "l2": 0.0, "lr": config.lr * config.mu_lr_scale})
+        return ReferenceSGD(groups, lr=config.lr)
+    groups = [{"params": [params["W"]], "weight_decay": config.l2}]
+    if others:
+        groups.append({"params": others, "weight_decay": 0.0, "lr": config.lr * config.mu_lr_scale})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.LBFGS(list(params.values()), lr=config.lr, max_iter=1, history_size=50)
+
+
+# ---------------------------------------------------------------------------------- training
+def _kl_and_loglik(model: GaussianRBM, target: Target) -> tuple[float, float | None]:
+    with torch.no_grad():
+        ll = float(gaussian_log_likelihood(model.kernel(), model.source(), target.second_moment, target.mean))
+    H = target.entropy()
+    return ll, (None if H is None else -H - ll)
+
+
+def train(
+    model: GaussianRBM,
+    target: Target,
+    config: TrainConfig = TrainConfig(),
+    *,
+    sampling_generator: torch.Generator | None = None,
+    data_generator: torch.Generator | None = None,
+    optimizer_factory: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+    progress: bool = False,
+    callback: Callable[[int, GaussianRBM], None] | None = None,
+) -> dict[str, list]:
+    """Train ``model`` in place towards ``target``; returns the learning curves
+    ``{"update", "loglik", "kl", "mu2", "lr"}`` (lists; ``kl`` entries None when the target's
+    exact kernel is unknown). ``loglik`` is the exact <log p(phi)>_target under the model
+    (closed form from the target's moments, whatever the training method).
+
+    Raises LftmlError if K stops being positive definite (lower ``lr``)."""
+    target.check_model(model)
+    if model.n_visible <= SMALL_PROBLEM and torch.get_num_threads() > 1:
+        # tiny matrices: thread start-up costs more than it saves (and hurts on busy machines)
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return train(model, target, config, sampling_generator=sampling_generator, data_generator=data_generator,
+                         optimizer_factory=optimizer_factory, progress=progress, callback=callback)
+        finally:
+            torch.set_num_threads(n_threads)
+    method = config.method
+    stochastic = method in ("pcd", "cd")
+    if stochastic and sampling_generator is None:
+        raise LftmlError(f"method {method!r} needs a sampling generator")
+    data_term = config.data_term
+    if data_term == "auto":
+        data_term = "minibatch" if method == "cd" else "correlator"
+    if (data_term == "minibatch" or method == "cd") and target.data is None:
+        raise LftmlError(f"method {method!r} with data_term {data_term!r} needs data samples: build the target with Target.from_data")
+    if data_term == "minibatch" and data_generator is None:
+        raise LftmlError("minibatch training needs a data generator (data order stream)")
+    model.check_positive_definite()
+
+    params = model.trainable_parameters()
+    if optimizer_factory is not None:
+        optimizer = optimizer_factory(list(params.values()))
+    else:
+        optimizer = _make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_every, gamma=config.lr_decay)
+
+    chains = None
+    if method == "pcd":
+        chains = torch.zeros((config.n_chains, model.n_visible), dtype=model.dtype)
+    n_data = 0 if target.data is None else target.data.shape[0]
+    perm: torch.Tensor | None = None
+    cursor = 0
+
+    def next_batch() -> torch.Tensor:
+        nonlocal perm, cursor
+        assert target.data is not None
+        if perm is None or cursor + config.batch_size > n_data:
+            perm = torch.randperm(n_data, generator=data_generator)
+            cursor = 0
+        idx = perm[cursor : cursor + min(config.batch_size, n_data)]
+        cursor += config.batch_size
+        return target.data[idx]
+
+    history: dict[str, list] = {"update": [], "loglik": [], "kl": [], "mu2": [], "lr": []}
+
+    def record(step: int) -> None:
+        try:
+            ll, kl = _kl_and_loglik(model, target)
+        except LftmlError:
+            raise LftmlError(
+                f"training diverged at update {step}: K stopped being positive definite; lower the learning rate (now {config.lr})"
+            ) from None
+        history["update"].append(step)
+        history["loglik"].append(ll)
+        history["kl"].append(kl)
+        history["mu2"].append(float(model.mu2.detach().mean()))
+        history["lr"].append(float(optimizer.param_groups[0]["lr"]))
+
+    def set_grads() -> float:
+        nonlocal chains
+        with torch.no_grad():
+            if data_term == "minibatch" or method == "cd":
+                batch = next_batch()
+            if data_term == "minibatch":
+                C_d, m_d = batch.T @ batch / batch.shape[0], batch.mean(0)
+            else:
+                C_d, m_d = target.second_moment, target.mean
+            if method == "exact":
+                K, J = model.kernel(), model.source()
+                L, info = torch.linalg.cholesky_ex(K)
+                if int(info) != 0:
+                    raise _NotPositiveDefinite
+                m_m = torch.cholesky_solve(J.unsqueeze(-1), L).squeeze(-1)
+                C_m = torch.cholesky_inverse(L) + torch.outer(m_m, m_m)
+            else:
+                start = chains if method == "pcd" else batch
+                x = model.gibbs(start, config.k, sampling_generator)
+                if not torch.isfinite(x).all():
+                    raise LftmlError("Gibbs chains diverged (K not positive definite); lower the learning rate")
+                if method == "pcd":
+                    chains = x
+                C_m, m_m = x.T @ x / x.shape[0], x.mean(0)
+            grads = moment_gradients(model, C_d, m_d, C_m, m_m)
+            for name, p in params.items():
+                p.grad = -grads[name]
+            return float("nan")
+
+    it: Iterable[int] = range(config.n_updates)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"rbm {method}", leave=False)
+    def snapshot() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in params.values()]
+
+    record(0)
+    last_good: list[torch.Tensor] | None = None
+    rejections = 0
+    for step in it:
+        if method == "exact":
+            # step rejection: an update that leaves K indefinite is undone and the learning rate halved
+            while True:
+                snap = snapshot()
+                try:
+                    optimizer.step(set_grads)
+                    break
+                except _NotPositiveDefinite:
+                    rejections += 1
+                    if last_good is None or rejections > MAX_REJECTIONS:
+                        raise LftmlError(
+                            f"training diverged at update {step}: K stopped being positive definite; lower the learning rate"
+                        ) from None
+                    with torch.no_grad():
+                        for p, v in zip(params.values(), last_good):
+                            p.copy_(v)
+                    for group in optimizer.param_groups:
+                        group["lr"] *= 0.5
+                    log.warning("update %d left K indefinite: undone, learning rate halved", step)
+            last_good = snap
+            if step + 1 == config.n_updates and last_good is not None:
+                try:
+                    model.check_positive_definite()
+                except LftmlError:
+                    with torch.no_grad():
+                        for p, v in zip(params.values(), last_good):
+                            p.copy_(v)
+        else:
+            set_grads()
+            optimizer.step()
+        scheduler.step()
+        if (step + 1) % config.log_every == 0 or step + 1 == config.n_updates:
+            record(step + 1)
+            if callback is not None:
+                callback(step + 1, model)
+    for p in params.values():
+        p.grad = None
+    log.info("trained %s for %d updates: loglik %.6g", method, config.n_updates, history["loglik"][-1])
+    return history
+
+
+class _NotPositiveDefinite(Exception):
+    pass
+
+
+#: Maximum number of rejected exact-training steps before giving up.
+MAX_REJECTIONS = 50
+
+
+def pcd_tolerance(
+    target_eigenvalues: np.ndarray,
+    n_hidden: int,
+    config: TrainConfig,
+    mu2: float | None = None,
+) -> tuple[np.ndarray, float]:
+    r"""One-sigma statistical spread of the PCD-trained spectrum around the ML optimum (ascending
+    model eigenvalues, mu^2), from the chain count.
+
+    Linearised dynamics near the optimum (one kept mode of target eigenvalue lambda, model
+    eigenvalue k = mu^2 - sigma_h^2 xi^2, x = sigma_h^2 xi^2): the chains estimate the model
+    variance 1/k with variance ``2 tau / (k^2 N_chains)`` (Gaussian sample variance, ``tau`` the
+    integrated autocorrelation time of the mode in updates, ``rho = (x/mu^2)^k`` per update of k
+    Gibbs sweeps). The SGD update of x is an Ornstein-Uhlenbeck process with restoring rate
+    ``2 lr x / k^2``, so its stationary variance is ``var(k) = 2 lr x tau / N_chains``.
+    For a learned global mu^2 (parametrised by mu): restoring rate ``2 lr n_D / mu^2`` from the
+    n_D dropped modes, noise from the trace over all modes, ``var(mu^2) = lr mu^6 sigma_T^2 / n_D``
+    with ``sigma_T^2 = sum_j 2 tau_j / (k_j^2 N_chains)``; this spread also shifts the kept modes'
+    eigenvalues (added in quadrature). ``lr`` is the final learning rate (after decay).
+    """
+    model_eigs, mu2_opt = optimal_spectrum_for_tolerance(target_eigenvalues, n_hidden, mu2)
+    lr = config.final_lr()
+    n = config.n_chains
+    x = np.clip(mu2_opt - model_eigs, 0.0, None)
+    rho = (x / mu2_opt) ** config.k
+    tau = (1 + rho) / (1 - rho)
+    var = 2 * lr * x * tau / n
+    mu2_sigma = 0.0
+    n_drop = int(np.sum(x == 0))
+    if mu2 is None and n_drop > 0:
+        sigma_T2 = float(np.sum(2 * tau / (model_eigs**2 * n)))
+        mu2_sigma = math.sqrt(lr * mu2_opt**3 * sigma_T2 / n_drop)
+        var = var + mu2_sigma**2
+    return np.sqrt(var), mu2_sigma
+
+
+def optimal_spectrum_for_tolerance(target_eigenvalues: np.ndarray, n_hidden: int, mu2: float | None):
+    from lftml.rbm.constructions import optimal_spectrum
+
+    return optimal_spectrum(target_eigenvalues, n_hidden, mu2)

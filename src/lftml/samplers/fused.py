@@ -124,7 +124,9 @@ def row_neighbours(shape: tuple[int, ...]) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def schedule(integrator: str, eps: float, n_steps: int, lam: float = OMELYAN_LAMBDA) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def schedule(
+    integrator: str, eps: float, n_steps: int, lam: float = OMELYAN_LAMBDA
+) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """The integrator as a sequence of operations (0: kick ``pi += c * force``, 1: drift ``phi += c * pi``)
     and their coefficients, computed exactly as :mod:`lftml.samplers.integrators` computes them."""
     K, D = 0, 1
@@ -204,4 +206,7 @@ def warm_up(dtype: torch.dtype = torch.float64) -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["BACKENDS", "available", "supports", "unsupported_reason", "ready", "integrate", "action", "row_neighbours", "schedule", "warm_up"]
+__all__ = [
+    "BACKENDS", "available", "supports", "unsupported_reason", "ready", "integrate", "action", "row_neighbours",
+    "schedule", "warm_up",
+]

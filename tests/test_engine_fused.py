@@ -186,6 +186,7 @@ def test_non_cpu_or_integer_fields_and_eager_backend_never_use_the_fused_path():
     theory = Phi4.hopping(Lattice((4, 4)), 0.2, 0.02)
     assert not HMC.from_trajectory(theory, 1.0, 4, backend="fused").uses_fused(torch.empty((1, 4, 4), device="meta"))
     assert not HMC.from_trajectory(theory, 1.0, 4).uses_fused(torch.zeros((1, 4, 4), dtype=torch.float16))
+    assert not HMC.from_trajectory(theory, 1.0, 4).uses_fused(torch.zeros((2, 3, 4, 4), dtype=torch.float64))
     eager = HMC.from_trajectory(theory, 1.0, 4, backend="eager")
     assert not eager.uses_fused(torch.zeros((1, 4, 4), dtype=torch.float64))
 

@@ -63,10 +63,16 @@ def available() -> bool:
 
 def supports(theory: Any, phi: torch.Tensor | None = None) -> bool:
     """Whether the fused path can run ``theory`` (and the field ``phi``, if given): numba is available,
-    the theory exposes ``coefficients = (c_hop, c_2, c_4)``, and the field is a CPU float32/float64 tensor."""
+    the theory exposes ``coefficients = (c_hop, c_2, c_4)``, and the field is a CPU float32/float64 tensor
+    of shape ``(n_chains, *lattice.shape)``."""
     if not available() or not hasattr(theory, "coefficients"):
         return False
-    if phi is not None and (phi.device.type != "cpu" or phi.dtype not in (torch.float64, torch.float32)):
+    if phi is not None and (
+        phi.device.type != "cpu"
+        or phi.dtype not in (torch.float64, torch.float32)
+        or phi.ndim != theory.lattice.ndim + 1
+        or tuple(phi.shape[1:]) != tuple(theory.lattice.shape)
+    ):
         return False
     return True
 

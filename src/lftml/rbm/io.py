@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ def load_model(path: str | os.PathLike) -> tuple[GaussianRBM, dict[str, Any]]:
     if path.is_dir():
         raise FileFormatError(f"model file {path} is a directory")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # foreign pickles trigger torch's protocol warnings
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # damaged zip, pickle, text file, ...
         raise FileFormatError(f"{path} is not a readable lftml RBM model file (damaged or foreign: {type(exc).__name__})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

@@ -418,7 +418,9 @@ def pcd_tolerance(
     For a learned global mu^2 (parametrised by mu): restoring rate ``2 lr n_D / mu^2`` from the
     n_D dropped modes, noise from the trace over all modes, ``var(mu^2) = lr mu^6 sigma_T^2 / n_D``
     with ``sigma_T^2 = sum_j 2 tau_j / (k_j^2 N_chains)``; this spread also shifts the kept modes'
-    eigenvalues (added in quadrature). ``lr`` is the final learning rate (after decay).
+    eigenvalues (added in quadrature). ``lr`` is the final learning rate (after decay), times
+    ``mu_lr_scale`` for mu. Checked empirically (tests, docs/rbm.md): the observed spread is at or
+    below this estimate (it neglects the averaging by momentum), so it is a conservative tolerance.
     """
     model_eigs, mu2_opt = optimal_spectrum_for_tolerance(target_eigenvalues, n_hidden, mu2)
     lr = config.final_lr()
@@ -431,7 +433,7 @@ def pcd_tolerance(
     n_drop = int(np.sum(x == 0))
     if mu2 is None and n_drop > 0:
         sigma_T2 = float(np.sum(2 * tau / (model_eigs**2 * n)))
-        mu2_sigma = math.sqrt(lr * mu2_opt**3 * sigma_T2 / n_drop)
+        mu2_sigma = math.sqrt(lr * config.mu_lr_scale * mu2_opt**3 * sigma_T2 / n_drop)
         var = var + mu2_sigma**2
     return np.sqrt(var), mu2_sigma
 

@@ -1,0 +1,203 @@
+"""Training Gaussian RBMs: exact ML reaches the analytic optimum (harmonic-mean mu^2), PCD/CD agree
+within statistical tolerances derived from the chain count, the reference optimiser is reproduced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lftml.errors import LftmlError
+from lftml.lattice import Lattice
+from lftml.rbm import GaussianRBM, ReferenceSGD, Target, TrainConfig, optimal_spectrum, pcd_tolerance, train
+from lftml.rbm.figures import PRECISE_EXACT
+from lftml.theories import FreeScalar
+
+THEORY = FreeScalar(Lattice(10), 4.0)
+LAM = THEORY.eigenvalues()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def fresh(nh: int, seed: int = 1, mode: str = "global", mu2: float = 9.0) -> GaussianRBM:
+    return GaussianRBM(10, nh, mu2=mu2, mu2_mode=mode, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("nh", [6, 7, 8, 9, 10])
+def test_exact_training_reproduces_infrared_spectrum_and_harmonic_mean_mu2(nh):
+    """Acceptance: N_v = 10, m^2 = 4, learned global mu^2: the N_h lowest eigenvalues to 1e-3
+    relative, mu^2 -> harmonic mean of the dropped ones (N_h = N_v: mu^2 >= lambda_max)."""
+    target = Target.from_theory(THEORY)
+    model = fresh(nh)
+    hist = train(model, target, TrainConfig(n_updates=1500, log_every=50, **PRECISE_EXACT))
+    ev = model.eigenvalues()
+    assert np.max(np.abs(ev[:nh] - LAM[:nh]) / LAM[:nh]) < 1e-3
+    _, mu2_star = optimal_spectrum(LAM, nh)
+    if nh < 10:
+        assert abs(model.mu2_value() / mu2_star - 1) < 1e-3
+        assert np.allclose(ev[nh:], model.mu2_value(), rtol=1e-8)
+    else:
+        assert model.mu2_value() > LAM[-1] * (1 - 1e-3)
+    # learning curve: KL decreases to the analytic optimum's
+    kl = np.array(hist["kl"])
+    assert kl[-1] < kl[0]
+    from lftml.rbm import optimal_weights
+
+    W, mu2 = optimal_weights(THEORY.kernel_matrix(), nh)
+    best = GaussianRBM(10, nh, mu2=mu2, weights=W)
+    kl_best = -target.entropy() - float(best.log_likelihood(target.second_moment).detach())
+    assert kl[-1] == pytest.approx(kl_best, abs=1e-6)
+
+
+@pytest.mark.parametrize("mu2", [7.1, 4.8])
+def test_exact_training_with_fixed_mu2_below_lambda_max_clips_modes(mu2):
+    model = fresh(10, mode="fixed", mu2=mu2)
+    train(model, Target.from_theory(THEORY), TrainConfig(n_updates=1500, log_every=100, **PRECISE_EXACT))
+    assert np.allclose(model.eigenvalues(), np.minimum(LAM, mu2), rtol=2e-3)
+
+
+def test_per_site_mu2_training_reaches_a_stationary_point_at_least_as_good_as_global():
+    target = Target.from_theory(THEORY)
+    model = fresh(7, mode="site")
+    hist = train(model, target, TrainConfig(n_updates=1500, log_every=100, **PRECISE_EXACT))
+    from lftml.rbm import optimal_weights
+
+    assert model.mu2.shape == (10,)
+    W_opt, mu2_g = optimal_weights(THEORY.kernel_matrix(), 7)
+    kl_global = -target.entropy() - float(GaussianRBM(10, 7, mu2=mu2_g, weights=W_opt).log_likelihood(target.second_moment).detach())
+    assert hist["kl"][-1] <= kl_global + 1e-6
+
+
+def test_reference_optimiser_reproduces_the_reference_update_rule():
+    """Hand-written reference scheme: v = b v + (1-b) dW; W += lr v - lr l2 W; mu += lr dmu;
+    lr *= 0.92 every 64 updates; momentum only on W."""
+    target = Target.from_theory(THEORY)
+    cfg = TrainConfig(method="exact", n_updates=130, log_every=130)
+    model = fresh(8, seed=4)
+    ref = fresh(8, seed=4)
+    train(model, target, cfg)
+    C = target.second_moment
+    W, mu = ref.W.detach().clone(), ref.mu.detach().clone()
+    v = torch.zeros_like(W)
+    lr = cfg.lr
+    for step in range(cfg.n_updates):
+        K = mu**2 * torch.eye(10, dtype=torch.float64) - W @ W.T
+        Kinv = torch.linalg.inv(K)
+        dW = (C - Kinv) @ W
+        dmu = -mu * (torch.trace(C) - torch.trace(Kinv))
+        v = cfg.momentum * v + (1 - cfg.momentum) * dW
+        W = W + lr * v - lr * cfg.l2 * W
+        mu = mu + lr * dmu
+        if (step + 1) % cfg.decay_every == 0:
+            lr *= cfg.lr_decay
+    assert torch.allclose(model.W.detach(), W, atol=1e-10)
+    assert torch.allclose(model.mu.detach(), mu, atol=1e-10)
+
+
+def test_any_torch_optimiser_can_be_plugged_in():
+    model = fresh(8)
+    hist = train(model, Target.from_theory(THEORY), TrainConfig(n_updates=200, log_every=200),
+                 optimizer_factory=lambda ps: torch.optim.Adam(ps, lr=0.02))
+    assert hist["kl"][-1] < 0.1 * hist["kl"][0]
+
+
+def test_pcd_agrees_with_exact_training_under_the_same_schedule_within_chain_tolerance():
+    """Same reference optimiser and schedule (defaults: k = 3, 64 chains, lr 0.5, momentum 0.8,
+    l2 1e-4, decay 0.92 / 64, 1000 updates); the PCD noise (pcd_tolerance, from the chain count)
+    is the only difference. 5 sigma per eigenvalue (10 eigenvalues)."""
+    target = Target.from_theory(THEORY)
+    nh = 8
+    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=0.1)
+    cfg_pcd = TrainConfig(method="pcd", log_every=1000, mu_lr_scale=0.1)
+    m_exact, m_pcd = fresh(nh, seed=2), fresh(nh, seed=2)
+    train(m_exact, target, cfg_exact)
+    train(m_pcd, target, cfg_pcd, sampling_generator=torch.Generator().manual_seed(3))
+    sigma, sigma_mu2 = pcd_tolerance(LAM, nh, cfg_pcd)
+    diff = m_pcd.eigenvalues() - m_exact.eigenvalues()
+    assert np.all(np.abs(diff) < 5 * sigma), (diff, sigma)
+    assert abs(m_pcd.mu2_value() - m_exact.mu2_value()) < 5 * sigma_mu2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nh", [6, 7, 8, 9, 10])
+def test_pcd_training_reaches_the_ml_optimum_within_chain_tolerance(nh):
+    target = Target.from_theory(THEORY)
+    cfg = TrainConfig(method="pcd", n_updates=3000, log_every=3000, mu_lr_scale=0.1, l2=0.0)
+    model = fresh(nh, seed=5)
+    train(model, target, cfg, sampling_generator=torch.Generator().manual_seed(6))
+    pred, mu2_star = optimal_spectrum(LAM, nh)
+    sigma, sigma_mu2 = pcd_tolerance(LAM, nh, cfg)
+    assert np.all(np.abs(model.eigenvalues() - pred) < 5 * sigma)
+    if nh < 10:
+        assert abs(model.mu2_value() - mu2_star) < 5 * sigma_mu2
+
+
+def test_pcd_with_minibatch_data_term_and_cd_k_learn_the_correlator():
+    """Data term from minibatches of exact free-field samples (PCD) and plain CD-3: the learned
+    propagator approaches the data's; KL to the exact target falls by a large factor."""
+    g = torch.Generator().manual_seed(7)
+    data = THEORY.sample(4000, g)
+    target = Target.from_data(data)
+    exact_target = Target.from_theory(THEORY)
+    for method in ("pcd", "cd"):
+        model = fresh(10, seed=8)
+        cfg = TrainConfig(method=method, data_term="minibatch", n_updates=600, log_every=600, mu_lr_scale=0.1)
+        train(model, target, cfg, sampling_generator=torch.Generator().manual_seed(9),
+              data_generator=torch.Generator().manual_seed(10))
+        kl0 = -exact_target.entropy() - float(fresh(10, seed=8).log_likelihood(exact_target.second_moment).detach())
+        kl = -exact_target.entropy() - float(model.log_likelihood(exact_target.second_moment).detach())
+        assert kl < 0.1 * kl0, (method, kl, kl0)
+
+
+def test_training_is_reproducible_from_seeds():
+    target = Target.from_theory(THEORY)
+    cfg = TrainConfig(method="pcd", n_updates=50, log_every=10)
+    a, b = fresh(6), fresh(6)
+    ha = train(a, target, cfg, sampling_generator=torch.Generator().manual_seed(1))
+    hb = train(b, target, cfg, sampling_generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.W, b.W) and ha == hb
+
+
+def test_learning_curves_are_logged():
+    hist = train(fresh(6), Target.from_theory(THEORY), TrainConfig(n_updates=20, log_every=5))
+    assert hist["update"] == [0, 5, 10, 15, 20]
+    assert set(hist) == {"update", "loglik", "kl", "mu2", "lr"}
+    assert all(np.isfinite(hist["kl"]))
+
+
+def test_training_bad_input():
+    target = Target.from_theory(THEORY)
+    with pytest.raises(LftmlError, match="sampling generator"):
+        train(fresh(6), target, TrainConfig(method="pcd", n_updates=2))
+    with pytest.raises(LftmlError, match="needs data"):
+        train(fresh(6), target, TrainConfig(method="cd", n_updates=2), sampling_generator=torch.Generator())
+    with pytest.raises(LftmlError, match="n_visible"):
+        train(GaussianRBM(9, 3, generator=torch.Generator()), target, TrainConfig(n_updates=2))
+    with pytest.raises(LftmlError, match="method"):
+        TrainConfig(method="sgd")
+    with pytest.raises(LftmlError, match="momentum"):
+        TrainConfig(momentum=1.0)
+    with pytest.raises(LftmlError, match="not positive definite"):
+        train(GaussianRBM(10, 10, mu2=1.0, weights=2 * np.eye(10)), target, TrainConfig(n_updates=2))
+
+
+def test_exact_training_rejects_steps_that_break_positivity():
+    """A huge learning rate would make K indefinite; the step is undone and lr halved."""
+    model = fresh(10)
+    hist = train(model, Target.from_theory(THEORY), TrainConfig(n_updates=30, lr=1.0, optimizer="adam", log_every=30))
+    model.check_positive_definite()
+    assert hist["lr"][-1] < 1.0
+
+
+def test_reference_sgd_is_a_torch_optimizer():
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = ReferenceSGD([p], lr=0.1, momentum=0.5, l2=0.0)
+    p.grad = torch.ones(3, dtype=torch.float64)
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((3,), 1 - 0.1 * 0.5, dtype=torch.float64))

@@ -115,6 +115,21 @@ def test_closed_form_gradient_matches_autograd_of_exact_log_likelihood(mode):
         assert torch.allclose(closed[name], a, atol=1e-12, rtol=1e-10), name
 
 
+@pytest.mark.parametrize("mode", ["global", "site"])
+def test_sample_gradients_equal_moment_gradients_of_the_sample_moments(mode):
+    from lftml.rbm import sample_gradients
+
+    m = random_rbm(mode=mode, seed=5)
+    g = torch.Generator().manual_seed(6)
+    xd = torch.randn(30, 5, generator=g, dtype=torch.float64) + 0.2
+    xm = torch.randn(20, 5, generator=g, dtype=torch.float64)
+    ref = moment_gradients(m, xd.T @ xd / 30, xd.mean(0), xm.T @ xm / 20, xm.mean(0))
+    for got in (sample_gradients(m, xm, data_samples=xd),
+                sample_gradients(m, xm, data_second_moment=xd.T @ xd / 30, data_mean=xd.mean(0))):
+        for k in ref:
+            assert torch.allclose(got[k], ref[k], atol=1e-13), k
+
+
 def test_eta_zero_weight_gradient_is_sigma2_C_minus_Kinv_W():
     m = random_rbm(eta=False)
     C = torch.eye(5, dtype=torch.float64) * 0.3

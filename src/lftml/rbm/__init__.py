@@ -9,7 +9,7 @@
 * save/load of models (:func:`save_model`, :func:`load_model`).
 """
 
-from lftml.rbm.gaussian import GaussianRBM, gaussian_log_likelihood, moment_gradients
+from lftml.rbm.gaussian import GaussianRBM, gaussian_log_likelihood, moment_gradients, sample_gradients
 from lftml.rbm.constructions import (
     cholesky_weights,
     diagonal_weights,
@@ -24,6 +24,7 @@ __all__ = [
     "GaussianRBM",
     "gaussian_log_likelihood",
     "moment_gradients",
+    "sample_gradients",
     "cholesky_weights",
     "diagonal_weights",
     "optimal_spectrum",

@@ -34,7 +34,7 @@ import torch
 
 from lftml.errors import LftmlError
 
-__all__ = ["GaussianRBM", "MU2_MODES", "moment_gradients", "gaussian_log_likelihood"]
+__all__ = ["GaussianRBM", "MU2_MODES", "moment_gradients", "sample_gradients", "gaussian_log_likelihood"]
 
 MU2_MODES: tuple[str, ...] = ("fixed", "global", "site")
 Mu2Mode = Literal["fixed", "global", "site"]
@@ -433,5 +433,44 @@ def moment_gradients(
             dmu2 = -0.5 * diag
         else:
             dmu2 = -0.5 * diag.sum()
+        out["mu"] = 2.0 * model.mu * dmu2
+    return {k: v.detach() for k, v in out.items()}
+
+
+def sample_gradients(
+    model: GaussianRBM,
+    model_samples: torch.Tensor,
+    *,
+    data_samples: torch.Tensor | None = None,
+    data_second_moment: torch.Tensor | None = None,
+    data_mean: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`moment_gradients` with the model moments (and optionally the data moments) given by
+    samples ``(n, N_v)``, without forming N_v x N_v matrices: ``C W = X^T (X W) / n`` costs
+    O(n N_v N_h) instead of O(N_v^2 N_h). Give either ``data_samples`` or
+    ``data_second_moment`` (and ``data_mean``)."""
+    W = model.W
+    xm = model_samples
+    CW_m = xm.T @ (xm @ W) / xm.shape[0]
+    m_m = xm.mean(0)
+    diag_m = (xm * xm).mean(0)
+    if data_samples is not None:
+        xd = data_samples
+        CW_d = xd.T @ (xd @ W) / xd.shape[0]
+        m_d = xd.mean(0)
+        diag_d = (xd * xd).mean(0)
+    else:
+        if data_second_moment is None:
+            raise LftmlError("sample_gradients needs data_samples or data_second_moment")
+        CW_d = data_second_moment @ W
+        m_d = torch.zeros_like(m_m) if data_mean is None else data_mean
+        diag_d = torch.diagonal(data_second_moment)
+    dm = m_d - m_m
+    out: dict[str, torch.Tensor] = {"W": model.sigma_h**2 * (CW_d - CW_m) + torch.outer(dm, model.eta)}
+    if model.learn_eta:
+        out["eta"] = W.T @ dm
+    if model.mu is not None:
+        d = diag_d - diag_m
+        dmu2 = -0.5 * (d if model.mu2_mode == "site" else d.sum())
         out["mu"] = 2.0 * model.mu * dmu2
     return {k: v.detach() for k, v in out.items()}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
-from lftml.rbm.gaussian import GaussianRBM, gaussian_log_likelihood, moment_gradients
+from lftml.rbm.gaussian import GaussianRBM, gaussian_log_likelihood, moment_gradients, sample_gradients
 
 log = logging.getLogger(__name__)
 
@@ -315,10 +315,7 @@ def train(
         with torch.no_grad():
             if data_term == "minibatch" or method == "cd":
                 batch = next_batch()
-            if data_term == "minibatch":
-                C_d, m_d = batch.T @ batch / batch.shape[0], batch.mean(0)
-            else:
-                C_d, m_d = target.second_moment, target.mean
+            C_d, m_d = target.second_moment, target.mean
             if method == "exact":
                 K, J = model.kernel(), model.source()
                 L, info = torch.linalg.cholesky_ex(K)
@@ -333,8 +330,12 @@ def train(
                     raise LftmlError("Gibbs chains diverged (K not positive definite); lower the learning rate")
                 if method == "pcd":
                     chains = x
-                C_m, m_m = x.T @ x / x.shape[0], x.mean(0)
-            grads = moment_gradients(model, C_d, m_d, C_m, m_m)
+            if method == "exact":
+                grads = moment_gradients(model, C_d, m_d, C_m, m_m)
+            elif data_term == "minibatch":
+                grads = sample_gradients(model, x, data_samples=batch)
+            else:
+                grads = sample_gradients(model, x, data_second_moment=C_d, data_mean=m_d)
             for name, p in params.items():
                 p.grad = -grads[name]
             return float("nan")

@@ -132,21 +132,24 @@ def test_metropolis_step_removes_the_md_bias_which_these_tolerances_detect():
     assert_within(hmc.value, hmc.error, theory.phi2(), "HMC <phi^2> at the same step")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: HMC uses a fixed trajectory length (no randomisation), so a free-field "
-                   "mode whose MD rotation angle is a multiple of pi never changes its amplitude: HMC is not ergodic")
-def test_hmc_is_ergodic_for_free_field_even_at_a_resonant_trajectory_length():
+@pytest.mark.parametrize("start", ["hot", "cold"])
+def test_step_jitter_makes_hmc_ergodic_at_a_resonant_trajectory_length(start):
     """Leapfrog on a harmonic mode of frequency w rotates phase space by theta per step with
     cos theta = 1 - eps^2 w^2 / 2. With 4 steps and theta = pi/4 the trajectory maps the modes with
     p_hat^2 = 4 (w^2 = 4.5: p = (pi, 0), (pi/2, pi/2), ...) to phi -> -phi whatever the momenta, so
-    those modes keep their hot-start amplitudes forever and <phi^2> is wrong by many sigma. The
-    standard remedy (Mackenzie, Phys. Lett. B 226 (1989) 369) is to randomise the step size or the
-    number of steps per trajectory. (Near-resonant settings, e.g. omelyan tau = 1.5 here, mix
-    extremely slowly for the same reason.)"""
+    without randomisation those modes keep their starting amplitudes forever (zero for a cold start)
+    and <phi^2> is wrong by many sigma. HMC's default per-chain step-size jitter (Mackenzie, Phys.
+    Lett. B 226 (1989) 369) restores ergodicity; the control run without jitter shows the test can fail."""
     theory = FreeScalar(Lattice((8, 8)), 0.5)
     eps = math.sqrt(2 * (1 - math.cos(math.pi / 4)) / 4.5)
-    result = run(HMC(theory, eps, 4, "leapfrog"), RunConfig(n_chains=16, n_configs=400, n_therm=200, seed=3))
+    cfg = RunConfig(n_chains=16, n_configs=400, n_therm=200, seed=3, start=start)
+    result = run(HMC(theory, eps, 4, "leapfrog"), cfg)
     est = gamma_method((result.configs**2).mean(dim=(-2, -1)).numpy())
     assert_within(est.value, est.error, theory.phi2(), "<phi^2> at a resonant trajectory length")
+    if start == "cold":
+        stuck = run(HMC(theory, eps, 4, "leapfrog", step_jitter=0.0), cfg)
+        bad = gamma_method((stuck.configs**2).mean(dim=(-2, -1)).numpy())
+        assert abs(bad.value - theory.phi2()) > 8 * bad.error, "without jitter the resonant modes must stay frozen"
 
 
 # --------------------------------------------------------------------------- reproducibility
@@ -184,9 +187,13 @@ def test_unstable_md_step_size_raises_lftml_error_and_stable_one_does_not(integr
     eps_max = max_stable_step(integrator, w2)
     if integrator == "leapfrog":
         assert abs(eps_max - 2 / math.sqrt(w2)) < 1e-9  # harmonic leapfrog: stable iff eps omega < 2
-    HMC(theory, 0.99 * eps_max, 3, integrator)  # fine
+    HMC(theory, 0.99 * eps_max, 3, integrator, step_jitter=0.0)  # fine
     with pytest.raises(LftmlError, match="unstable"):
-        HMC(theory, 1.01 * eps_max, 3, integrator)
+        HMC(theory, 1.01 * eps_max, 3, integrator, step_jitter=0.0)
+    # with jitter the largest step drawn, (1 + j) eps, must be stable
+    HMC(theory, 0.99 * eps_max / 1.1, 3, integrator, step_jitter=0.1)
+    with pytest.raises(LftmlError, match="unstable"):
+        HMC(theory, 1.01 * eps_max / 1.1, 3, integrator, step_jitter=0.1)
     # and the limit is real: just beyond it the stiffest mode grows exponentially
     V = theory.lattice.volume
     stiff = torch.tensor([(-1.0) ** (i + j) for i in range(8) for j in range(8)], dtype=torch.float64).reshape(1, 8, 8)

@@ -137,6 +137,7 @@ class EnsembleWriter:
         self._obs: dict[str, list[np.ndarray]] = {}
         self._rec: dict[str, list[np.ndarray]] = {}
         self._checkpoint: dict[str, Any] | None = None
+        self._uses_checkpoints = False
         self._last_flush = time.monotonic()
         self._extra_wall = 0.0
         with _open_checked(self.path, "r") as f:
@@ -259,11 +260,25 @@ class EnsembleWriter:
     def set_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Sampler state matching the configurations appended so far; written with the next flush."""
         self._checkpoint = dict(state)
+        self._uses_checkpoints = True
+
+    def flush_due(self, n_new: int = 1) -> bool:
+        """Whether appending ``n_new`` more configurations will trigger a flush."""
+        buffered = sum(len(c) for c in self._configs) + n_new
+        return buffered >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds
 
     def _maybe_flush(self) -> None:
-        buffered = sum(len(c) for c in self._configs)
-        if buffered >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
+        if self._uses_checkpoints and self._checkpoint is None:
+            return  # a sampler's rows are flushed together with the checkpoint that matches them
+        if self.flush_due(0):
             self.flush()
+
+    def discard_buffer(self) -> None:
+        """Forget rows and the checkpoint buffered since the last flush (the file keeps its last flushed state)."""
+        self._configs.clear()
+        self._obs.clear()
+        self._rec.clear()
+        self._checkpoint = None
 
     def add_wall_time(self, seconds: float) -> None:
         self._extra_wall += float(seconds)

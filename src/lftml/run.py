@@ -26,6 +26,7 @@ import torch
 
 from lftml.ensemble import EnsembleWriter, _open_checked, read_checkpoint
 from lftml.errors import LftmlError
+from lftml.observables import measure
 from lftml.samplers.hmc import HMC
 from lftml.samplers.langevin import Langevin
 from lftml.samplers.rng import ChainRNG
@@ -107,14 +108,26 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def hot_start_width(theory: Theory) -> float:
+    """Width of the hot start: the single-site Gaussian width ``1/sqrt(2 c_2)`` of the quadratic
+    on-site term (1/sqrt(2) in the hopping form at small lambda), capped at 1. A fixed N(0, 1) is far
+    too wide in the continuum normalisation at strong coupling, where outlying sites leave chains
+    with |dH| >> 1 that never accept."""
+    coefficients = getattr(theory, "coefficients", None)
+    if coefficients is None:
+        return 1.0
+    c2 = coefficients[1]
+    return min(1.0, 1.0 / math.sqrt(2.0 * c2)) if c2 > 0 else 1.0
+
+
 def initial_field(theory: Theory, config: RunConfig, device: torch.device) -> torch.Tensor:
-    """Hot start: phi ~ N(0, 1) per site. Cold start: the ordered field ``s * v`` with ``v`` the
-    mean-field minimum (0 in the symmetric phase) and a random global sign ``s`` per chain, so
-    broken-phase chains start in both vacua and not in domain-wall states."""
+    """Hot start: phi ~ N(0, w^2) per site with ``w = hot_start_width(theory)``. Cold start: the ordered
+    field ``s * v`` with ``v`` the mean-field minimum (0 in the symmetric phase) and a random global sign
+    ``s`` per chain, so broken-phase chains start in both vacua and not in domain-wall states."""
     rng = ChainRNG.from_seed(config.seed, config.n_chains, purpose=0, device=device)
     shape = theory.lattice.shape
     if config.start == "hot":
-        return rng.normal(shape, dtype=config.torch_dtype)
+        return hot_start_width(theory) * rng.normal(shape, dtype=config.torch_dtype)
     v = float(getattr(theory, "mean_field_vev", lambda: 0.0)())
     signs = rng.signs().to(device=device, dtype=config.torch_dtype)
     return signs.view(-1, *([1] * len(shape))) * torch.full((1, *shape), v, dtype=config.torch_dtype, device=device)
@@ -145,7 +158,8 @@ class _Adapter:
         self.target = target
         self.t = t
         self.log_eps = math.log(sampler.step_size) if log_eps is None else log_eps
-        self.eps_max = 0.98 * max_stable_step(sampler.integrator, omega2_max(sampler.theory)) if hasattr(
+        self.eps_max = 0.98 * max_stable_step(sampler.integrator, omega2_max(sampler.theory)) / (
+            1.0 + sampler.step_jitter) if hasattr(
             sampler.theory, "coefficients") else math.inf
 
     def update(self, sampler: HMC, acc_prob: float) -> HMC:
@@ -153,6 +167,15 @@ class _Adapter:
         self.log_eps += (acc_prob - self.target) / (self.t + 5) ** 0.6
         self.log_eps = min(self.log_eps, math.log(self.eps_max))
         return replace(sampler, step_size=math.exp(self.log_eps))
+
+
+def _observables(state: Any, theory: Theory) -> dict[str, np.ndarray]:
+    """Standard observables of the current fields, one row; reuses the action HMC already has."""
+    action = getattr(state, "action", None)
+    obs = measure(state.phi, None if action is not None else theory)
+    if action is not None:
+        obs["action_density"] = (action.detach().to(torch.float64) / theory.lattice.volume).cpu().numpy()
+    return {k: v[None] for k, v in obs.items()}
 
 
 def _records(info: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -248,12 +271,15 @@ def run(
     if phi is None:
         phi = initial_field(theory, config, device)
     state = sampler.init(phi)
+    if writer is not None and isinstance(sampler, HMC) and writer.n_configs == 0:
+        writer.update_metadata(md_backend="fused" if sampler.uses_fused(state.phi) else "eager")
 
     n_have = writer.n_configs if writer is not None else 0
     total = config.n_therm + config.n_configs * config.every
     done = therm_done + updates_done
     memory: list[torch.Tensor] = []
     acc_sum, acc_n = 0.0, 0
+    chain_acc = np.zeros(config.n_chains)
     t_start = time.perf_counter()
     t_last = t_start
 
@@ -296,6 +322,7 @@ def run(
                     if "accepted" in info:
                         acc_sum += float(info["accepted"].double().mean())
                         acc_n += 1
+                        chain_acc += info["accepted"].detach().cpu().numpy()
                     pending.append(_records(info))
                 bar.update(config.every)
                 n_have += 1
@@ -303,19 +330,33 @@ def run(
                     now = time.perf_counter()
                     writer.add_wall_time(now - t_last)
                     t_last = now
-                    writer.set_checkpoint(checkpoint())
+                    if writer.flush_due(1) or n_have == config.n_configs:
+                        writer.set_checkpoint(checkpoint())  # only where a flush writes it: it costs a copy of every stream
                     records = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-                    writer.append(state.phi[None], records=records)
+                    writer.append(state.phi[None], observables=_observables(state, theory), records=records)
                 else:
                     memory.append(state.phi.detach().clone())
                 if progress and acc_n:
                     bar.set_postfix(acc=f"{acc_sum / acc_n:.3f}")
+    except BaseException:
+        if writer is not None:
+            # rows buffered since the last flush have no checkpoint: drop them (a resume recomputes
+            # them bit for bit) and keep the file at its last consistent state
+            writer.discard_buffer()
+        raise
     finally:
         bar.close()
         if writer is not None:
             writer.add_wall_time(time.perf_counter() - t_last)
             writer.close()
     wall = time.perf_counter() - t_start
+    stuck = np.flatnonzero(chain_acc == 0) if acc_n >= 20 else []
+    if len(stuck) and acc_sum / acc_n >= 0.1:
+        log.warning(
+            "chain(s) %s accepted none of %d trajectories while the others accept %.2f: they are stuck "
+            "(e.g. an outlying start); rerun with more --therm, --start cold or a smaller step",
+            ", ".join(map(str, stuck[:10])), acc_n, acc_sum / acc_n,
+        )
     if acc_n and acc_sum / acc_n < 0.1:
         log.warning(
             "HMC acceptance is %.3f: the chain hardly moves; increase --md-steps (smaller step) or use --adapt",

@@ -128,6 +128,8 @@ def register(app: typer.Typer) -> None:
         integrator: str = typer.Option("omelyan", help="leapfrog or omelyan (2MN)."),
         md_steps: int = typer.Option(10, "--md-steps", help="MD steps per trajectory."),
         traj_length: float = typer.Option(1.0, "--traj-length", help="Trajectory length (step = length / steps)."),
+        step_jitter: float = typer.Option(0.1, "--step-jitter", help="Per-trajectory random step factor 1 +- j (breaks MD resonances)."),
+        backend: str = typer.Option("auto", help="MD backend: auto (fused numba kernel on CPU when available), fused or eager."),
         adapt: bool = typer.Option(False, help="Adapt the step size during thermalisation, then freeze it."),
         target_acceptance: float = typer.Option(0.8, "--target-acceptance", help="Target of --adapt."),
         start: str = typer.Option("hot", help="hot (random) or cold (ordered, random sign per chain)."),
@@ -144,7 +146,7 @@ def register(app: typer.Typer) -> None:
         from lftml.samplers import HMC
 
         theory = build_theory(shape, kappa, lam, m2, lam4, g)
-        sampler = HMC.from_trajectory(theory, traj_length, md_steps, integrator)
+        sampler = HMC.from_trajectory(theory, traj_length, md_steps, integrator, backend=backend, step_jitter=step_jitter)
         _run_command(sampler, theory, chains=chains, n_configs=n_configs, therm=therm, every=every, seed=seed,
                      start=start, out=out, resume=resume, adapt=adapt, target=target_acceptance, device=device,
                      dtype=dtype, progress=progress, as_json=as_json, kind="hmc", flush_every=checkpoint_every)

@@ -160,8 +160,8 @@ def actions(phi, s, rows, L, c64):
 def trajectory(phi0, pi, phi1, k0, k1, s1, rows, L, ops, coefs, cf, c64):
     """One MD trajectory per chain, chain after chain: ``phi1[c] <- MD(phi0[c], pi[c])``, ``pi`` in place.
 
-    phi0, pi, phi1: ``(n, V)``; the integrator is the schedule ``ops[i]`` (0: kick ``pi += coefs[i] *
-    force``, 1: drift ``phi += coefs[i] * pi``), coefs in the field dtype; cf: (c_hop, 2 c_2, 4 c_4) in the
+    phi0, pi, phi1: ``(n, V)``; the integrator is the schedule ``ops[i]`` (0: kick ``pi += coefs[c, i] *
+    force``, 1: drift ``phi += coefs[c, i] * pi``), coefs ``(n, n_ops)`` per chain in the field dtype; cf: (c_hop, 2 c_2, 4 c_4) in the
     field dtype; c64: (c_hop, c_2, c_4) in float64. Outputs k0, k1 (kinetic energy at the start and the
     end) and s1 (action at the end), float64 ``(n,)``."""
     n = phi0.shape[0]
@@ -180,10 +180,10 @@ def trajectory(phi0, pi, phi1, k0, k1, s1, rows, L, ops, coefs, cf, c64):
         for i in range(ops.shape[0]):
             if ops[i] == 0:
                 if flat2d:
-                    kick2d(x, p, edge, rows, L, coefs[i], c_hop, two_c2, four_c4)
+                    kick2d(x, p, edge, rows, L, coefs[c, i], c_hop, two_c2, four_c4)
                 else:
-                    kick(x, p, tmp, rows, L, coefs[i], c_hop, two_c2, four_c4)
+                    kick(x, p, tmp, rows, L, coefs[c, i], c_hop, two_c2, four_c4)
             else:
-                drift(x, p, coefs[i])
+                drift(x, p, coefs[c, i])
         k1[c] = half_sum_sq(p)
         s1[c] = action(x, tmp, rows, L, c64[0], c64[1], c64[2])

@@ -152,9 +152,10 @@ def schedule(
 
 
 def integrate(
-    theory: Any, phi0: torch.Tensor, pi: torch.Tensor, step_size: float, n_steps: int, integrator: str
+    theory: Any, phi0: torch.Tensor, pi: torch.Tensor, step_size: float | torch.Tensor, n_steps: int, integrator: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One MD trajectory for every chain from ``(phi0, pi)``.
+    """One MD trajectory for every chain from ``(phi0, pi)``; ``step_size`` is one number or one per
+    chain (a tensor with ``n_chains`` elements, as drawn by HMC's step-size jitter).
 
     Returns ``(phi1, kinetic0, kinetic1, action1)``: the end-point field (a new tensor; ``phi0`` is
     not modified), ``sum pi^2 / 2`` at the start and end, and ``S(phi1)``, each ``(n_chains,)`` in
@@ -172,10 +173,17 @@ def integrate(
     k1 = np.empty(n)
     s1 = np.empty(n)
     c_hop, c2, c4 = (float(c) for c in theory.coefficients)
-    ops, cs = schedule(integrator, float(step_size), int(n_steps))
+    if isinstance(step_size, torch.Tensor):
+        # the eager integrators compute (c * eps) per chain; base coefficients c are those of eps = 1
+        ops, base = schedule(integrator, 1.0, int(n_steps))
+        eps = step_size.detach().reshape(n, 1).cpu().numpy().astype(np_dtype)
+        coefs = np.ascontiguousarray(np.array(base, dtype=np_dtype)[None, :] * eps)
+    else:
+        ops, cs = schedule(integrator, float(step_size), int(n_steps))
+        coefs = np.ascontiguousarray(np.broadcast_to(np.array(cs, dtype=np_dtype), (n, len(cs))))
     kernel(
         x0, pn, x1, k0, k1, s1, row_neighbours(shape), int(shape[-1]), np.array(ops, dtype=np.int8),
-        np.array(cs, dtype=np_dtype), np.array([c_hop, 2.0 * c2, 4.0 * c4], dtype=np_dtype),
+        coefs, np.array([c_hop, 2.0 * c2, 4.0 * c4], dtype=np_dtype),
         np.array([c_hop, c2, c4], dtype=np.float64),
     )
     if p is not pi and p.data_ptr() != pi.data_ptr():

@@ -46,6 +46,7 @@ class HMC:
     n_steps: int
     integrator: str = "omelyan"
     backend: str = "auto"
+    step_jitter: float = 0.1
 
     def __post_init__(self) -> None:
         if self.integrator not in INTEGRATORS:
@@ -58,25 +59,30 @@ class HMC:
             raise LftmlError(f"unknown HMC backend {self.backend!r}; choose one of {', '.join(fused.BACKENDS)}")
         if self.backend == "fused" and not fused.supports(self.theory):
             raise LftmlError(fused.unsupported_reason(self.theory))
+        if not 0.0 <= self.step_jitter < 1.0:
+            raise LftmlError(f"the step-size jitter must lie in [0, 1), got {self.step_jitter}")
         if hasattr(self.theory, "coefficients"):
             w2 = omega2_max(self.theory)
             eps_max = max_stable_step(self.integrator, w2)
-            if self.step_size >= eps_max:
+            if self.step_size * (1.0 + self.step_jitter) >= eps_max:
                 raise LftmlError(
-                    f"MD step size {self.step_size:g} is unstable for this action with the {self.integrator} integrator "
+                    f"MD step size {self.step_size:g} (up to {self.step_size * (1 + self.step_jitter):.4g} with "
+                    f"{self.step_jitter:.0%} jitter) is unstable for this action with the {self.integrator} integrator "
                     f"(the stiffest mode needs a step < {eps_max:.4g}); "
                     "increase --md-steps or shorten --traj-length"
                 )
 
     @classmethod
     def from_trajectory(
-        cls, theory: Theory, traj_length: float, n_steps: int, integrator: str = "omelyan", backend: str = "auto"
+        cls, theory: Theory, traj_length: float, n_steps: int, integrator: str = "omelyan", backend: str = "auto",
+        step_jitter: float = 0.1,
     ) -> "HMC":
+        """Settings from the (mean) trajectory length and the number of MD steps."""
         if not (traj_length > 0):
             raise LftmlError(f"the trajectory length must be positive, got {traj_length}")
         if int(n_steps) < 1:
             raise LftmlError(f"the number of MD steps must be >= 1, got {n_steps}")
-        return cls(theory, traj_length / int(n_steps), int(n_steps), integrator, backend)
+        return cls(theory, traj_length / int(n_steps), int(n_steps), integrator, backend, step_jitter)
 
     @property
     def trajectory_length(self) -> float:
@@ -93,6 +99,7 @@ class HMC:
             "step_size": self.step_size,
             "n_steps": self.n_steps,
             "trajectory_length": self.trajectory_length,
+            "step_jitter": self.step_jitter,
         }
 
     def uses_fused(self, phi: torch.Tensor) -> bool:
@@ -114,15 +121,23 @@ class HMC:
     def step(self, state: HMCState, rng: ChainRNG) -> tuple[HMCState, dict[str, torch.Tensor]]:
         """One trajectory with Metropolis accept/reject per chain."""
         phi0 = state.phi
+        eps: float | torch.Tensor = self.step_size
+        if self.step_jitter:
+            # per-chain step eps (1 + j (2u - 1)), u ~ U(0,1): a random trajectory length breaks the
+            # resonances of a fixed one (a mode rotated by a multiple of pi never changes; Mackenzie 1989)
+            u = rng.uniform(dtype=torch.float64).to(device=phi0.device, dtype=phi0.dtype)
+            eps = self.step_size * (1.0 + self.step_jitter * (2.0 * u - 1.0))
         pi0 = rng.normal(phi0.shape[1:], dtype=phi0.dtype)
         if self.uses_fused(phi0):
-            phi1, k0, k1, s1 = fused.integrate(self.theory, phi0, pi0, self.step_size, self.n_steps, self.integrator)
+            phi1, k0, k1, s1 = fused.integrate(self.theory, phi0, pi0, eps, self.n_steps, self.integrator)
             h0 = k0 + state.action
             h1 = k1 + s1
         else:
             dims = self.theory.lattice.dims
             h0 = 0.5 * (pi0 * pi0).sum(dim=dims) + state.action
-            phi1, pi1 = INTEGRATORS[self.integrator](phi0, pi0, self.theory.force, self.step_size, self.n_steps)
+            if isinstance(eps, torch.Tensor):
+                eps = eps.view(-1, *([1] * (phi0.ndim - 1)))
+            phi1, pi1 = INTEGRATORS[self.integrator](phi0, pi0, self.theory.force, eps, self.n_steps)
             s1 = self.theory.action(phi1)
             h1 = 0.5 * (pi1 * pi1).sum(dim=dims) + s1
         dH = h1 - h0

@@ -110,10 +110,11 @@ def make_figures(outdir: str | Path, n_updates: int = 1500) -> list[Path]:
         ax,
         kappa,
         {
+            r"RBM $N_h = 784$, $\mu^2 = 1000$": regulated_spectrum(kappa, 784, 1000.0),
             r"RBM $N_h = 784$, $\mu^2 = 100$": regulated_spectrum(kappa, 784, 100.0),
-            r"RBM $N_h = 64$, $\mu^2 = 100$": regulated_spectrum(kappa, 64, 100.0),
+            r"RBM $N_h = 16$, $\mu^2 = 100$": regulated_spectrum(kappa, 16, 100.0),
         },
-        title="synthetic digits 28x28: UV-divergent data spectrum, regulated",
+        title=f"synthetic digits 28x28 ({int(np.sum(~np.isfinite(kappa)))} zero modes not shown)",
     )
     fig.tight_layout()
     written.append(outdir / "rbm_data_spectrum.png")

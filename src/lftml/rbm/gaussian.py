@@ -449,24 +449,28 @@ def sample_gradients(
     samples ``(n, N_v)``, without forming N_v x N_v matrices: ``C W = X^T (X W) / n`` costs
     O(n N_v N_h) instead of O(N_v^2 N_h). Give either ``data_samples`` or
     ``data_second_moment`` (and ``data_mean``)."""
-    W = model.W
+    W = model.W.detach()
     xm = model_samples
-    CW_m = xm.T @ (xm @ W) / xm.shape[0]
     m_m = xm.mean(0)
     diag_m = (xm * xm).mean(0)
+    s2 = model.sigma_h**2
     if data_samples is not None:
         xd = data_samples
-        CW_d = xd.T @ (xd @ W) / xd.shape[0]
         m_d = xd.mean(0)
         diag_d = (xd * xd).mean(0)
+        # s2 (X_d^T X_d W / n_d - X_m^T X_m W / n_m) as two fused GEMMs
+        dW = torch.mm(xd.T, xd @ W) if s2 / xd.shape[0] == 1.0 else torch.mm(xd.T, xd @ W).mul_(s2 / xd.shape[0])
     else:
         if data_second_moment is None:
             raise LftmlError("sample_gradients needs data_samples or data_second_moment")
-        CW_d = data_second_moment @ W
         m_d = torch.zeros_like(m_m) if data_mean is None else data_mean
         diag_d = torch.diagonal(data_second_moment)
+        dW = torch.mm(data_second_moment, W).mul_(s2)
+    dW = torch.addmm(dW, xm.T, xm @ W, alpha=-s2 / xm.shape[0])
     dm = m_d - m_m
-    out: dict[str, torch.Tensor] = {"W": model.sigma_h**2 * (CW_d - CW_m) + torch.outer(dm, model.eta)}
+    if model.learn_eta or bool(torch.any(model.eta != 0)):
+        dW.add_(torch.outer(dm, model.eta.detach()))
+    out: dict[str, torch.Tensor] = {"W": dW}
     if model.learn_eta:
         out["eta"] = W.T @ dm
     if model.mu is not None:

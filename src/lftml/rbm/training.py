@@ -200,7 +200,7 @@ class ReferenceSGD(torch.optim.Optimizer):
                 else:
                     d = p.grad
                 if l2 > 0:
-                    d = d + l2 * p
+                    p.mul_(1.0 - lr * l2)  # p - lr (d + l2 p) = p (1 - lr l2) - lr d
                 p.add_(d, alpha=-lr)
         return loss
 

@@ -1,5 +1,191 @@
-"""CLI for diffusion (placeholder: filled in by its issue)."""
+"""``lftml diffusion``: score-based diffusion models as stochastic quantisation.
+
+Commands: ``train`` (ensemble file -> model.pt), ``sample`` (model -> ensemble file), ``likelihood``
+(log q by the probability-flow ODE; S vs -log q fit), ``compare`` (the talk's table with z-scores),
+``metropolis`` (exact correction of generated samples: independence Metropolis and reweighting).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-app = typer.Typer(help="diffusion commands", no_args_is_help=True)
+from lftml.cli.common import JSON_OPTION, SEED_OPTION, emit_json, fmt_err, require_file
+from lftml.errors import LftmlError
+
+app = typer.Typer(help="Diffusion models (VE SDE + periodic U-Net) trained on lattice ensembles.", no_args_is_help=True)
+
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, cuda:N.")
+THREADS_OPTION = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Training ensemble file (HDF5, from `lftml hmc`)."),
+    out: Path = typer.Option(..., "--out", help="Model file to write (checkpoint: <out>.ckpt)."),
+    preset: str = typer.Option("fast", "--preset", help="U-Net preset: fast (CPU), paper (32/64/128/256, stride 1), tiny."),
+    steps: int = typer.Option(4000, "--steps", help="Training steps (batches)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (linear warm-up, cosine decay)."),
+    sigma: float = typer.Option(25.0, "--sigma", help="VE SDE base sigma (g(t) = sigma^t)."),
+    ema: float = typer.Option(0.999, "--ema", help="EMA decay of the weights."),
+    z2: bool = typer.Option(True, "--z2/--no-z2", help="Z2 (phi -> -phi) data augmentation."),
+    t_sampling: str = typer.Option("mixed", "--t-sampling", help="mixed (default) or uniform (reference) diffusion times."),
+    checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
+    thin: str = typer.Option("1", "--thin", help="Stride along Monte Carlo time, or 'auto' (2 tau_int(M))."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from <out>.ckpt if present."),
+    threads: Optional[int] = THREADS_OPTION,
+    device: str = DEVICE_OPTION,
+    seed: int = SEED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a score model by denoising score matching."""
+    from lftml.diffusion.training import TrainConfig
+    from lftml.diffusion.workflows import set_threads, train_from_file
+
+    require_file(data, "training ensemble")
+    set_threads(threads)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, sigma=sigma, ema_decay=ema, z2_augment=z2,
+                      checkpoint_every=checkpoint_every, seed=seed, preset=preset, t_sampling=t_sampling)
+    res = train_from_file(data, out, cfg, thin=thin if thin == "auto" else int(thin) if thin.isdigit() else thin,
+                          resume=resume, progress=not as_json, device=device)
+    if as_json:
+        emit_json(res)
+        return
+    typer.echo(f"trained {res['steps']} steps ({res['training']['wall_seconds']:.0f} s) on {res['data']['n_configs']} "
+               f"configurations: final loss {res['final_loss']:.4f}; model {res['model']}, loss curve {res['loss_png']}")
+
+
+@app.command()
+def sample(
+    model: Path = typer.Option(..., "--model", help="Model file from `lftml diffusion train`."),
+    n: int = typer.Option(1024, "--n", help="Number of configurations."),
+    sampler: str = typer.Option("em", "--sampler", help="em (Euler-Maruyama), pc (predictor-corrector), ode (probability flow)."),
+    steps: int = typer.Option(200, "--steps", help="Time steps from t=1 to t=eps."),
+    schedule: str = typer.Option("edm", "--schedule", help="Time grid: edm (dense at small noise) or uniform (reference)."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    snr: float = typer.Option(0.16, "--snr", help="Signal-to-noise ratio of the pc corrector."),
+    strip: Optional[Path] = typer.Option(None, "--strip", help="Also write a PNG strip of the backward process."),
+    out: Path = typer.Option(..., "--out", help="Ensemble file to write (HDF5, engine format)."),
+    threads: Optional[int] = THREADS_OPTION,
+    device: str = DEVICE_OPTION,
+    seed: int = SEED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Generate configurations into an ensemble file (analyse it with `lftml analyze`)."""
+    from lftml.diffusion.workflows import sample_to_file, set_threads
+
+    require_file(model, "model file")
+    set_threads(threads)
+    res = sample_to_file(model, out, n=n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                         schedule=schedule, snr=snr, device=device, progress=not as_json, strip_png=strip)
+    if as_json:
+        emit_json(res)
+        return
+    typer.echo(f"wrote {n} configurations ({sampler}, {steps} steps, {schedule} grid) to {out} in {res['wall_seconds']:.1f} s")
+
+
+@app.command()
+def likelihood(
+    model: Path = typer.Option(..., "--model"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Ensemble whose configurations to evaluate."),
+    generate: Optional[int] = typer.Option(None, "--generate", help="Instead: N fresh PF-ODE samples with their log q."),
+    max_configs: int = typer.Option(256, "--max-configs", help="Evaluate at most this many configurations of --data."),
+    probes: int = typer.Option(1, "--probes", help="Hutchinson probe vectors per configuration."),
+    probe: str = typer.Option("rademacher", "--probe", help="rademacher, gaussian, or exact (small lattices)."),
+    solver: str = typer.Option("rk45", "--solver", help="rk45 (adaptive, --rtol/--atol) or heun (--steps)."),
+    rtol: float = typer.Option(1e-5, "--rtol"),
+    atol: float = typer.Option(1e-5, "--atol"),
+    steps: int = typer.Option(100, "--steps", help="Fixed steps of the heun solver."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    png: Optional[Path] = typer.Option(None, "--png", help="Scatter plot of -log q against S."),
+    out: Optional[Path] = typer.Option(None, "--out", help="npz file with arrays action and log_q."),
+    threads: Optional[int] = THREADS_OPTION,
+    device: str = typer.Option("cpu", "--device", help="cpu (default; scipy's solver runs on the CPU) or auto/cuda."),
+    seed: int = SEED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """log q(phi) by the probability-flow ODE, and the fit -log q = slope * S + c (R^2)."""
+    from lftml.diffusion.likelihood import LikelihoodSettings
+    from lftml.diffusion.training import resolve_device
+    from lftml.diffusion.workflows import likelihood_report, set_threads
+
+    require_file(model, "model file")
+    if data is not None:
+        require_file(data, "ensemble")
+    set_threads(threads)
+    settings = LikelihoodSettings(probes=probes, probe=probe, solver=solver, rtol=rtol, atol=atol, steps=steps)
+    res = likelihood_report(model, data=data, generate_n=generate, settings=settings, seed=seed,
+                            max_configs=max_configs, batch_size=batch_size, png=png, out_npz=out,
+                            device=str(resolve_device(device)), progress=not as_json)
+    if as_json:
+        emit_json(res)
+        return
+    f = res["fit"]
+    typer.echo(f"{res['n']} configurations ({res['source']}): -log q = {f['slope']:.4f} S + {f['intercept']:.2f}, "
+               f"R^2 = {f['r2']:.4f}; <log q> = {res['mean_log_q']:.2f}, <S> = {res['mean_action']:.2f}")
+
+
+@app.command()
+def compare(
+    train: Optional[Path] = typer.Option(None, "--train", help="Training ensemble (optional)."),
+    test: Path = typer.Option(..., "--test", help="Independent HMC test ensemble."),
+    generated: Path = typer.Option(..., "--generated", help="Generated ensemble (`lftml diffusion sample`)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Histograms of M and S/V and the two-point function."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The talk's table: <M>, <|M|>, chi_2, U_L, <S>/V, two-point function, with z-scores of generated vs test."""
+    from lftml.diffusion.evaluation import format_compare_table
+    from lftml.diffusion.workflows import compare_report
+
+    for p, what in ((train, "training ensemble"), (test, "test ensemble"), (generated, "generated ensemble")):
+        if p is not None:
+            require_file(p, what)
+    res = compare_report(train, test, generated, png=png)
+    if as_json:
+        emit_json(res)
+        return
+    typer.echo(format_compare_table(res))
+
+
+@app.command()
+def metropolis(
+    model: Path = typer.Option(..., "--model"),
+    hmc: Path = typer.Option(..., "--hmc", help="HMC ensemble to compare autocorrelations with."),
+    n: int = typer.Option(1024, "--n", help="Number of proposals (PF-ODE samples)."),
+    steps: int = typer.Option(100, "--steps", help="Heun steps of the PF-ODE."),
+    probes: int = typer.Option(1, "--probes"),
+    probe: str = typer.Option("rademacher", "--probe"),
+    max_lag: int = typer.Option(30, "--max-lag"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    png: Optional[Path] = typer.Option(None, "--png", help="Autocorrelation plot."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the Metropolis chain as an ensemble file."),
+    threads: Optional[int] = THREADS_OPTION,
+    device: str = typer.Option("cpu", "--device"),
+    seed: int = SEED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Make generated samples exact: independence Metropolis (and reweighting) against exp(-S) using log q."""
+    from lftml.diffusion.likelihood import LikelihoodSettings
+    from lftml.diffusion.training import resolve_device
+    from lftml.diffusion.workflows import metropolis_report, set_threads
+
+    require_file(model, "model file")
+    require_file(hmc, "HMC ensemble")
+    set_threads(threads)
+    settings = LikelihoodSettings(solver="heun", steps=steps, probes=probes, probe=probe)
+    res = metropolis_report(model, hmc, n=n, settings=settings, seed=seed, batch_size=batch_size, max_lag=max_lag,
+                            png=png, out=out, device=str(resolve_device(device)), progress=not as_json)
+    if as_json:
+        emit_json(res)
+        return
+    ac = res["autocorrelation"]
+    rw = res["reweighted"]
+    typer.echo(f"independence Metropolis: acceptance {res['acceptance']:.3f}, tau_int(M) "
+               f"{ac['metropolis']['tau_int']:.2f} (HMC {ac['hmc']['tau_int']:.2f})")
+    for k, label in (("susceptibility", "chi_2"), ("binder", "U_L")):
+        typer.echo(f"{label:>6}: chain {fmt_err(res['metropolis_chain'][k]['value'], res['metropolis_chain'][k]['error'])}, "
+                   f"reweighted {fmt_err(rw[k]['value'], rw[k]['error'])}, raw {fmt_err(res['generated_iid'][k]['value'], res['generated_iid'][k]['error'])}")
+    typer.echo(f"reweighting ESS {rw['ess']:.0f} of {rw['n']} ({100 * rw['ess_fraction']:.1f}%)")

@@ -1,0 +1,250 @@
+r"""A trained score model: U-Net + SDE + data scaling + provenance, saved with a format tag.
+
+Units: the network works on ``x = scale * phi`` (model units, float32); :class:`DataScaling` maps
+configurations ``phi`` (engine units, float64) to ``x`` and back. Scores transform as
+``grad_phi log q_phi = scale * grad_x log q_x`` and densities as
+``log q_phi(phi) = log q_x(scale * phi) + V log(scale)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lftml.errors import FileFormatError, LftmlError
+from lftml.diffusion.nets import UNet, UNetConfig
+from lftml.diffusion.sde import VESDE
+
+__all__ = ["DataScaling", "ScoreModel", "MODEL_FORMAT", "MODEL_FORMAT_VERSION", "load_model", "save_model"]
+
+MODEL_FORMAT = "lftml-diffusion-model"
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataScaling:
+    """``x = scale * phi``: maps engine fields to model units (symmetric, so phi -> -phi is kept)."""
+
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise LftmlError(f"data scale must be a positive finite number, got {self.scale}")
+
+    @classmethod
+    def fit(cls, phi: np.ndarray | torch.Tensor, target: float = 1.0) -> "DataScaling":
+        """Scale so that the largest |phi| of the training data becomes ``target`` (data in [-1, 1])."""
+        m = float(np.max(np.abs(np.asarray(phi))))
+        if not math.isfinite(m) or m == 0.0:
+            raise LftmlError("training data are all zero or not finite: cannot fit a data scaling")
+        return cls(scale=target / m)
+
+    def to_model(self, phi: torch.Tensor) -> torch.Tensor:
+        return phi * self.scale
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.scale
+
+    def log_jacobian(self, volume: int) -> float:
+        """``V log(scale)``: add to ``log q_x`` to get ``log q_phi``."""
+        return volume * math.log(self.scale)
+
+    def to_dict(self) -> dict:
+        return {"kind": "symmetric_maxabs", "scale": self.scale}
+
+
+PARAMETRIZATIONS = ("gaussian", "edm", "reference")
+
+
+class ScoreModel(nn.Module):
+    """Score model on a fixed lattice, in model units, with noise level ``s = std(t)``:
+
+    * ``parametrization = "reference"``: ``score = net(x, log s) / s`` (the reference code);
+    * ``parametrization = "edm"`` (default): preconditioning after Karras et al. (2022),
+      ``score = -x / (s^2 + sd^2) + sd * net(x / sqrt(s^2 + sd^2), log s) / (s sqrt(s^2 + sd^2))``,
+      with ``sd = sigma_data`` the per-site standard deviation of the training data (model units).
+      The first term is the exact large-noise limit of every score, so the network only learns a
+      correction. With ``reference``, the net must output ``-x/s`` to better than 1% at large s:
+      errors there integrate over the whole range of s in the reverse process and leave the
+      samples far too noisy unless trained for very long.
+
+    * ``parametrization = "gaussian"`` (default of :func:`~lftml.diffusion.training.train`): as
+      ``edm`` but the first term is the exact score of the Gaussian with the training data's
+      two-point function, ``-F^{-1}[ F(x)_p / (c_p + s^2) ]`` with ``c_p = <|F(x)_p|^2> / V`` the
+      data's power spectrum (stored with the model). The network then learns only the
+      non-Gaussian correction. Reason: the DSM loss weights each of the V momentum modes equally,
+      so the zero mode (which alone sets chi_2 = a^-2 c_0) gets 1/V of the training signal, and
+      GroupNorm hides it from the U-Net; without this the fast preset needs far longer training
+      to get chi_2 right.
+
+    The training loss is the same DSM loss with ``lambda(t) = std(t)^2`` in all cases.
+
+    Attributes: ``net`` (:class:`UNet`), ``sde`` (:class:`VESDE`), ``lattice_shape``, ``scaling``
+    (:class:`DataScaling`), ``theory`` (``theory.to_dict()`` of the training data or ``None``),
+    ``info`` (JSON-able provenance: preset, seeds, training summary).
+    """
+
+    def __init__(
+        self,
+        net: UNet,
+        sde: VESDE,
+        lattice_shape: tuple[int, ...],
+        scaling: DataScaling | None = None,
+        theory: dict | None = None,
+        info: dict | None = None,
+        parametrization: str = "edm",
+        sigma_data: float = 1.0,
+        power_spectrum: torch.Tensor | np.ndarray | None = None,
+    ):
+        super().__init__()
+        if parametrization not in PARAMETRIZATIONS:
+            raise LftmlError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
+        if not (sigma_data > 0 and math.isfinite(sigma_data)):
+            raise LftmlError(f"sigma_data must be positive, got {sigma_data}")
+        self.parametrization = parametrization
+        self.sigma_data = float(sigma_data)
+        if parametrization == "gaussian":
+            if power_spectrum is None:
+                raise LftmlError("the gaussian parametrization needs the training data's power spectrum")
+            ps = torch.as_tensor(np.asarray(power_spectrum), dtype=torch.float32)
+            if tuple(ps.shape) != tuple(int(v) for v in lattice_shape):
+                raise LftmlError(f"power spectrum shape {tuple(ps.shape)} does not match the lattice {tuple(lattice_shape)}")
+            self.register_buffer("power_spectrum", ps)
+        else:
+            self.power_spectrum = None
+        net.config.check_lattice(tuple(lattice_shape))
+        self.net = net
+        self.sde = sde
+        self.lattice_shape = tuple(int(s) for s in lattice_shape)
+        self.scaling = scaling or DataScaling(1.0)
+        self.theory = theory
+        self.info: dict[str, Any] = dict(info or {})
+
+    @property
+    def volume(self) -> int:
+        return int(np.prod(self.lattice_shape))
+
+    def check_input(self, x: torch.Tensor, name: str = "configurations") -> None:
+        """Raise :class:`LftmlError` unless the trailing axes of ``x`` are the model's lattice."""
+        d = len(self.lattice_shape)
+        if x.ndim < d + 1 or tuple(x.shape[-d:]) != self.lattice_shape:
+            raise LftmlError(
+                f"{name} have shape {tuple(x.shape)}, but this model was trained on a "
+                f"{'x'.join(map(str, self.lattice_shape))} lattice: expected (n, {', '.join(map(str, self.lattice_shape))})"
+            )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Score ``grad_x log p_t(x)`` in model units; ``t`` is a scalar or ``(n,)``."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        std = self.sde.std(t)
+        c = torch.log(std) if self.net.config.time_input == "log_std" else t
+        s = std.reshape(-1, *([1] * (x.ndim - 1)))
+        if self.parametrization == "reference":
+            return self.net(x, c) / s
+        sd2 = self.sigma_data**2
+        norm = torch.sqrt(s * s + sd2)
+        correction = self.sigma_data * self.net(x / norm, c) / (s * norm)
+        if self.parametrization == "edm":
+            return -x / (s * s + sd2) + correction
+        dims = tuple(range(1, x.ndim))
+        xh = torch.fft.fftn(x, dim=dims)
+        base = -torch.fft.ifftn(xh / (self.power_spectrum + s * s), dim=dims).real
+        return base.to(x.dtype) + correction
+
+    @staticmethod
+    def estimate_power_spectrum(x: torch.Tensor) -> torch.Tensor:
+        """``c_p = <|F(x)_p|^2> / V`` over the batch axis (Z2- and translation-symmetric by construction)."""
+        dims = tuple(range(1, x.ndim))
+        V = math.prod(x.shape[1:])
+        xh = torch.fft.fftn(x.to(torch.float64), dim=dims)
+        return (xh.abs() ** 2).mean(dim=0) / V
+
+    score = forward
+
+    def check_theory(self, theory: dict | None, what: str = "data") -> None:
+        """Raise :class:`FileFormatError` if ``theory`` differs from the model's training theory."""
+        if theory is None or self.theory is None:
+            return
+        a = {k: v for k, v in self.theory.items()}
+        b = {k: v for k, v in theory.items()}
+        if a != b:
+            raise FileFormatError(
+                f"the model was trained on {_describe(a)} but the {what} is {_describe(b)}; "
+                "train a model on this theory or pick the matching model file"
+            )
+
+
+def _describe(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def save_model(model: ScoreModel, path: str | Path, *, ema_state: dict | None = None) -> Path:
+    """Write ``model`` (its current weights, or ``ema_state`` when given) atomically to ``path``."""
+    path = Path(path)
+    state = ema_state if ema_state is not None else model.net.state_dict()
+    payload = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "net_config": model.net.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
+        "sde": model.sde.to_dict(),
+        "lattice_shape": list(model.lattice_shape),
+        "scaling": model.scaling.to_dict(),
+        "theory": model.theory,
+        "info": model.info,
+        "parametrization": model.parametrization,
+        "sigma_data": model.sigma_data,
+        "power_spectrum": None if model.power_spectrum is None else model.power_spectrum.detach().cpu().clone(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> ScoreModel:
+    """Read a model written by :func:`save_model`; a missing, damaged or foreign file raises
+    :class:`FileFormatError`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, foreign formats
+        raise FileFormatError(f"{path} is not a readable lftml diffusion model ({type(exc).__name__}): "
+                              "pass a file written by `lftml diffusion train`") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise FileFormatError(
+            f"{path} is not an lftml diffusion model (format tag {found!r}, expected {MODEL_FORMAT!r}); "
+            "pass a file written by `lftml diffusion train`"
+        )
+    if int(payload.get("format_version", 0)) > MODEL_FORMAT_VERSION:
+        raise FileFormatError(f"{path} was written by a newer lftml (format version {payload['format_version']})")
+    try:
+        cfg = UNetConfig.from_dict(payload["net_config"])
+        net = UNet(cfg)
+        net.load_state_dict(payload["state_dict"])
+        model = ScoreModel(
+            net,
+            VESDE.from_dict(payload["sde"]),
+            tuple(payload["lattice_shape"]),
+            DataScaling(float(payload["scaling"]["scale"])),
+            payload.get("theory"),
+            payload.get("info"),
+            parametrization=payload.get("parametrization", "reference"),
+            sigma_data=float(payload.get("sigma_data", 1.0)),
+            power_spectrum=payload.get("power_spectrum"),
+        )
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise FileFormatError(f"{path}: damaged lftml diffusion model ({exc})") from None
+    return model.to(device).eval()

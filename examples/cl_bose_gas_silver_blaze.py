@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--large", action="store_true", help="also run 6^4 at a few mu")
     parser.add_argument("--chains", type=int, default=16)
-    parser.add_argument("--time", type=float, default=60.0, help="measured Langevin time per chain")
+    parser.add_argument("--time", type=float, default=50.0, help="measured Langevin time per chain")
     parser.add_argument("--seed", type=int, default=2009)
     parser.add_argument("--dt", type=float, default=0.005, help="eps_bar of the adaptive Heun scheme")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "cl_bose_gas_silver_blaze.png")

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from lftml.complex.bose_gas import BoseGas, free_bose_gas_discrete, free_bose_gas_exact
 from lftml.complex.exact import (

@@ -30,7 +30,6 @@ exponent is below its threshold.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np

@@ -17,9 +17,8 @@ Conventions (shared by every model in :mod:`lftml.complex`)
 
 from __future__ import annotations
 
-import cmath
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch

@@ -156,3 +156,16 @@ def test_cli_train_from_data_file(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["kl"] is None and len(out["target_eigenvalues"]) == 6
+
+
+def test_cli_analytic_method_on_image_data(tmp_path):
+    from lftml.rbm.spectrum import synthetic_digits
+
+    np.save(tmp_path / "img.npy", synthetic_digits(200, np.random.default_rng(0), size=10))
+    r = invoke("rbm", "train", "--target", "data", "--data", str(tmp_path / "img.npy"), "--hidden", "100", "--mu2", "100",
+               "--method", "analytic", "--out", str(tmp_path / "a.pt"), "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert max(out["model_eigenvalues"]) == pytest.approx(100.0)
+    finite = [k for k in out["target_eigenvalues"] if k is not None and k < 100]
+    assert np.allclose(out["model_eigenvalues"][: len(finite)], finite, rtol=1e-8)

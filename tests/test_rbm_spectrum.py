@@ -143,3 +143,19 @@ def test_spectrum_plot_draws_exact_rbm_and_mu2_line():
     plot_learning_curve(ax2, {"update": [0, 1], "kl": [1.0, 0.5]})
     plot_data_spectrum(ax2, np.array([1.0, 10.0, np.inf]), {"reg": np.array([1.0, 5.0, 5.0])})
     plt.close("all")
+
+
+def test_analytic_rbm_on_image_data_reproduces_the_regulated_spectrum_and_dynamic_mass():
+    from lftml.rbm import TrainConfig, train
+
+    images = synthetic_digits(300, np.random.default_rng(4), size=12)
+    target = Target.from_data(images)
+    kappa = data_correlator_spectrum(images)["kappa"]
+    fixed = GaussianRBM(144, 144, mu2=100.0, generator=torch.Generator().manual_seed(0), lattice_shape=(12, 12))
+    train(fixed, target, TrainConfig(method="analytic"))
+    assert np.allclose(fixed.eigenvalues(), regulated_spectrum(kappa, 144, 100.0), rtol=1e-8)
+    # learned (dynamic) mass with N_h < N_v: harmonic mean of the dropped modes' kappa (zero modes included)
+    dyn = GaussianRBM(144, 16, mu2=100.0, mu2_mode="global", generator=torch.Generator().manual_seed(0))
+    train(dyn, target, TrainConfig(method="analytic"))
+    var = np.sort(1.0 / kappa)[::-1]
+    assert dyn.mu2_value() == pytest.approx(128 / var[16:].sum(), rel=1e-8)

@@ -204,3 +204,15 @@ def test_reference_sgd_is_a_torch_optimizer():
     p.grad = torch.ones(3, dtype=torch.float64)
     opt.step()
     assert torch.allclose(p.detach(), torch.full((3,), 1 - 0.1 * 0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("nh", [6, 8, 10])
+def test_analytic_method_sets_the_closed_form_ml_optimum(nh):
+    model = fresh(nh)
+    hist = train(model, Target.from_theory(THEORY), TrainConfig(method="analytic"))
+    pred, mu2 = optimal_spectrum(LAM, nh)
+    assert np.abs(model.eigenvalues() - pred).max() < 1e-12
+    assert model.mu2_value() == pytest.approx(mu2, rel=1e-14)
+    assert hist["update"] == [0] and hist["kl"][0] >= 0
+    with pytest.raises(LftmlError, match="uniform"):
+        train(fresh(nh, mode="site"), Target.from_theory(THEORY), TrainConfig(method="analytic"))

@@ -47,7 +47,7 @@ def train(
     mu2: Optional[float] = typer.Option(None, "--mu2", help="Fixed RBM mass mu^2 (excludes --learn-mu2)."),
     learn_mu2: Optional[str] = typer.Option(None, "--learn-mu2", help="global or site (default global, from --mu0)."),
     mu0: float = typer.Option(3.0, "--mu0", help="Initial mu = sqrt(mu^2) when mu^2 is learned (reference: 3)."),
-    method: str = typer.Option("exact", "--method", help="exact (closed-form ML gradient), pcd or cd."),
+    method: str = typer.Option("exact", "--method", help="exact (closed-form ML gradient), pcd, cd, or analytic (the closed-form ML optimum, no iterations)."),
     optimizer: str = typer.Option("reference", "--optimizer", help="reference (momentum SGD of the reference code), sgd, adam or lbfgs."),
     updates: int = typer.Option(1000, "--updates", help="Number of parameter updates."),
     lr: float = typer.Option(0.5, "--lr", help="Learning rate."),

@@ -15,6 +15,7 @@ from lftml.rbm.constructions import (
     diagonal_weights,
     optimal_spectrum,
     optimal_weights,
+    optimal_weights_from_correlator,
     random_orthogonal,
     rbm_from_kernel,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "diagonal_weights",
     "optimal_spectrum",
     "optimal_weights",
+    "optimal_weights_from_correlator",
     "random_orthogonal",
     "rbm_from_kernel",
     "ReferenceSGD",

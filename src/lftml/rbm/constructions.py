@@ -36,6 +36,7 @@ __all__ = [
     "diagonal_weights",
     "optimal_spectrum",
     "optimal_weights",
+    "optimal_weights_from_correlator",
     "rbm_from_kernel",
     "random_orthogonal",
 ]
@@ -124,6 +125,42 @@ def optimal_weights(
     k = min(int(n_hidden), lam.size)
     W = np.zeros((lam.size, int(n_hidden)))
     W[:, :k] = O[:, :k] * np.sqrt(np.clip(mu2 - lam[:k], 0.0, None)) / sigma_h
+    return W, mu2
+
+
+def optimal_weights_from_correlator(
+    correlator: np.ndarray | torch.Tensor, n_hidden: int, mu2: float | None = None, sigma_h: float = 1.0
+) -> tuple[np.ndarray, float]:
+    """The same ML optimum for a target given by its second moment ``C = <phi phi^T>`` (zero-mean
+    model), e.g. image data whose correlator has exact zero modes (kappa = 1/var = inf: never kept).
+    Kept: the N_h modes of largest variance; learned mu^2 = n_D / sum_{dropped} var_j."""
+    C = np.asarray(correlator.detach().numpy() if isinstance(correlator, torch.Tensor) else correlator, dtype=np.float64)
+    if C.ndim != 2 or C.shape[0] != C.shape[1] or not np.all(np.isfinite(C)):
+        raise LftmlError(f"correlator must be a finite square (N_v, N_v) matrix, got shape {C.shape}")
+    if n_hidden < 1:
+        raise LftmlError(f"n_hidden must be >= 1, got {n_hidden}")
+    var, O = np.linalg.eigh(0.5 * (C + C.T))
+    var, O = var[::-1], O[:, ::-1]  # descending variance = ascending kappa
+    tiny = max(var[0], 0.0) * 1e-13
+    with np.errstate(divide="ignore"):
+        kappa = np.where(var > tiny, 1.0 / np.where(var > tiny, var, 1.0), np.inf)
+    n = var.size
+    k = min(int(n_hidden), n)
+    if mu2 is None:
+        dropped = np.clip(var[k:], 0.0, None)
+        if dropped.size == 0:
+            mu2 = float(kappa[np.isfinite(kappa)].max())
+        elif dropped.sum() <= 0:
+            raise LftmlError("all dropped modes have zero variance, so the learned mu^2 would be infinite; give a fixed mu^2")
+        else:
+            mu2 = float(dropped.size / dropped.sum())
+    mu2 = float(mu2)
+    if not (np.isfinite(mu2) and mu2 > 0):
+        raise LftmlError(f"mu^2 must be a positive number, got {mu2}")
+    W = np.zeros((n, int(n_hidden)))
+    with np.errstate(invalid="ignore"):
+        x = np.where(np.isfinite(kappa[:k]), np.clip(mu2 - kappa[:k], 0.0, None), 0.0)
+    W[:, :k] = O[:, :k] * np.sqrt(x) / sigma_h
     return W, mu2
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Target", "TrainConfig", "ReferenceSGD", "train", "pcd_tolerance", "METHODS"]
 
-METHODS: tuple[str, ...] = ("exact", "pcd", "cd")
+METHODS: tuple[str, ...] = ("exact", "pcd", "cd", "analytic")
 #: Up to this many visible sites training runs single-threaded (restored afterwards).
 SMALL_PROBLEM = 128
 
@@ -259,6 +259,8 @@ def train(
         finally:
             torch.set_num_threads(n_threads)
     method = config.method
+    if method == "analytic":
+        return _set_analytic_optimum(model, target)
     stochastic = method in ("pcd", "cd")
     if stochastic and sampling_generator is None:
         raise LftmlError(f"method {method!r} needs a sampling generator")
@@ -399,6 +401,34 @@ class _NotPositiveDefinite(Exception):
 
 #: Maximum number of rejected exact-training steps before giving up.
 MAX_REJECTIONS = 50
+
+
+def _set_analytic_optimum(model: GaussianRBM, target: Target) -> dict[str, list]:
+    """Method ``analytic``: put the model at the closed-form ML optimum of its family (uniform
+    mu^2 fixed or learned, eta = 0) for the target's correlator; no iterations."""
+    from lftml.rbm.constructions import optimal_weights_from_correlator
+
+    if model.mu2_mode == "site" or model.learn_eta:
+        raise LftmlError("the analytic optimum is known for a uniform mu^2 (fixed or global) and eta = 0 only")
+    mu2_fixed = None
+    if model.mu2_mode == "fixed":
+        if model.mu2.ndim != 0:
+            raise LftmlError("the analytic optimum needs one uniform mu^2, got a per-site array")
+        mu2_fixed = float(model.mu2)
+    W, mu2 = optimal_weights_from_correlator(target.second_moment, model.n_hidden, mu2_fixed, model.sigma_h)
+    with torch.no_grad():
+        model.W.copy_(torch.as_tensor(W, dtype=model.dtype))
+        model.eta.zero_()
+        if model.mu is not None:
+            model.mu.copy_(torch.tensor(math.sqrt(mu2), dtype=model.dtype))
+    history: dict[str, list] = {"update": [0], "loglik": [], "kl": [], "mu2": [mu2], "lr": [0.0]}
+    try:
+        ll, kl = _kl_and_loglik(model, target)
+    except LftmlError:
+        ll, kl = float("nan"), None
+    history["loglik"].append(ll)
+    history["kl"].append(kl)
+    return history
 
 
 def pcd_tolerance(

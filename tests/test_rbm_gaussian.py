@@ -265,16 +265,16 @@ def test_analytic_optimum_is_a_stationary_point_and_beats_neighbours(nh):
     zero = torch.zeros(10, dtype=torch.float64)
     g = moment_gradients(m, C, zero, m.propagator().detach(), zero)
     assert float(g["W"].abs().max()) < 1e-12 and abs(float(g["mu"])) < 1e-12
-    L0 = float(m.log_likelihood(C))
+    L0 = float(m.log_likelihood(C).detach())
     # any other global mu2 (with its own optimal W), or dropping other modes, is worse
     for other in (mu2 * 0.97, mu2 * 1.03):
         W2, _ = optimal_weights(K, nh, mu2=other)
-        assert float(GaussianRBM(10, nh, mu2=other, weights=W2).log_likelihood(C)) < L0
+        assert float(GaussianRBM(10, nh, mu2=other, weights=W2).log_likelihood(C).detach()) < L0
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
         p = GaussianRBM(10, nh, mu2=mu2 * (1 + 0.01 * float(torch.randn(1, generator=gen))),
                         weights=W + 0.01 * np.random.default_rng(0).normal(size=W.shape))
-        assert float(p.log_likelihood(C)) < L0
+        assert float(p.log_likelihood(C).detach()) < L0
 
 
 def test_fixed_mu2_below_lambda_max_clips_the_spectrum():

@@ -169,3 +169,17 @@ def test_cli_analytic_method_on_image_data(tmp_path):
     assert max(out["model_eigenvalues"]) == pytest.approx(100.0)
     finite = [k for k in out["target_eigenvalues"] if k is not None and k < 100]
     assert np.allclose(out["model_eigenvalues"][: len(finite)], finite, rtol=1e-8)
+
+
+def test_cli_sample_exact_method_keeps_the_lattice_shape(tmp_path):
+    model = tmp_path / "m.pt"
+    r = invoke("rbm", "train", "--shape", "4", "4", "--m2", "1", "--hidden", "16", "--mu2", "10", "--method", "analytic",
+               "--out", str(model))
+    assert r.exit_code == 0, r.output
+    r = invoke("rbm", "sample", str(model), "--n", "20", "--chains", "2", "--method", "exact", "--out", str(tmp_path / "e.h5"))
+    assert r.exit_code == 0, r.output
+    from lftml.ensemble import Ensemble
+
+    with Ensemble.open(tmp_path / "e.h5") as e:
+        assert e.load_configs().shape == (20, 2, 4, 4)
+        assert e.metadata["sampler"]["name"] == "rbm-exact"

@@ -216,3 +216,17 @@ def test_analytic_method_sets_the_closed_form_ml_optimum(nh):
     assert hist["update"] == [0] and hist["kl"][0] >= 0
     with pytest.raises(LftmlError, match="uniform"):
         train(fresh(nh, mode="site"), Target.from_theory(THEORY), TrainConfig(method="analytic"))
+
+
+def test_learned_hidden_bias_reproduces_a_data_mean_through_the_source():
+    """Shifted free-field data <phi> = 0.3: with eta learned, the model mean K^-1 W eta -> data mean
+    and the connected correlator -> data's (exact ML from the data moments)."""
+    data = THEORY.sample(2000, torch.Generator().manual_seed(3)) + 0.3
+    target = Target.from_data(data)
+    model = GaussianRBM(10, 10, mu2=9.0, mu2_mode="global", learn_eta=True, generator=torch.Generator().manual_seed(4))
+    train(model, target, TrainConfig(n_updates=2000, log_every=500, **PRECISE_EXACT))
+    with torch.no_grad():
+        mean = model.mean()
+        conn = target.second_moment - torch.outer(target.mean, target.mean)
+        assert torch.allclose(mean, target.mean, atol=5e-3)
+        assert torch.allclose(model.propagator(), conn, atol=5e-3)

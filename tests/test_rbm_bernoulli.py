@@ -14,19 +14,13 @@ import torch
 from lftml.errors import LftmlError
 from lftml.rbm.bernoulli import ScalarBernoulliRBM, bernoulli_numbers, log_cosh_coefficients
 
-try:
-    from lftml.stats import gamma_method
+from lftml.stats import gamma_method
 
-    def mean_and_error(x):
-        e = gamma_method(x)
-        return e.value, e.error
 
-except ImportError:  # pragma: no cover
-
-    def mean_and_error(x):
-        x = np.asarray(x).reshape(x.shape[0], -1).mean(1)
-        b = x[: len(x) // 50 * 50].reshape(50, -1).mean(1)
-        return float(x.mean()), float(b.std(ddof=1) / math.sqrt(50))
+def mean_and_error(x: np.ndarray) -> tuple[float, float]:
+    """Mean over all configurations and chains (replicas) with its Gamma-method error."""
+    est = gamma_method(x)
+    return est.value, est.error
 
 
 def make(n_v=3, n_h=3, seed=0, scale=0.6, eta=True):

@@ -24,20 +24,13 @@ from lftml.rbm import (
 from lftml.rbm.training import Target
 from lftml.theories import FreeScalar
 
-try:  # shared Gamma method; a plain binning fallback keeps this file usable on its own
-    from lftml.stats import gamma_method
+from lftml.stats import gamma_method
 
-    def mean_and_error(x: np.ndarray) -> tuple[float, float]:
-        est = gamma_method(x)
-        return est.value, est.error
 
-except ImportError:  # pragma: no cover
-
-    def mean_and_error(x: np.ndarray) -> tuple[float, float]:
-        x = np.asarray(x).reshape(x.shape[0], -1).mean(1)
-        nb = 50
-        b = x[: len(x) // nb * nb].reshape(nb, -1).mean(1)
-        return float(x.mean()), float(b.std(ddof=1) / math.sqrt(nb))
+def mean_and_error(x: np.ndarray) -> tuple[float, float]:
+    """Mean over all configurations and chains (replicas) with its Gamma-method error."""
+    est = gamma_method(x)
+    return est.value, est.error
 
 
 @pytest.fixture(autouse=True, scope="module")

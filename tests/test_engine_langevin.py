@@ -177,3 +177,52 @@ def test_langevin_chain_i_is_independent_of_the_number_of_chains_and_seeded():
     b = run(sampler, RunConfig(n_chains=4, n_configs=5, n_therm=3, every=2, seed=4))
     c = run(sampler, RunConfig(n_chains=2, n_configs=5, n_therm=3, every=2, seed=5))
     assert torch.equal(a.configs, b.configs[:, :2]) and not torch.equal(a.configs, c.configs)
+
+
+def exact_propagator(scheme, dt, theory=THEORY):
+    """G_dt(x) = (1/V) sum_p e^{ipx} v(k_p, dt): the finite-step propagator, per mode as above."""
+    return np.fft.ifftn(V_EXACT[scheme](theory.spectrum(), dt)).real
+
+
+def propagator_and_binder(configs, separations):
+    """Per-configuration G(x) estimators (averaged over sources) and M; shapes (n_configs, n_chains)."""
+    G = {x: (configs * torch.roll(configs, shifts=(-x[0], -x[1]), dims=(-2, -1))).mean(dim=(-2, -1)).numpy()
+         for x in separations}
+    M = configs.mean(dim=(-2, -1)).numpy()
+    return G, M
+
+
+SEPARATIONS = [(1, 0), (1, 1), (2, 1), (3, 3)]
+
+
+def test_langevin_propagator_at_finite_step_is_the_exact_finite_step_one_and_binder_is_zero():
+    """G(x) at dt = 0.15 (Euler) equals the finite-dt propagator, not the continuum one; U_L = 0 at any dt
+    (the stationary distribution of linear Langevin dynamics is Gaussian)."""
+    dt = 0.15
+    result = run(Langevin(THEORY, dt, "euler"),
+                 RunConfig(n_chains=32, n_configs=1000, n_therm=round(5.0 / dt), every=3, seed=21))
+    G, M = propagator_and_binder(result.configs, SEPARATIONS)
+    exact_dt, exact_0 = exact_propagator("euler", dt), THEORY.propagator()
+    far = 0
+    for x in SEPARATIONS:
+        e = gamma_method(G[x])
+        assert_within(e.value, e.error, exact_dt[x], f"euler G{x}(dt)")
+        far += abs(e.value - exact_0[x]) > 4 * e.error
+    assert far >= 1, "the continuum propagator must be resolvably different at this step"
+    U = summarize(M, THEORY.lattice.volume)["binder"]
+    assert_within(U["value"], U["error"], 0.0, "Binder cumulant of the Gaussian stationary state")
+
+
+def test_euler_propagator_extrapolated_to_zero_step_matches_the_exact_propagator():
+    spec = EXTRAPOLATIONS["euler"]
+    runs = []
+    for i, dt in enumerate(spec["dts"]):
+        every = max(1, round(0.5 / dt))
+        res = run(Langevin(THEORY, dt, "euler"),
+                  RunConfig(n_chains=32, n_configs=800, n_therm=round(5.0 / dt), every=every, seed=30 + i))
+        runs.append(propagator_and_binder(res.configs, SEPARATIONS)[0])
+    exact = THEORY.propagator()
+    for x in SEPARATIONS:
+        est = [gamma_method(r[x]) for r in runs]
+        fit = extrapolate(spec["dts"], [e.value for e in est], [e.error for e in est], order=1, degree=2)
+        assert_within(fit.value, fit.error, exact[x], f"extrapolated G{x}")

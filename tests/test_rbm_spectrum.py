@@ -159,3 +159,13 @@ def test_analytic_rbm_on_image_data_reproduces_the_regulated_spectrum_and_dynami
     train(dyn, target, TrainConfig(method="analytic"))
     var = np.sort(1.0 / kappa)[::-1]
     assert dyn.mu2_value() == pytest.approx(128 / var[16:].sum(), rel=1e-8)
+
+
+@pytest.mark.slow
+def test_make_figures_writes_all_talk_panels(tmp_path):
+    from lftml.rbm.figures import make_figures
+
+    paths = make_figures(tmp_path, n_updates=100)
+    assert [p.name for p in paths] == ["rbm_hidden.png", "rbm_mu2.png", "rbm_2d.png", "rbm_data_spectrum.png",
+                                       "rbm_learning_curve.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)

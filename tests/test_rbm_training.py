@@ -230,3 +230,42 @@ def test_learned_hidden_bias_reproduces_a_data_mean_through_the_source():
         conn = target.second_moment - torch.outer(target.mean, target.mean)
         assert torch.allclose(mean, target.mean, atol=5e-3)
         assert torch.allclose(model.propagator(), conn, atol=5e-3)
+
+
+def _two_stage_pcd(nh: int, seed: int) -> tuple[GaussianRBM, TrainConfig]:
+    """PCD all the way: Adam warm-up (1500 updates), then the reference momentum SGD anneal
+    (lr 0.5, momentum 0.8, decay 0.92 / 64, 1000 updates, l2 = 0), 64 chains, k = 3."""
+    target = Target.from_theory(THEORY)
+    model = fresh(nh, seed=1)
+    g = torch.Generator().manual_seed(seed)
+    warm = dict(PRECISE_EXACT, method="pcd")
+    train(model, target, TrainConfig(n_updates=1500, log_every=1500, **warm), sampling_generator=g)
+    anneal = TrainConfig(method="pcd", n_updates=1000, l2=0.0, log_every=1000)
+    train(model, target, anneal, sampling_generator=g)
+    return model, anneal
+
+
+def _check_pcd_at_optimum(model: GaussianRBM, nh: int, cfg: TrainConfig, z: float = 5.0) -> None:
+    pred, mu2_star = optimal_spectrum(LAM, nh)
+    sigma, sigma_mu2 = pcd_tolerance(LAM, nh, cfg)
+    ev = model.eigenvalues()
+    if nh < 10:
+        assert np.all(np.abs(ev - pred) < z * sigma), ((ev - pred) / sigma)
+        assert abs(model.mu2_value() - mu2_star) < z * sigma_mu2
+    else:  # mu^2 is a flat direction at N_h = N_v: check the 9 lowest modes
+        assert np.all(np.abs(ev[:9] - pred[:9]) < z * sigma[:9]), ((ev - pred) / sigma)
+
+
+def test_pcd_training_reaches_the_ml_optimum_within_chain_count_tolerance():
+    """Acceptance (PCD): N_h = 8, the N_h lowest eigenvalues and mu^2 = harmonic mean of the
+    dropped ones within 5 sigma of pcd_tolerance (derived from the 64-chain noise)."""
+    model, cfg = _two_stage_pcd(8, seed=0)
+    _check_pcd_at_optimum(model, 8, cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nh", [6, 7, 8, 9, 10])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_pcd_training_reaches_the_ml_optimum_for_all_hidden_sizes(nh, seed):
+    model, cfg = _two_stage_pcd(nh, seed=seed)
+    _check_pcd_at_optimum(model, nh, cfg)

@@ -50,6 +50,16 @@ class GaussianScore:
         xh = torch.fft.fftn(x.to(torch.float64), dim=self.dims)
         return (-torch.fft.ifftn(xh / v, dim=self.dims).real).to(x.dtype)
 
+    def score_parts(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole score is analytic: ``(score, 0)``."""
+        s = self(x, t)
+        return s, torch.zeros_like(s)
+
+    def analytic_divergence(self, t: torch.Tensor) -> torch.Tensor:
+        """``div s = -sum_p 1 / v_p(t)`` (exact)."""
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        return -(1.0 / self.variances(t)).reshape(t.shape[0], -1).sum(1)
+
     def log_prob(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """Exact ``log p_t(x)`` per configuration (float64)."""
         t = torch.as_tensor(t, dtype=torch.float64)

@@ -188,6 +188,20 @@ class UNet(nn.Module):
             self.skip_gain = None
         if generator is not None:
             self.reset_parameters(generator)
+        self.zero_output_layers()
+
+    @torch.no_grad()
+    def zero_output_layers(self) -> None:
+        """Zero the last layer of every output path, so an untrained network outputs exactly 0 (the
+        model starts as the analytic part of its parametrization, e.g. the data's Gaussian)."""
+        nn.init.zeros_(self.final.weight)
+        nn.init.zeros_(self.final.bias)
+        if self.zero_mode is not None:
+            nn.init.zeros_(self.zero_mode[-1].weight)
+            nn.init.zeros_(self.zero_mode[-1].bias)
+        if self.skip_gain is not None:
+            nn.init.zeros_(self.skip_gain.weight)
+            nn.init.zeros_(self.skip_gain.bias)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:

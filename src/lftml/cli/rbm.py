@@ -43,7 +43,8 @@ def train(
     shape: Optional[str] = typer.Option(None, "--shape", help="Lattice of the free target, e.g. --shape 10 or --shape 8 8."),
     m2: Optional[float] = typer.Option(None, "--m2", help="Mass squared of the free target."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data file (.npy/.npz (n, *shape), lftml ensemble .h5, MNIST IDX)."),
-    hidden: int = typer.Option(..., "--hidden", help="Number of hidden nodes N_h."),
+    hidden: Optional[int] = typer.Option(None, "--hidden", help="Number of hidden nodes N_h (required unless --init)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Continue from this model file (e.g. an Adam warm-up, then a PCD anneal)."),
     mu2: Optional[float] = typer.Option(None, "--mu2", help="Fixed RBM mass mu^2 (excludes --learn-mu2)."),
     learn_mu2: Optional[str] = typer.Option(None, "--learn-mu2", help="global or site (default global, from --mu0)."),
     mu0: float = typer.Option(3.0, "--mu0", help="Initial mu = sqrt(mu^2) when mu^2 is learned (reference: 3)."),
@@ -73,6 +74,8 @@ def train(
     from lftml.rbm.training import TrainConfig
     from lftml.rbm.workflows import build_target, run_training
 
+    if init is not None:
+        require_file(init, "--init model file")
     tgt = build_target(target, parse_shape(shape) if shape is not None else None, m2, data)
     config = TrainConfig(
         method=method, n_updates=updates, lr=lr, momentum=momentum, l2=l2, lr_decay=lr_decay,
@@ -81,7 +84,7 @@ def train(
     )
     _, summary = run_training(
         tgt, n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
-        learn_eta=learn_eta, config=config, seed=seed, out=out, progress=progress,
+        learn_eta=learn_eta, config=config, seed=seed, out=out, progress=progress, init_from=init,
     )
     if as_json:
         emit_json(summary)

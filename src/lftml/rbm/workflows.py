@@ -84,7 +84,7 @@ def build_target(kind: str, shape: Sequence[int] | None = None, m2: float | None
 def run_training(
     target: Target,
     *,
-    n_hidden: int,
+    n_hidden: int | None,
     mu2: float | None,
     learn_mu2: str | None,
     mu0: float = 3.0,
@@ -95,15 +95,21 @@ def run_training(
     seed: int = 0,
     out: Path | None = None,
     progress: bool = False,
+    init_from: Path | None = None,
 ) -> tuple[GaussianRBM, dict[str, Any]]:
-    """Build a GaussianRBM (fixed ``mu2`` or learned from ``mu0^2``), train it, save it to ``out``.
-    Returns ``(model, summary)``."""
+    """Build a GaussianRBM (fixed ``mu2`` or learned from ``mu0^2``) -- or continue from the model
+    file ``init_from`` -- train it, save it to ``out``. Returns ``(model, summary)``."""
+    if init_from is not None:
+        return _continue_training(target, init_from, n_hidden=n_hidden, mu2=mu2, learn_mu2=learn_mu2, config=config,
+                                  seed=seed, out=out, progress=progress)
     if mu2 is not None and learn_mu2 is not None:
         raise LftmlError("give either --mu2 (fixed) or --learn-mu2 global|site, not both")
     if learn_mu2 is not None and learn_mu2 not in ("global", "site"):
         raise LftmlError(f"--learn-mu2 must be global or site, got {learn_mu2!r}")
     if mu2 is None and learn_mu2 is None:
         learn_mu2 = "global"
+    if n_hidden is None:
+        raise LftmlError("give the number of hidden nodes with --hidden")
     if mu0 <= 0:
         raise LftmlError(f"--mu0 must be positive (initial mu = sqrt(mu^2)), got {mu0}")
     gens, seeds = stream_generators(seed)
@@ -150,6 +156,39 @@ def run_training(
     summary = spectral_analysis(model, target)
     summary.update({"out": None if out is None else str(out), "method": config.method, "n_updates": config.n_updates,
                     "seed": int(seed), "wall_time_s": wall})
+    return model, summary
+
+
+def _continue_training(
+    target: Target, init_from: Path, *, n_hidden: int | None, mu2: float | None, learn_mu2: str | None,
+    config: TrainConfig, seed: int, out: Path | None, progress: bool,
+) -> tuple[GaussianRBM, dict[str, Any]]:
+    model, rec = load_model(init_from)
+    if n_hidden is not None and n_hidden != model.n_hidden:
+        raise LftmlError(f"--hidden {n_hidden} differs from the --init model's N_h = {model.n_hidden}; drop --hidden")
+    if mu2 is not None or learn_mu2 is not None:
+        raise LftmlError("--mu2/--learn-mu2 come from the --init model; drop them")
+    target.check_model(model)
+    gens, seeds = stream_generators(seed)
+    t0 = time.perf_counter()
+    history = train(model, target, config, sampling_generator=gens["sampling"], data_generator=gens["data"],
+                    progress=progress)
+    wall = time.perf_counter() - t0
+    previous = rec["history"] or {}
+    if previous:  # one learning curve across stages (update numbers continue)
+        offset = previous["update"][-1] if previous.get("update") else 0
+        history = {k: list(previous.get(k, [])) + (
+            [u + offset for u in v[1:]] if k == "update" else list(v[1:])) for k, v in history.items()}
+    meta = {
+        "seed": int(seed), "stream_seeds": seeds, "train_config": config.to_dict(), "init_from": str(init_from),
+        "previous_meta": rec["meta"], "lftml_version": lftml.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_time_s": wall,
+    }
+    if out is not None:
+        save_model(out, model, target=target, history=history, meta=meta)
+    summary = spectral_analysis(model, target)
+    summary.update({"out": None if out is None else str(out), "method": config.method, "n_updates": config.n_updates,
+                    "seed": int(seed), "wall_time_s": wall, "init_from": str(init_from)})
     return model, summary
 
 

@@ -183,3 +183,20 @@ def test_cli_sample_exact_method_keeps_the_lattice_shape(tmp_path):
     with Ensemble.open(tmp_path / "e.h5") as e:
         assert e.load_configs().shape == (20, 2, 4, 4)
         assert e.metadata["sampler"]["name"] == "rbm-exact"
+
+
+def test_cli_init_continues_training_and_extends_the_learning_curve(tmp_path):
+    warm = tmp_path / "warm.pt"
+    r = invoke("rbm", "train", "--shape", "10", "--m2", "4", "--hidden", "6", "--updates", "30", "--log-every", "10",
+               "--out", str(warm))
+    assert r.exit_code == 0, r.output
+    r = invoke("rbm", "train", "--shape", "10", "--m2", "4", "--init", str(warm), "--method", "pcd", "--updates", "20",
+               "--log-every", "10", "--out", str(tmp_path / "more.pt"))
+    assert r.exit_code == 0, r.output
+    _, rec = load_model(tmp_path / "more.pt")
+    assert rec["history"]["update"] == [0, 10, 20, 30, 40, 50]
+    assert rec["meta"]["init_from"] == str(warm)
+    r = invoke("rbm", "train", "--shape", "10", "--m2", "4", "--init", str(warm), "--mu2", "8", "--out", str(tmp_path / "x.pt"))
+    assert r.exit_code == 2 and "--init" in r.stderr
+    r = invoke("rbm", "train", "--shape", "8", "--m2", "4", "--init", str(warm), "--out", str(tmp_path / "x.pt"))
+    assert r.exit_code == 2 and "n_visible" in r.stderr

@@ -33,6 +33,8 @@ def train(
     ema: float = typer.Option(0.999, "--ema", help="EMA decay of the weights."),
     z2: bool = typer.Option(True, "--z2/--no-z2", help="Z2 (phi -> -phi) data augmentation."),
     t_sampling: str = typer.Option("mixed", "--t-sampling", help="mixed (default) or uniform (reference) diffusion times."),
+    parametrization: str = typer.Option("gaussian", "--parametrization",
+                                        help="gaussian (default: exact Gaussian part from the data's power spectrum + U-Net), edm, or reference (net/std)."),
     checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
     thin: str = typer.Option("1", "--thin", help="Stride along Monte Carlo time, or 'auto' (2 tau_int(M))."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from <out>.ckpt if present."),
@@ -48,7 +50,8 @@ def train(
     require_file(data, "training ensemble")
     set_threads(threads)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, sigma=sigma, ema_decay=ema, z2_augment=z2,
-                      checkpoint_every=checkpoint_every, seed=seed, preset=preset, t_sampling=t_sampling)
+                      checkpoint_every=checkpoint_every, seed=seed, preset=preset, t_sampling=t_sampling,
+                      parametrization=parametrization)
     res = train_from_file(data, out, cfg, thin=thin if thin == "auto" else int(thin) if thin.isdigit() else thin,
                           resume=resume, progress=not as_json, device=device)
     if as_json:

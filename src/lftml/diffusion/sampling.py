@@ -132,6 +132,8 @@ def sample(
             x = x - 0.5 * (d0 + d1) * dt
         t_now = float(ts[k + 1]) if k + 1 < steps else float(ts[-1])
         record(t_now, x)
+    for _ in list(pending):  # times below eps: the final configuration
+        snaps.append((float(ts[-1]), x.detach().cpu().clone()))
     return x, snaps
 
 

@@ -87,6 +87,8 @@ class TrainConfig:
             raise LftmlError(f"--lr must be a positive number, got {self.lr}")
         if not (0.0 <= self.ema_decay < 1.0):
             raise LftmlError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        if self.parametrization not in ("gaussian", "edm", "reference"):
+            raise LftmlError(f"--parametrization must be gaussian, edm or reference, got {self.parametrization!r}")
         if self.t_sampling not in ("uniform", "mixed"):
             raise LftmlError(f"t_sampling must be uniform or mixed, got {self.t_sampling!r}")
         if self.checkpoint_every < 1:

@@ -198,6 +198,15 @@ def test_exact_training_rejects_steps_that_break_positivity():
     assert hist["lr"][-1] < 1.0
 
 
+def test_step_rejection_works_when_the_learning_curve_is_logged_every_update():
+    """CLI default --log-every 1: the bad step must be undone before the learning curve is recorded
+    (which needs a positive-definite K), not reported as a divergence."""
+    model = fresh(10)
+    hist = train(model, Target.from_theory(THEORY), TrainConfig(n_updates=30, lr=1.0, optimizer="adam", log_every=1))
+    model.check_positive_definite()
+    assert hist["lr"][-1] < 1.0 and len(hist["kl"]) == 31 and all(np.isfinite(hist["kl"]))
+
+
 def test_reference_sgd_is_a_torch_optimizer():
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     opt = ReferenceSGD([p], lr=0.1, momentum=0.5, l2=0.0)

@@ -351,36 +351,27 @@ def train(
         return [p.detach().clone() for p in params.values()]
 
     record(0)
-    last_good: list[torch.Tensor] | None = None
     rejections = 0
     for step in it:
         if method == "exact":
-            # step rejection: an update that leaves K indefinite is undone and the learning rate halved
+            # step rejection: an update that leaves K indefinite is undone at once (before the learning
+            # curve is recorded, which needs a positive-definite K) and the learning rate halved
             while True:
                 snap = snapshot()
-                try:
-                    optimizer.step(set_grads)
+                optimizer.step(set_grads)
+                if int(torch.linalg.cholesky_ex(model.kernel().detach())[1]) == 0:
                     break
-                except _NotPositiveDefinite:
-                    rejections += 1
-                    if last_good is None or rejections > MAX_REJECTIONS:
-                        raise LftmlError(
-                            f"training diverged at update {step}: K stopped being positive definite; lower the learning rate"
-                        ) from None
-                    with torch.no_grad():
-                        for p, v in zip(params.values(), last_good):
-                            p.copy_(v)
-                    for group in optimizer.param_groups:
-                        group["lr"] *= 0.5
-                    log.warning("update %d left K indefinite: undone, learning rate halved", step)
-            last_good = snap
-            if step + 1 == config.n_updates and last_good is not None:
-                try:
-                    model.check_positive_definite()
-                except LftmlError:
-                    with torch.no_grad():
-                        for p, v in zip(params.values(), last_good):
-                            p.copy_(v)
+                rejections += 1
+                if rejections > MAX_REJECTIONS:
+                    raise LftmlError(
+                        f"training diverged at update {step}: K stopped being positive definite; lower the learning rate"
+                    )
+                with torch.no_grad():
+                    for p, v in zip(params.values(), snap):
+                        p.copy_(v)
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+                log.warning("update %d left K indefinite: undone, learning rate halved", step)
         else:
             set_grads()
             optimizer.step()

@@ -200,3 +200,15 @@ def test_cli_init_continues_training_and_extends_the_learning_curve(tmp_path):
     assert r.exit_code == 2 and "--init" in r.stderr
     r = invoke("rbm", "train", "--shape", "8", "--m2", "4", "--init", str(warm), "--out", str(tmp_path / "x.pt"))
     assert r.exit_code == 2 and "n_visible" in r.stderr
+
+
+def test_cli_sample_refuses_to_overwrite_an_existing_ensemble(tmp_path):
+    model = tmp_path / "m.pt"
+    r = invoke("rbm", "train", "--shape", "4", "--m2", "1", "--hidden", "4", "--mu2", "10", "--method", "analytic",
+               "--out", str(model))
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "e.h5"
+    out.write_bytes(b"keep me")
+    r = invoke("rbm", "sample", str(model), "--n", "5", "--out", str(out))
+    assert r.exit_code == 2 and "already exists" in r.stderr
+    assert out.read_bytes() == b"keep me"

@@ -214,6 +214,8 @@ def sample_to_ensemble(
     ``(n_configs, n_chains, *lattice_shape)`` (``method``: ``gibbs`` chains or ``exact`` i.i.d.)."""
     from lftml.ensemble import write_ensemble
 
+    if Path(out).exists():  # as the engine's samplers and `lftml cl run`: never overwrite an ensemble silently
+        raise LftmlError(f"{out} already exists; choose another --out or remove it first")
     model, rec = load_model(model_path)
     if method not in ("gibbs", "exact"):
         raise LftmlError(f"--method must be gibbs or exact, got {method!r}")

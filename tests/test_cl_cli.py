@@ -80,6 +80,7 @@ def test_cl_diagnose_plot_flags_wrong_quartic_run(cli, tmp_path):
         (["--model", "gaussian", "--dt", "-0.1"], "--dt must be positive"),
         (["--model", "bose-gas", "--shape", "4", "4", "--mu", "1.2"], "does not exist at mu"),
         (["--model", "gaussian", "--kappa", "1"], "--kappa does not apply"),
+        (["--model", "quartic", "--lam", "-1"], "quartic integral does not exist"),
     ],
 )
 def test_cl_run_bad_input_is_one_line_error_with_exit_2(cli, args, needle):
@@ -125,3 +126,10 @@ def test_cl_run_refuses_to_overwrite_an_existing_output(cli, tmp_path):
     res = cli("cl", "run", "--model", "gaussian", "--steps", "10", "--out", str(out))
     assert res.exit_code == 2 and "already exists" in res.stderr
     assert out.read_bytes() == b"keep me"
+
+
+def test_cl_run_too_few_steps_names_the_flag(cli):
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "3")
+    assert res.exit_code == 2
+    err = res.stderr.strip()
+    assert err.startswith("error:") and "--steps" in err and "\n" not in err, err

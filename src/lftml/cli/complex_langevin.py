@@ -80,8 +80,8 @@ def run_command(
         raise LftmlError(f"--dt must be positive, got {dt}")
     if chains < 1:
         raise LftmlError(f"--chains must be >= 1, got {chains}")
-    if steps < 1:
-        raise LftmlError(f"--steps must be >= 1, got {steps}")
+    if steps < 4:
+        raise LftmlError(f"--steps must be >= 4 (at least four equal-time bins per chain for the errors), got {steps}")
     if therm is not None and therm < 0:
         raise LftmlError(f"--therm must be >= 0, got {therm}")
     if bins < 4:

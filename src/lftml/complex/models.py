@@ -17,6 +17,7 @@ Conventions (shared by every model in :mod:`lftml.complex`)
 
 from __future__ import annotations
 
+import cmath
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -157,6 +158,11 @@ class QuarticModel:
         object.__setattr__(self, "lam", parse_complex(self.lam, "lam"))
         if self.lam == 0 and self.sigma.real <= 0:
             raise LftmlError("with lam = 0 the quartic model is Gaussian and needs Re sigma > 0")
+        if self.lam != 0 and abs(cmath.phase(self.lam)) >= math.pi * 0.999:
+            raise LftmlError(
+                f"lam = {self.lam} has arg(lam) ~ pi: the quartic integral does not exist (the action is unbounded "
+                "below); use Re lam > 0"
+            )
 
     @property
     def field_shape(self) -> tuple[int, ...]:

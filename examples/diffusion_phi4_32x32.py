@@ -71,6 +71,10 @@ def main() -> None:
     if not model.exists():
         results["train"] = sh(["diffusion", "train", "--data", wd / "train32.h5", "--preset", "fast", "--steps", str(a.steps),
                                "--batch-size", "32", "--seed", "1", "--checkpoint-every", "250", "--out", model, *th], t, "train")
+    if "train" not in results:
+        from lftml.diffusion.model import load_model
+
+        results["train"] = {"model_info": load_model(model).info}
     for sampler, steps in (("em", 100), ("ode", 50)):
         out = wd / f"gen32_{sampler}.h5"
         r = sh(["diffusion", "sample", "--model", model, "--n", "1024", "--sampler", sampler, "--steps", str(steps),
@@ -85,11 +89,11 @@ def main() -> None:
         print(txt.stdout)
     if "likelihood" not in results:
         results["likelihood"] = sh(["diffusion", "likelihood", "--model", model, "--generate", "256", "--solver", "heun",
-                                    "--steps", "100", "--probes", "2", "--seed", "11", "--png",
+                                    "--steps", "50", "--probes", "1", "--seed", "11", "--png",
                                     figs / "diffusion_action_vs_logq.png", *th], t, "likelihood")
     if "metropolis" not in results:
-        results["metropolis"] = sh(["diffusion", "metropolis", "--model", model, "--hmc", wd / "hmc_every1.h5", "--n", "1024",
-                                    "--steps", "100", "--probes", "2", "--seed", "12", "--png",
+        results["metropolis"] = sh(["diffusion", "metropolis", "--model", model, "--hmc", wd / "hmc_every1.h5", "--n", "512",
+                                    "--steps", "50", "--probes", "1", "--seed", "12", "--png",
                                     figs / "diffusion_autocorrelation.png", "--out", wd / "metropolis32.h5", *th],
                                    t, "metropolis")
     if not a.skip_broken:

@@ -128,3 +128,25 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error:") and "not an lftml diffusion model" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_likelihood_and_metropolis_produce_their_reports(tmp_path, data):
+    from conftest import run_cli
+    from lftml.ensemble import write_ensemble
+
+    write_ensemble(tmp_path / "free.h5", data.reshape(64, 8, 8, 8), metadata={"kind": "test", "theory": THEORY.to_dict()},
+                   theory=THEORY)
+    run_cli("diffusion", "train", "--data", tmp_path / "free.h5", "--preset", "tiny", "--steps", "30", "--batch-size", "16",
+            "--out", tmp_path / "m.pt", "--json", check=True)
+    lk = run_cli("diffusion", "likelihood", "--model", tmp_path / "m.pt", "--data", tmp_path / "free.h5", "--max-configs", "16",
+                 "--png", tmp_path / "s.png", "--json", check=True).json()
+    assert lk["n"] == 16 and set(lk["fit"]) >= {"slope", "r2"}
+    assert (tmp_path / "s.png").exists()
+    mh = run_cli("diffusion", "metropolis", "--model", tmp_path / "m.pt", "--hmc", tmp_path / "free.h5", "--n", "32",
+                 "--steps", "10", "--png", tmp_path / "ac.png", "--out", tmp_path / "chain.h5", "--json", check=True).json()
+    assert 0.0 <= mh["acceptance"] <= 1.0
+    assert {"metropolis", "hmc"} <= set(mh["autocorrelation"]) and mh["reweighted"]["ess"] >= 1.0
+    from lftml.ensemble import Ensemble
+
+    with Ensemble.open(tmp_path / "chain.h5") as ens:
+        assert ens.n_configs == 32 and ens.metadata["kind"] == "diffusion_metropolis"

@@ -194,7 +194,7 @@ def sample_with_log_likelihood(score_fn: ScoreFn, sde: VESDE, shape: tuple[int, 
 
 
 def model_log_likelihood(model, phi: np.ndarray | torch.Tensor, *, settings: LikelihoodSettings = LikelihoodSettings(),
-                         seed: int = 0, batch_size: int = 256, device="cpu", progress: bool = False) -> np.ndarray:
+                         seed: int = 0, batch_size: int = 64, device="cpu", progress: bool = False) -> np.ndarray:
     """``log q(phi)`` (engine units, density of phi) for configurations ``(n, *lattice_shape)``."""
     phi = torch.as_tensor(np.asarray(phi), dtype=torch.float64)
     model.check_input(phi)
@@ -213,7 +213,7 @@ def model_log_likelihood(model, phi: np.ndarray | torch.Tensor, *, settings: Lik
 
 
 def model_sample_with_log_likelihood(model, n: int, *, settings: LikelihoodSettings = LikelihoodSettings(solver="heun", steps=100),
-                                     seed: int = 0, batch_size: int = 256, device="cpu",
+                                     seed: int = 0, batch_size: int = 64, device="cpu",
                                      progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """``n`` PF-ODE samples (engine units, float64) with their ``log q(phi)``, and the wall time."""
     g = torch.Generator().manual_seed(int(seed))

@@ -154,7 +154,7 @@ def generate(
     sampler: str = "em",
     steps: int = 200,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 64,
     snr: float = 0.16,
     corrector_steps: int = 1,
     device: str | torch.device = "auto",

@@ -47,7 +47,7 @@ def train_from_file(data: str | Path, out: str | Path, config, *, thin: int | st
 
 
 def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: str = "em", steps: int = 200,
-                   seed: int = 0, batch_size: int = 256, schedule: str = "edm", snr: float = 0.16,
+                   seed: int = 0, batch_size: int = 64, schedule: str = "edm", snr: float = 0.16,
                    corrector_steps: int = 1, device: str = "auto", progress: bool = True,
                    strip_png: str | Path | None = None, strip_times: Sequence[float] | None = None) -> dict[str, Any]:
     """Generate ``n`` configurations into an engine ensemble file (and optionally a denoising strip PNG)."""
@@ -80,7 +80,7 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
 
 
 def likelihood_report(model_path: str | Path, *, data: str | Path | None = None, generate_n: int | None = None,
-                      settings=None, seed: int = 0, max_configs: int = 256, batch_size: int = 128,
+                      settings=None, seed: int = 0, max_configs: int = 256, batch_size: int = 64,
                       png: str | Path | None = None, out_npz: str | Path | None = None, device: str = "cpu",
                       progress: bool = True) -> dict[str, Any]:
     """log q by the probability-flow ODE for configurations of ``data`` (at most ``max_configs``) or
@@ -138,7 +138,7 @@ def likelihood_report(model_path: str | Path, *, data: str | Path | None = None,
 
 
 def metropolis_report(model_path: str | Path, hmc: str | Path, *, n: int = 1024, settings=None, seed: int = 0,
-                      batch_size: int = 256, max_lag: int = 30, png: str | Path | None = None,
+                      batch_size: int = 64, max_lag: int = 30, png: str | Path | None = None,
                       out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Exactness: ``n`` PF-ODE proposals with log q, independence Metropolis against exp(-S) and
     importance reweighting; autocorrelation of M compared with the HMC chain in ``hmc``.

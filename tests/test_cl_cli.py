@@ -81,6 +81,7 @@ def test_cl_diagnose_plot_flags_wrong_quartic_run(cli, tmp_path):
         (["--model", "bose-gas", "--shape", "4", "4", "--mu", "1.2"], "does not exist at mu"),
         (["--model", "gaussian", "--kappa", "1"], "--kappa does not apply"),
         (["--model", "quartic", "--lam", "-1"], "quartic integral does not exist"),
+        (["--model", "u1", "--lam", "5"], "--lam does not apply"),
     ],
 )
 def test_cl_run_bad_input_is_one_line_error_with_exit_2(cli, args, needle):

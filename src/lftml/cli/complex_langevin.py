@@ -97,6 +97,7 @@ def run_command(
         ("--kappa", kappa, ("u1",)),
         ("--m", m, ("bose-gas",)),
         ("--mu", mu, ("u1", "bose-gas")),
+        ("--lam", lam, ("gaussian", "quartic", "bose-gas")),
     ):
         if value is not None and name in ("gaussian", "quartic", "u1", "bose-gas") and name not in allowed:
             raise LftmlError(f"{flag} does not apply to --model {name} (it is for {', '.join(allowed)})")

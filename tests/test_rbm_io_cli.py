@@ -212,3 +212,10 @@ def test_cli_sample_refuses_to_overwrite_an_existing_ensemble(tmp_path):
     r = invoke("rbm", "sample", str(model), "--n", "5", "--out", str(out))
     assert r.exit_code == 2 and "already exists" in r.stderr
     assert out.read_bytes() == b"keep me"
+
+
+def test_cli_data_target_rejects_free_field_flags(tmp_path):
+    np.save(tmp_path / "d.npy", np.zeros((10, 6)))
+    r = invoke("rbm", "train", "--target", "data", "--data", str(tmp_path / "d.npy"), "--m2", "4", "--hidden", "3",
+               "--out", str(tmp_path / "m.pt"))
+    assert r.exit_code == 2 and "--target free" in r.stderr

@@ -71,6 +71,8 @@ def build_target(kind: str, shape: Sequence[int] | None = None, m2: float | None
     if kind in ("data", "mnist"):
         if data is None:
             raise LftmlError(f"--target {kind} needs --data PATH (lftml does not download MNIST)")
+        if shape is not None or m2 is not None:
+            raise LftmlError(f"--shape and --m2 only apply to --target free (--target {kind} takes the shape from --data)")
         if kind == "mnist":
             from lftml.rbm.spectrum import load_mnist
 

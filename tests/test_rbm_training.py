@@ -207,6 +207,16 @@ def test_step_rejection_works_when_the_learning_curve_is_logged_every_update():
     assert hist["lr"][-1] < 1.0 and len(hist["kl"]) == 31 and all(np.isfinite(hist["kl"]))
 
 
+@pytest.mark.parametrize("method", ["exact", "pcd"])
+def test_runaway_to_infinite_parameters_is_a_clear_error(method):
+    """Plain SGD at lr 5 drives mu to ~1e224 while K stays 'positive definite' for cholesky_ex
+    (which accepts infinite entries): a one-line LftmlError, not NaN models or a LinAlgError later."""
+    model = fresh(8)
+    cfg = TrainConfig(method=method, n_updates=300, lr=5.0, optimizer="sgd", log_every=1)
+    with pytest.raises(LftmlError, match="diverged"):
+        train(model, Target.from_theory(THEORY), cfg, sampling_generator=torch.Generator().manual_seed(0))
+
+
 def test_reference_sgd_is_a_torch_optimizer():
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     opt = ReferenceSGD([p], lr=0.1, momentum=0.5, l2=0.0)

@@ -306,6 +306,10 @@ def train(
             raise LftmlError(
                 f"training diverged at update {step}: K stopped being positive definite; lower the learning rate (now {config.lr})"
             ) from None
+        if not math.isfinite(ll):  # cholesky_ex accepts infinite entries: catch runaway parameters here
+            raise LftmlError(
+                f"training diverged at update {step}: the parameters became infinite or NaN; lower the learning rate (now {config.lr})"
+            )
         history["update"].append(step)
         history["loglik"].append(ll)
         history["kl"].append(kl)
@@ -359,7 +363,8 @@ def train(
             while True:
                 snap = snapshot()
                 optimizer.step(set_grads)
-                if int(torch.linalg.cholesky_ex(model.kernel().detach())[1]) == 0:
+                K_new = model.kernel().detach()
+                if bool(torch.isfinite(K_new).all()) and int(torch.linalg.cholesky_ex(K_new)[1]) == 0:
                     break
                 rejections += 1
                 if rejections > MAX_REJECTIONS:

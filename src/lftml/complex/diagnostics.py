@@ -115,8 +115,16 @@ def diagnose(
     zscore_threshold: float = ZSCORE_THRESHOLD,
     drift_tail_threshold: float = DRIFT_TAIL_THRESHOLD,
     tail_fraction: float = 0.99,
+    deep_fraction: float = 0.999,
 ) -> dict[str, Any]:
-    """All diagnostics as a JSON-ready dict with the boolean ``suspicious`` and the ``reasons``."""
+    """All diagnostics as a JSON-ready dict with the boolean ``suspicious`` and the ``reasons``.
+
+    Boundary terms are judged by a plateau: B(Y) must differ from zero both at the cut-offs that
+    enclose >= ``tail_fraction`` of the Langevin time and at those enclosing >= ``deep_fraction``.
+    For a correct run B(Y) -> 0 as Y grows (it is minus <L_c O> over the excluded tail, which at high
+    statistics is resolvable at the 1% level even for Gaussian tails), so a significance at one
+    cut-off alone would flag correct runs once they are long enough; wrong convergence shows a
+    non-vanishing plateau."""
     reasons: list[str] = []
     crit = criterion(run)
     crit_out = {}
@@ -134,8 +142,11 @@ def diagnose(
         bt = boundary_terms(run, k)
         frac = bt["fraction_inside"]
         tail = np.nonzero(frac >= tail_fraction)[0]
+        deep = np.nonzero(frac >= deep_fraction)[0]
         zs = [e.zscore(0j) for e in bt["estimates"]]
-        zmax = max((zs[i] for i in tail), default=0.0)
+        z_tail = max((zs[i] for i in tail), default=0.0)
+        z_deep = max((zs[i] for i in deep), default=z_tail) if len(deep) else z_tail
+        zmax = min(z_tail, z_deep)  # significance of a plateau (see docstring)
         first = int(tail[0]) if len(tail) else None
         bt_max = max(bt_max, zmax)
         bt_out[k] = {
@@ -145,10 +156,12 @@ def diagnose(
             "fraction_inside": [float(f) for f in frac],
             "tail_cutoff": None if first is None else float(bt["cutoffs"][first]),
             "tail_value": None if first is None else [bt["estimates"][first].value.real, bt["estimates"][first].value.imag],
-            "max_tail_zscore": zmax,
+            "max_tail_zscore": z_tail,
+            "max_deep_tail_zscore": z_deep,
+            "plateau_zscore": zmax,
         }
     if bt_max > zscore_threshold:
-        reasons.append(f"boundary terms B(Y) != 0 at {bt_max:.1f} sigma")
+        reasons.append(f"boundary terms B(Y) != 0 at {bt_max:.1f} sigma (a plateau over the tail cut-offs)")
 
     alpha = drift_tail(run)
     if alpha is not None and alpha < drift_tail_threshold:

@@ -98,3 +98,20 @@ def test_demo_runs_and_prints_an_analysis_table():
     res = run_cli("demo", "--json", check=True)
     data = res.json()
     assert data["analysis"]["n_configs"] == 200 and ANALYSIS_KEYS <= set(data["analysis"])
+
+
+def test_generated_ensembles_show_the_training_target_not_exact_values(tmp_path):
+    """A generative model's ensemble stores its target theory; analyze labels those values 'target'."""
+    import torch
+
+    from lftml.analysis import analyze
+    from lftml.ensemble import write_ensemble
+
+    theory = FreeScalar(Lattice((6, 6)), 0.5)
+    configs = theory.sample(40, torch.Generator().manual_seed(0)).reshape(20, 2, 6, 6)
+    for kind, key, other in (("rbm", "target", "exact"), ("hmc", "exact", "target")):
+        path = write_ensemble(tmp_path / f"{kind}.h5", configs, metadata={"kind": kind}, theory=theory)
+        result = analyze(path)
+        assert key in result and other not in result
+        assert result[key]["susceptibility"] == pytest.approx(2.0)
+    assert "target" in run_cli("analyze", tmp_path / "rbm.h5", check=True).stdout

@@ -80,7 +80,7 @@ def ensemble_overview(path: str | Path, png: str | Path, discard: int = 0) -> Pa
     plot_autocorrelation(axes[1, 0], np.abs(M), max_lag=50, label="|M|")
     axes[1, 0].legend(fontsize=7)
     if result.get("correlator"):
-        exact = result.get("exact", {}).get("correlator")
+        exact = result.get("exact", result.get("target", {})).get("correlator")
         plot_correlator(axes[1, 1], result["correlator"], exact)
     fig.suptitle(f"{Path(path).name}: {result.get('kind')} {result.get('theory')}", fontsize=8)
     fig.tight_layout()

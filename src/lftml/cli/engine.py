@@ -60,8 +60,9 @@ def _table(result: dict[str, Any]) -> str:
         ("U_L = 1-<M^4>/3<M^2>^2", "binder"),
         ("<S>/V", "action_density"),
     ]
-    exact = result.get("exact", {})
-    lines = [f"{'observable':<26}{'value(error)':>22}{'tau_int':>16}" + ("   exact" if exact else "")]
+    label = "exact" if "exact" in result else "target"
+    exact = result.get(label, {})
+    lines = [f"{'observable':<26}{'value(error)':>22}{'tau_int':>16}" + (f"   {label}" if exact else "")]
     for label, key in rows:
         if key not in result:
             continue
@@ -80,7 +81,7 @@ def _table(result: dict[str, Any]) -> str:
     lines.append("; ".join(info))
     if result.get("effective_mass"):
         em = ", ".join(f"t={d['t']}: {fmt_err(d['value'], d['error'])}" for d in result["effective_mass"][:4])
-        lines.append(f"effective mass {em}" + (f"   (exact {exact['effective_mass']:.6g})" if "effective_mass" in exact else ""))
+        lines.append(f"effective mass {em}" + (f"   ({label} {exact['effective_mass']:.6g})" if "effective_mass" in exact else ""))
     return "\n".join(lines)
 
 

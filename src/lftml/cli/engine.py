@@ -21,6 +21,23 @@ from lftml.theories import FreeScalar, Phi4
 
 SHAPE_HELP = "Lattice extents, e.g. --shape 32 32 (any dimension)."
 
+# options shared by the sampler commands (hmc, langevin)
+SHAPE_OPTION = typer.Option(..., "--shape", help=SHAPE_HELP)
+KAPPA_OPTION = typer.Option(None, help="Hopping parameter (hopping form, with --lam).")
+LAM_OPTION = typer.Option(None, help="Quartic coupling of the hopping form (with --kappa).")
+M2_OPTION = typer.Option(None, help="Bare mass squared (with --lam4 or --g; alone: free field).")
+LAM4_OPTION = typer.Option(None, help="Quartic coupling lambda in lambda phi^4/4 (with --m2).")
+G_OPTION = typer.Option(None, help="Quartic coupling g in g phi^4/4! (with --m2).")
+CHAINS_OPTION = typer.Option(16, help="Independent chains run as one batch.")
+N_CONFIGS_OPTION = typer.Option(100, "--n-configs", help="Configurations to store per chain.")
+START_OPTION = typer.Option("hot", help="hot (random) or cold (ordered, random sign per chain).")
+OUT_OPTION = typer.Option(..., "--out", help="Output ensemble (HDF5).")
+RESUME_OPTION = typer.Option(False, "--resume", help="Extend --out (bit-identical to an uninterrupted run).")
+DEVICE_OPTION = typer.Option("cpu", help="cpu, cuda or auto.")
+DTYPE_OPTION = typer.Option("float64", help="float64 (default) or float32.")
+PROGRESS_OPTION = typer.Option(True, help="Show a progress bar.")
+CHECKPOINT_EVERY_OPTION = typer.Option(50, "--checkpoint-every", help="Configurations between file flushes.")
+
 
 def build_theory(
     shape: str,
@@ -116,14 +133,14 @@ def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, star
 def register(app: typer.Typer) -> None:
     @app.command()
     def hmc(
-        shape: str = typer.Option(..., "--shape", help=SHAPE_HELP),
-        kappa: Optional[float] = typer.Option(None, help="Hopping parameter (hopping form, with --lam)."),
-        lam: Optional[float] = typer.Option(None, help="Quartic coupling of the hopping form (with --kappa)."),
-        m2: Optional[float] = typer.Option(None, help="Bare mass squared (with --lam4 or --g; alone: free field)."),
-        lam4: Optional[float] = typer.Option(None, help="Quartic coupling lambda in lambda phi^4/4 (with --m2)."),
-        g: Optional[float] = typer.Option(None, help="Quartic coupling g in g phi^4/4! (with --m2)."),
-        chains: int = typer.Option(16, help="Independent chains run as one batch."),
-        n_configs: int = typer.Option(100, "--n-configs", help="Configurations to store per chain."),
+        shape: str = SHAPE_OPTION,
+        kappa: Optional[float] = KAPPA_OPTION,
+        lam: Optional[float] = LAM_OPTION,
+        m2: Optional[float] = M2_OPTION,
+        lam4: Optional[float] = LAM4_OPTION,
+        g: Optional[float] = G_OPTION,
+        chains: int = CHAINS_OPTION,
+        n_configs: int = N_CONFIGS_OPTION,
         therm: int = typer.Option(100, help="Thermalisation trajectories (not stored)."),
         every: int = typer.Option(1, help="Trajectories between stored configurations."),
         integrator: str = typer.Option("omelyan", help="leapfrog or omelyan (2MN)."),
@@ -133,14 +150,14 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("auto", help="MD backend: auto (fused numba kernel on CPU when available), fused or eager."),
         adapt: bool = typer.Option(False, help="Adapt the step size during thermalisation, then freeze it."),
         target_acceptance: float = typer.Option(0.8, "--target-acceptance", help="Target of --adapt."),
-        start: str = typer.Option("hot", help="hot (random) or cold (ordered, random sign per chain)."),
+        start: str = START_OPTION,
         seed: int = SEED_OPTION,
-        out: Path = typer.Option(..., "--out", help="Output ensemble (HDF5)."),
-        resume: bool = typer.Option(False, "--resume", help="Extend --out (bit-identical to an uninterrupted run)."),
-        device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-        dtype: str = typer.Option("float64", help="float64 (default) or float32."),
-        progress: bool = typer.Option(True, help="Show a progress bar."),
-        checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Configurations between file flushes."),
+        out: Path = OUT_OPTION,
+        resume: bool = RESUME_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+        progress: bool = PROGRESS_OPTION,
+        checkpoint_every: int = CHECKPOINT_EVERY_OPTION,
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Hybrid Monte Carlo for phi^4 / free fields; writes an HDF5 ensemble and prints its analysis."""
@@ -154,26 +171,26 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def langevin(
-        shape: str = typer.Option(..., "--shape", help=SHAPE_HELP),
-        kappa: Optional[float] = typer.Option(None, help="Hopping parameter (hopping form, with --lam)."),
-        lam: Optional[float] = typer.Option(None, help="Quartic coupling of the hopping form (with --kappa)."),
-        m2: Optional[float] = typer.Option(None, help="Bare mass squared (with --lam4 or --g; alone: free field)."),
-        lam4: Optional[float] = typer.Option(None, help="Quartic coupling lambda in lambda phi^4/4 (with --m2)."),
-        g: Optional[float] = typer.Option(None, help="Quartic coupling g in g phi^4/4! (with --m2)."),
+        shape: str = SHAPE_OPTION,
+        kappa: Optional[float] = KAPPA_OPTION,
+        lam: Optional[float] = LAM_OPTION,
+        m2: Optional[float] = M2_OPTION,
+        lam4: Optional[float] = LAM4_OPTION,
+        g: Optional[float] = G_OPTION,
         dt: float = typer.Option(0.01, help="Langevin time step."),
         scheme: str = typer.Option("euler", help="euler (O(dt) bias) or heun (second order, O(dt^2) bias)."),
-        chains: int = typer.Option(16, help="Independent chains run as one batch."),
-        n_configs: int = typer.Option(100, "--n-configs", help="Configurations to store per chain."),
+        chains: int = CHAINS_OPTION,
+        n_configs: int = N_CONFIGS_OPTION,
         therm: int = typer.Option(1000, help="Thermalisation steps (not stored)."),
         every: int = typer.Option(10, help="Langevin steps between stored configurations."),
-        start: str = typer.Option("hot", help="hot (random) or cold (ordered, random sign per chain)."),
+        start: str = START_OPTION,
         seed: int = SEED_OPTION,
-        out: Path = typer.Option(..., "--out", help="Output ensemble (HDF5)."),
-        resume: bool = typer.Option(False, "--resume", help="Extend --out (bit-identical to an uninterrupted run)."),
-        device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-        dtype: str = typer.Option("float64", help="float64 (default) or float32."),
-        progress: bool = typer.Option(True, help="Show a progress bar."),
-        checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Configurations between file flushes."),
+        out: Path = OUT_OPTION,
+        resume: bool = RESUME_OPTION,
+        device: str = DEVICE_OPTION,
+        dtype: str = DTYPE_OPTION,
+        progress: bool = PROGRESS_OPTION,
+        checkpoint_every: int = CHECKPOINT_EVERY_OPTION,
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Langevin dynamics (stochastic quantisation); results carry a step-size bias: extrapolate dt -> 0."""
@@ -262,7 +279,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def free(
-        shape: str = typer.Option(..., "--shape", help=SHAPE_HELP),
+        shape: str = SHAPE_OPTION,
         m2: float = typer.Option(..., help="Mass squared m^2 > 0."),
         as_json: bool = JSON_OPTION,
     ) -> None:

@@ -15,15 +15,43 @@ tau_int is in units of the measurement spacing of the file.
 
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from lftml.ensemble import Ensemble
 from lftml.errors import LftmlError
 from lftml.stats import Estimate, gamma_method, gamma_method_derived
+
+class _OncePerMessage(logging.Filter):
+    """Let each warning template of :mod:`lftml.stats` through once per analysis (not once per observable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextmanager
+def _warn_once() -> Iterator[None]:
+    stats_log = logging.getLogger("lftml.stats")
+    flt = _OncePerMessage()
+    stats_log.addFilter(flt)
+    try:
+        yield
+    finally:
+        stats_log.removeFilter(flt)
+
 
 PRIMARY_KEYS = ("magnetisation", "abs_magnetisation", "susceptibility", "susceptibility_abs", "binder")
 
@@ -111,53 +139,58 @@ def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, cor
     """
     ens = source if isinstance(source, Ensemble) else Ensemble.open(source)
     try:
-        if ens.n_configs - discard < 4:
-            raise LftmlError(
-                f"{ens.path} holds {ens.n_configs} configurations"
-                + (f" ({discard} discarded)" if discard else "")
-                + "; the error analysis needs at least 4"
-            )
-        obs = ens.observables
-        if "M" not in obs:
-            raise LftmlError(f"{ens.path} has no magnetisation observable (is it a complex-field ensemble?)")
-        sl = slice(discard, None)
-        result = summarize(
-            obs["M"][sl],
-            ens.volume,
-            action_density=obs["action_density"][sl] if "action_density" in obs else None,
-            slice_mean=obs["slice_mean"][sl] if (correlators and "slice_mean" in obs) else None,
-            S=S,
-        )
-        rec = ens.records
-        result["acceptance"] = float(np.mean(rec["accepted"])) if "accepted" in rec and rec["accepted"].size else None
-        if "exp_minus_dH" in rec and rec["exp_minus_dH"].size:
-            x = rec["exp_minus_dH"]
-            e = gamma_method(x, S=S) if x.shape[0] >= 4 else None
-            result["exp_minus_dH"] = _entry(e) if e else None
-        result["kind"] = ens.metadata.get("kind")
-        result["theory"] = ens.metadata.get("theory")
-        result["sampler"] = ens.metadata.get("sampler")
-        result["seed"] = ens.metadata.get("seed")
-        result["wall_time_s"] = ens.wall_time_s
-        tau = result["abs_magnetisation"]["tau_int"]
-        n_tot = result["n_configs"] * result["n_chains"]
-        result["cost_per_independent_config_s"] = (
-            ens.wall_time_s * 2.0 * tau / n_tot if ens.wall_time_s > 0 else None
-        )
-        theory = ens.theory
-        if theory is not None and theory.to_dict().get("name") == "free":
-            # for samplers of the theory these are the exact answers; for generative models (rbm,
-            # diffusion) the stored theory is their training target, which they need not reproduce
-            key = "exact" if result["kind"] in ("hmc", "langevin", None) else "target"
-            result[key] = {
-                "magnetisation": 0.0,
-                "susceptibility": theory.susceptibility(),
-                "binder": 0.0,
-                "phi2": theory.phi2(),
-                "correlator": theory.zero_momentum_correlator()[: ens.lattice_shape[0] // 2 + 1].tolist(),
-                "effective_mass": theory.effective_mass(),
-            }
-        return result
+        with _warn_once():
+            return _analyze(ens, discard, S, correlators)
     finally:
         if not isinstance(source, Ensemble):
             ens.close()
+
+
+def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[str, Any]:
+    if ens.n_configs - discard < 4:
+        raise LftmlError(
+            f"{ens.path} holds {ens.n_configs} configurations"
+            + (f" ({discard} discarded)" if discard else "")
+            + "; the error analysis needs at least 4"
+        )
+    obs = ens.observables
+    if "M" not in obs:
+        raise LftmlError(f"{ens.path} has no magnetisation observable (is it a complex-field ensemble?)")
+    sl = slice(discard, None)
+    result = summarize(
+        obs["M"][sl],
+        ens.volume,
+        action_density=obs["action_density"][sl] if "action_density" in obs else None,
+        slice_mean=obs["slice_mean"][sl] if (correlators and "slice_mean" in obs) else None,
+        S=S,
+    )
+    rec = ens.records
+    result["acceptance"] = float(np.mean(rec["accepted"])) if "accepted" in rec and rec["accepted"].size else None
+    if "exp_minus_dH" in rec and rec["exp_minus_dH"].size:
+        x = rec["exp_minus_dH"]
+        e = gamma_method(x, S=S) if x.shape[0] >= 4 else None
+        result["exp_minus_dH"] = _entry(e) if e else None
+    result["kind"] = ens.metadata.get("kind")
+    result["theory"] = ens.metadata.get("theory")
+    result["sampler"] = ens.metadata.get("sampler")
+    result["seed"] = ens.metadata.get("seed")
+    result["wall_time_s"] = ens.wall_time_s
+    tau = result["abs_magnetisation"]["tau_int"]
+    n_tot = result["n_configs"] * result["n_chains"]
+    result["cost_per_independent_config_s"] = (
+        ens.wall_time_s * 2.0 * tau / n_tot if ens.wall_time_s > 0 else None
+    )
+    theory = ens.theory
+    if theory is not None and theory.to_dict().get("name") == "free":
+        # for samplers of the theory these are the exact answers; for generative models (rbm,
+        # diffusion) the stored theory is their training target, which they need not reproduce
+        key = "exact" if result["kind"] in ("hmc", "langevin", None) else "target"
+        result[key] = {
+            "magnetisation": 0.0,
+            "susceptibility": theory.susceptibility(),
+            "binder": 0.0,
+            "phi2": theory.phi2(),
+            "correlator": theory.zero_momentum_correlator()[: ens.lattice_shape[0] // 2 + 1].tolist(),
+            "effective_mass": theory.effective_mass(),
+        }
+    return result

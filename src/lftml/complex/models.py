@@ -88,8 +88,22 @@ def _one_site(z: torch.Tensor) -> torch.Tensor:
     return z[:, 0]
 
 
+class _OneSiteMoments:
+    """Observables z^2, z^4 of a one-site model and their Langevin operators
+    ``L_c z^n = n(n-1) z^(n-2) + n z^(n-1) K`` (for ``<L_c O> = 0``)."""
+
+    def observables(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = _one_site(z)
+        x2 = x * x
+        return {"z2": x2, "z4": x2 * x2}
+
+    def criterion(self, z: torch.Tensor, drift: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, k = _one_site(z), _one_site(drift)
+        return {"z2": 2.0 + 2.0 * x * k, "z4": 12.0 * x * x + 4.0 * x**3 * k}
+
+
 @dataclass(frozen=True)
-class GaussianModel:
+class GaussianModel(_OneSiteMoments):
     """Gaussian one-site model ``S = sigma z^2 / 2`` with complex ``sigma`` (``Re sigma > 0``).
 
     Exact: ``<z^2> = 1/sigma``, ``<z^4> = 3/sigma^2``. Complex Langevin is exact for this model; the
@@ -118,14 +132,6 @@ class GaussianModel:
     def drift(self, z: torch.Tensor) -> torch.Tensor:
         return -self.sigma * z
 
-    def observables(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = _one_site(z)
-        x2 = x * x
-        return {"z2": x2, "z4": x2 * x2}
-
-    def criterion(self, z: torch.Tensor, drift: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, k = _one_site(z), _one_site(drift)
-        return {"z2": 2.0 + 2.0 * x * k, "z4": 12.0 * x * x + 4.0 * x**3 * k}
 
     def exact(self) -> dict[str, complex | None]:
         return {"z2": 1.0 / self.sigma, "z4": 3.0 / self.sigma**2}
@@ -138,7 +144,7 @@ class GaussianModel:
 
 
 @dataclass(frozen=True)
-class QuarticModel:
+class QuarticModel(_OneSiteMoments):
     """Quartic one-site model ``S = sigma z^2 / 2 + lam z^4 / 4`` (complex sigma, lam; ``Re lam > 0``
     or a rotated contour, see :func:`lftml.complex.exact.quartic_moments`).
 
@@ -176,14 +182,6 @@ class QuarticModel:
     def drift(self, z: torch.Tensor) -> torch.Tensor:
         return -(self.sigma * z + self.lam * z**3)
 
-    def observables(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = _one_site(z)
-        x2 = x * x
-        return {"z2": x2, "z4": x2 * x2}
-
-    def criterion(self, z: torch.Tensor, drift: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, k = _one_site(z), _one_site(drift)
-        return {"z2": 2.0 + 2.0 * x * k, "z4": 12.0 * x * x + 4.0 * x**3 * k}
 
     def exact(self) -> dict[str, complex | None]:
         from lftml.complex.exact import quartic_moments

@@ -141,23 +141,8 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Score ``grad_x log p_t(x)`` in model units; ``t`` is a scalar or ``(n,)``."""
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        std = self.sde.std(t)
-        c = torch.log(std) if self.net.config.time_input == "log_std" else t
-        s = std.reshape(-1, *([1] * (x.ndim - 1)))
-        if self.parametrization == "reference":
-            return self.net(x, c) / s
-        sd2 = self.sigma_data**2
-        norm = torch.sqrt(s * s + sd2)
-        correction = self.sigma_data * self.net(x / norm, c) / (s * norm)
-        if self.parametrization == "edm":
-            return -x / (s * s + sd2) + correction
-        dims = tuple(range(1, x.ndim))
-        xh = torch.fft.fftn(x, dim=dims)
-        base = -torch.fft.ifftn(xh / (self.power_spectrum + s * s), dim=dims).real
-        return base.to(x.dtype) + correction
+        analytic, network = self.score_parts(x, t)
+        return network if analytic is None else analytic + network
 
     def score_parts(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """``(analytic, network)`` with ``score = analytic + network``; ``analytic`` is ``None`` for the

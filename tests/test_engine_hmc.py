@@ -23,7 +23,7 @@ from lftml.samplers import HMC, HMCState
 from lftml.samplers.integrators import INTEGRATORS
 from lftml.samplers.stability import max_stable_step, omega2_max
 from lftml.stats import gamma_method
-from lftml.theories import FreeScalar
+from lftml.theories import FreeScalar, Phi4
 
 K_SIGMA = 4.0
 
@@ -264,3 +264,18 @@ def test_step_size_adaptation_reaches_target_acceptance_then_freezes_and_chain_i
     obs = histories(result.configs, theory)
     chi = summarize(obs["M"], theory.lattice.volume)["susceptibility"]
     assert_within(chi["value"], chi["error"], 2.0, "chi_2 after adaptation")
+
+
+def test_deep_double_well_without_stiff_quadratic_mode_is_accepted_and_sampled():
+    """lambda > 1/2 + d kappa makes every quadratic curvature at phi = 0 negative (omega_max^2 <= 0);
+    the linear stability bound is then infinite rather than NaN, and HMC runs (found by the
+    diffusion tests: every step size used to be refused with 'needs a step < 0')."""
+    from lftml.samplers import Langevin
+    from lftml.samplers.stability import langevin_max_step
+
+    theory = Phi4.hopping(Lattice((6, 6)), 0.15, 1.5)
+    assert omega2_max(theory) <= 0
+    assert max_stable_step("omelyan", omega2_max(theory)) == math.inf and langevin_max_step(theory) == math.inf
+    result = run(HMC.from_trajectory(theory, 0.5, 10), RunConfig(n_chains=4, n_configs=50, n_therm=50, seed=1))
+    assert result.acceptance > 0.5
+    Langevin(theory, 0.01, "heun")  # accepted as well

@@ -3,6 +3,9 @@
 For ``S = sum_x [-c_hop sum_mu phi phi_{+mu} + c_2 phi^2 + c_4 phi^4]`` the Hessian at phi = 0 has
 largest eigenvalue ``omega_max^2 = 2 c_2 + 2 d c_hop`` (momentum p = (pi, ..., pi)). An integrator
 whose step is unstable for that mode blows up exponentially, so such settings are refused up front.
+When ``omega_max^2 <= 0`` (a deep double well, e.g. hopping form with lambda > 1/2 + d kappa) no mode
+is stiff at phi = 0 and the stiffness comes from the quartic term at the field's actual size: the
+bounds below are then infinite (no up-front check; HMC's accept/reject still keeps it exact).
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ def md_stable(integrator: str, eps: float, w2: float) -> bool:
 
 @lru_cache(maxsize=256)
 def max_stable_step(integrator: str, w2: float) -> float:
+    if w2 <= 0:
+        return float("inf")
+    return _max_stable_step(integrator, w2)
+
+
+def _max_stable_step(integrator: str, w2: float) -> float:
     """Upper end of the first interval of stable steps, (0, eps_max), for a mode of frequency^2 ``w2``.
 
     Omelyan's scheme has islands of stability beyond its first threshold; they are not counted."""
@@ -53,4 +62,5 @@ def max_stable_step(integrator: str, w2: float) -> float:
 
 def langevin_max_step(theory) -> float:
     """Largest dt for which Euler and Heun Langevin updates are linearly stable: dt < 2 / omega_max^2."""
-    return 2.0 / omega2_max(theory)
+    w2 = omega2_max(theory)
+    return 2.0 / w2 if w2 > 0 else float("inf")

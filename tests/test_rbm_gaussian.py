@@ -33,14 +33,6 @@ def mean_and_error(x: np.ndarray) -> tuple[float, float]:
     return est.value, est.error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_rbm(n_v=5, n_h=3, mode="global", seed=0, eta=True, std=0.4, mu2=4.0) -> GaussianRBM:
     g = torch.Generator().manual_seed(seed)
     m = GaussianRBM(n_v, n_h, mu2=mu2, mu2_mode=mode, generator=g, learn_eta=eta, init_std=std, sigma_h=0.8)

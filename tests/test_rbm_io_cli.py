@@ -22,14 +22,6 @@ from lftml.theories import FreeScalar
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def invoke(*args: str):
     return runner.invoke(app, list(args))
 

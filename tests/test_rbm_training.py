@@ -17,14 +17,6 @@ THEORY = FreeScalar(Lattice(10), 4.0)
 LAM = THEORY.eigenvalues()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fresh(nh: int, seed: int = 1, mode: str = "global", mu2: float = 9.0) -> GaussianRBM:
     return GaussianRBM(10, nh, mu2=mu2, mu2_mode=mode, generator=torch.Generator().manual_seed(seed))
 

@@ -16,7 +16,6 @@ import json
 import platform
 import time
 
-import numpy as np
 import torch
 
 from lftml.diffusion.model import ScoreModel

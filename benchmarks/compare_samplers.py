@@ -23,7 +23,6 @@ import argparse
 import math
 import time
 
-import numpy as np
 import torch
 
 from lftml import Lattice

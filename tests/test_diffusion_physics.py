@@ -15,7 +15,6 @@ trained model must beat its own Gaussian part on the held-out denoising score-ma
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

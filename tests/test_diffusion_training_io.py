@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lftml.diffusion import training as training_module
-from lftml.diffusion.model import load_model, save_model
+from lftml.diffusion.model import load_model
 from lftml.diffusion.training import TrainConfig, TrainingDivergedError, checkpoint_path, train
 from lftml.errors import FileFormatError, LftmlError
 from lftml.lattice import Lattice

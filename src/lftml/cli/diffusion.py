@@ -13,7 +13,6 @@ from typing import Optional
 import typer
 
 from lftml.cli.common import JSON_OPTION, SEED_OPTION, emit_json, fmt_err, require_file
-from lftml.errors import LftmlError
 
 app = typer.Typer(help="Diffusion models (VE SDE + periodic U-Net) trained on lattice ensembles.", no_args_is_help=True)
 

@@ -7,7 +7,6 @@ Theory flags name the parametrisation (see :mod:`lftml.theories.phi4`):
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any, Optional

@@ -30,7 +30,6 @@ helpers :func:`model_log_likelihood` and :func:`model_sample_with_log_likelihood
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable

@@ -37,7 +37,7 @@ the cost, for CPUs); ``tiny`` = channels 8/16 with linear skip (tests only).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn

@@ -19,7 +19,6 @@ implementation), using a score function ``score_fn(x, t) = grad_x log p_t(x)`` i
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -93,7 +92,6 @@ def sample(
     ts = time_grid(sde, steps, schedule, dtype=dtype, device=device)
     x = sde.prior_sample(shape, generator, dtype=dtype, device=device) if x_init is None else x_init.to(device, dtype)
     n = shape[0]
-    bshape = (-1,) + (1,) * (len(shape) - 1)
     pending = sorted((float(s) for s in (snapshot_times or [])), reverse=True)
     snaps: list[tuple[float, torch.Tensor]] = []
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lftml.errors import FileFormatError, LftmlError
+from lftml.errors import LftmlError
 
 __all__ = ["train_from_file", "sample_to_file", "likelihood_report", "metropolis_report", "compare_report",
            "set_threads"]

@@ -9,13 +9,30 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only; no display is needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """``tight_layout``, write ``fig`` to ``path`` and close it (also when writing fails).
+    A path that cannot be written is a one-line :class:`~lftml.errors.LftmlError`."""
+    from lftml.errors import LftmlError
+
+    plt = pyplot()
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    except OSError as exc:
+        raise LftmlError(f"cannot write {path}: {exc}") from None
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def plot_history(ax, M: np.ndarray, max_chains: int = 4, label: str = "M"):
@@ -69,7 +86,7 @@ def ensemble_overview(path: str | Path, png: str | Path, discard: int = 0) -> Pa
     from lftml.analysis import analyze
     from lftml.ensemble import Ensemble
 
-    plt = _pyplot()
+    plt = pyplot()
     with Ensemble.open(path) as ens:
         M = ens.observables["M"][discard:]
         result = analyze(ens, discard=discard)
@@ -83,7 +100,4 @@ def ensemble_overview(path: str | Path, png: str | Path, discard: int = 0) -> Pa
         exact = result.get("exact", result.get("target", {})).get("correlator")
         plot_correlator(axes[1, 1], result["correlator"], exact)
     fig.suptitle(f"{Path(path).name}: {result.get('kind')} {result.get('theory')}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return Path(png)
+    return save_figure(fig, png)

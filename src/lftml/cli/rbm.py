@@ -13,7 +13,6 @@ from typing import Optional
 import typer
 
 from lftml.cli.common import JSON_OPTION, SEED_OPTION, emit_json, parse_shape, require_file
-from lftml.errors import LftmlError
 
 app = typer.Typer(help="Scalar-field restricted Boltzmann machines (Gaussian RBM as a lattice field theory).", no_args_is_help=True)
 
@@ -105,23 +104,13 @@ def spectrum(
     require_file(model, "model file")
     _, _, summary = spectrum_report(model)
     if plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        from lftml.plots import pyplot, save_figure
         from lftml.rbm.plots import plot_spectrum
 
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = pyplot().subplots(figsize=(5, 4))
         plot_spectrum(ax, summary["target_eigenvalues"], summary["model_eigenvalues"], summary["mu2"],
                       title=f"$N_v = {summary['n_visible']}$, $N_h = {summary['n_hidden']}$")
-        fig.tight_layout()
-        try:
-            fig.savefig(plot, dpi=110)
-        except OSError as exc:
-            raise LftmlError(f"cannot write {plot}: {exc}") from None
-        finally:
-            plt.close(fig)
+        save_figure(fig, plot)
         summary["plot"] = str(plot)
     if as_json:
         emit_json(summary)

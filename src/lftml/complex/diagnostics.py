@@ -261,12 +261,9 @@ def plot_imag_distribution(ax: Any, run: CLRun) -> Any:
 
 def plot_diagnostics(run: CLRun, path: str | Any, title: str | None = None) -> Any:
     """2x2 figure of all four diagnostics written to ``path`` (Agg backend); returns the path."""
-    import matplotlib
+    from lftml.plots import pyplot, save_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = pyplot().subplots(2, 2, figsize=(11, 8))
     plot_criterion(axes[0, 0], run)
     if run.boundary:
         plot_boundary_terms(axes[0, 1], run)
@@ -274,7 +271,5 @@ def plot_diagnostics(run: CLRun, path: str | Any, title: str | None = None) -> A
     plot_imag_distribution(axes[1, 1], run)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -361,13 +361,12 @@ def train(
     np.savetxt(csv, np.column_stack([np.arange(1, done + 1), arr]), delimiter=",", header="step,loss", comments="", fmt=["%d", "%.6g"])
     png = out.with_name(out.stem + "_loss.png")
     try:
-        import matplotlib.pyplot as plt
+        from lftml.plots import pyplot, save_figure
 
+        pyplot()  # Agg backend before the figure exists
         ax = plot_loss_curve(arr)
         ax.set_title(f"DSM training ({config.preset} preset, {done} steps)")
-        ax.figure.tight_layout()
-        ax.figure.savefig(png, dpi=110)
-        plt.close(ax.figure)
+        save_figure(ax.figure, png)
     except Exception as exc:  # plotting must never lose a trained model
         log.warning("could not write the loss-curve PNG: %s", exc)
         png = None

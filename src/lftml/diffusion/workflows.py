@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
+from lftml.plots import pyplot, save_figure
 
 __all__ = ["train_from_file", "sample_to_file", "likelihood_report", "metropolis_report", "compare_report",
            "set_threads"]
@@ -64,17 +65,12 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
     write_generated(out, res, model, model_path=str(model_path))
     summary = {"out": str(out), "n": n, "wall_seconds": res.wall_seconds, **res.settings}
     if strip_png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         from lftml.diffusion.evaluation import plot_denoising_strip
 
+        pyplot()  # Agg backend before the figure exists
         axes = plot_denoising_strip(res.snapshots, model.sde)
         axes[0].figure.suptitle("backward process: noise (left) to configuration (right)", fontsize=9)
-        axes[0].figure.tight_layout()
-        axes[0].figure.savefig(strip_png, dpi=120)
-        plt.close(axes[0].figure)
+        save_figure(axes[0].figure, strip_png, dpi=120)
         summary["strip_png"] = str(strip_png)
     return summary
 
@@ -120,16 +116,10 @@ def likelihood_report(model_path: str | Path, *, data: str | Path | None = None,
            "wall_seconds": time.perf_counter() - t0,
            "mean_log_q": float(np.mean(log_q)), "mean_action": float(np.mean(S))}
     if png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        pyplot()  # Agg backend before the figure exists
         ax = plot_action_vs_log_q(S, log_q, fit=fit)
         ax.set_title("learned effective action vs S", fontsize=9)
-        ax.figure.tight_layout()
-        ax.figure.savefig(png, dpi=120)
-        plt.close(ax.figure)
+        save_figure(ax.figure, png, dpi=120)
         out["png"] = str(png)
     if out_npz is not None:
         np.savez(out_npz, action=S, log_q=log_q)
@@ -182,16 +172,10 @@ def metropolis_report(model_path: str | Path, hmc: str | Path, *, n: int = 1024,
         "log_w_std": float(np.std(log_w)),
     }
     if png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        pyplot()  # Agg backend before the figure exists
         ax = plot_autocorrelation(ac, hmc_label=f"HMC (every {every} traj.)" if every else "HMC")
         ax.set_title("normalised autocorrelation of M", fontsize=9)
-        ax.figure.tight_layout()
-        ax.figure.savefig(png, dpi=120)
-        plt.close(ax.figure)
+        save_figure(ax.figure, png, dpi=120)
         result["png"] = str(png)
     if out is not None:
         from lftml.ensemble import write_ensemble
@@ -211,13 +195,7 @@ def compare_report(train: str | Path | None, test: str | Path, generated: str | 
 
     res = compare(train, test, generated)
     if png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        pyplot()  # Agg backend before the figure exists
         axes = plot_comparison({"train": train, "test": test, "generated": generated}, res)
-        axes[0].figure.tight_layout()
-        axes[0].figure.savefig(png, dpi=110)
-        plt.close(axes[0].figure)
+        save_figure(axes[0].figure, png, dpi=110)
     return res

@@ -52,11 +52,9 @@ def _trained(
 
 
 def make_figures(outdir: str | Path, n_updates: int = 1500) -> list[Path]:
-    import matplotlib
+    from lftml.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -72,20 +70,14 @@ def make_figures(outdir: str | Path, n_updates: int = 1500) -> list[Path]:
             curve = hist
         plot_spectrum(ax, lam, model.eigenvalues(), model.mu2_value(), title=f"({tag}) $N_h = {nh}$")
     fig.suptitle(r"$N_v = 10$, $m^2 = 4$: learned $\mu^2$ = harmonic mean of the dropped modes")
-    fig.tight_layout()
-    written.append(outdir / "rbm_hidden.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(save_figure(fig, outdir / "rbm_hidden.png"))
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
     for ax, mu2, tag in zip(axes, (7.8, 7.1, 5.8, 4.8), "abcd"):
         model, _ = _trained(target, 10, seed=1, mu2=mu2, n_updates=n_updates)
         plot_spectrum(ax, lam, model.eigenvalues(), mu2, title=rf"({tag}) $\mu^2 = {mu2}$")
     fig.suptitle(r"$N_h = N_v = 10$, fixed $\mu^2 < \lambda_{\max} = 8$: modes above $\mu^2$ clipped")
-    fig.tight_layout()
-    written.append(outdir / "rbm_mu2.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(save_figure(fig, outdir / "rbm_mu2.png"))
 
     theory2 = FreeScalar(Lattice((8, 8)), 1.0)
     target2 = Target.from_theory(theory2)
@@ -97,10 +89,7 @@ def make_figures(outdir: str | Path, n_updates: int = 1500) -> list[Path]:
         ax.plot(np.arange(64), optimal_spectrum(lam2, nh)[0], "-", color="C2", lw=0.8, label="ML optimum")
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(r"2d free field $8\times 8$, $m^2 = 1$ ($\lambda_{\max} = 9$), learned global $\mu^2$")
-    fig.tight_layout()
-    written.append(outdir / "rbm_2d.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(save_figure(fig, outdir / "rbm_2d.png"))
 
     images = synthetic_digits(2000, np.random.default_rng(0))
     spec = data_correlator_spectrum(images)
@@ -116,18 +105,12 @@ def make_figures(outdir: str | Path, n_updates: int = 1500) -> list[Path]:
         },
         title=f"synthetic digits 28x28 ({int(np.sum(~np.isfinite(kappa)))} zero modes not shown)",
     )
-    fig.tight_layout()
-    written.append(outdir / "rbm_data_spectrum.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(save_figure(fig, outdir / "rbm_data_spectrum.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     plot_learning_curve(ax, curve, "kl")
     ax.set_title(r"exact ML, $N_v = 10$, $N_h = 8$: KL(target $\|$ RBM)")
-    fig.tight_layout()
-    written.append(outdir / "rbm_learning_curve.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(save_figure(fig, outdir / "rbm_learning_curve.png"))
     return written
 
 

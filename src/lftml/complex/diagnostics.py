@@ -223,12 +223,17 @@ def plot_boundary_terms(ax: Any, run: CLRun, observable: str | None = None) -> A
     return ax
 
 
+def _density(hist: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Probability density in the bins between ``edges`` of a histogram with under/overflow bins
+    (normalised by the total weight, overflow included)."""
+    h = np.asarray(hist[1:-1], dtype=float)
+    total = hist.sum()
+    return h / (total * np.diff(edges)) if total > 0 else h
+
+
 def plot_drift_histogram(ax: Any, run: CLRun) -> Any:
     """Langevin-time probability density of ``u = max |K|`` on log-log axes."""
-    h = np.asarray(run.drift_hist[1:-1], dtype=float)
-    total = run.drift_hist.sum()
-    widths = np.diff(DRIFT_EDGES)
-    dens = h / (total * widths) if total > 0 else h
+    dens = _density(run.drift_hist, DRIFT_EDGES)
     centres = np.sqrt(DRIFT_EDGES[1:] * DRIFT_EDGES[:-1])
     sel = dens > 0
     ax.loglog(centres[sel], dens[sel], ".-")
@@ -241,10 +246,7 @@ def plot_drift_histogram(ax: Any, run: CLRun) -> Any:
 
 def plot_imag_distribution(ax: Any, run: CLRun) -> Any:
     """Langevin-time probability density of Im z (all sites), log scale."""
-    h = np.asarray(run.imag_hist[1:-1], dtype=float)
-    total = run.imag_hist.sum()
-    widths = np.diff(IMAG_EDGES)
-    dens = h / (total * widths) if total > 0 else h
+    dens = _density(run.imag_hist, IMAG_EDGES)
     centres = 0.5 * (IMAG_EDGES[1:] + IMAG_EDGES[:-1])
     sel = dens > 0
     ax.semilogy(centres[sel], dens[sel], ".-")

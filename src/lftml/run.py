@@ -14,18 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from lftml.ensemble import EnsembleWriter, _open_checked, read_checkpoint
 from lftml.errors import LftmlError
+from lftml.safeio import interrupts_as_keyboard_interrupt
 from lftml.observables import measure
 from lftml.samplers.hmc import HMC
 from lftml.samplers.langevin import Langevin
@@ -131,23 +130,6 @@ def initial_field(theory: Theory, config: RunConfig, device: torch.device) -> to
     v = float(getattr(theory, "mean_field_vev", lambda: 0.0)())
     signs = rng.signs().to(device=device, dtype=config.torch_dtype)
     return signs.view(-1, *([1] * len(shape))) * torch.full((1, *shape), v, dtype=config.torch_dtype, device=device)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so a killed run flushes what it has."""
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 class _Adapter:
@@ -299,7 +281,7 @@ def run(
 
     bar = tqdm(total=total, initial=done, disable=None if progress else True, desc=kind, unit="upd", leave=False)
     try:
-        with _sigterm_as_interrupt():
+        with interrupts_as_keyboard_interrupt():
             while therm_done < config.n_therm:
                 state, info = sampler.step(state, rng)
                 therm_done += 1

@@ -1,0 +1,230 @@
+"""One policy for every file lftml writes.
+
+* :func:`check_output` — an existing output is refused unless ``overwrite=True``; an output that is
+  one of the command's inputs is refused always; a directory, a missing parent folder or an
+  unwritable folder is a one-line :class:`~lftml.errors.LftmlError` raised *before* any work starts.
+* :func:`atomic_output` — write to a temporary name in the output's folder, ``fsync``, then
+  ``os.replace``: readers see the old file or the new one, never half of one; on any error (a full
+  disk included) the temporary file is removed and an ``OSError`` becomes one line.
+* :class:`OutputLock` — an exclusive advisory lock (``fcntl.flock`` on ``PATH.lock``, which holds the
+  holder's PID and host) for the lifetime of a run; a second writer is refused with a message naming
+  the holder. The kernel drops the lock when the holder dies (SIGKILL included), so a stale lock file
+  never blocks a rerun; the file is removed on release.
+* :func:`interrupts_as_keyboard_interrupt` — SIGTERM raised as ``KeyboardInterrupt`` inside the block,
+  so SIGINT and SIGTERM stop a command through the same path (flush, one message, exit 130).
+* :func:`write_error` — an ``OSError`` from writing, as one line (ENOSPC, EROFS, EACCES named).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from lftml.errors import LftmlError
+
+__all__ = [
+    "check_output",
+    "atomic_output",
+    "OutputLock",
+    "interrupts_as_keyboard_interrupt",
+    "write_error",
+    "same_file",
+]
+
+_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "it is a directory",
+}
+
+
+def write_error(exc: BaseException, path: str | os.PathLike, action: str = "write") -> LftmlError:
+    """One-line :class:`LftmlError` for an ``OSError`` raised while writing ``path``."""
+    code = getattr(exc, "errno", None)
+    reason = _REASONS.get(code) if code is not None else None
+    if reason is None:
+        reason = str(getattr(exc, "strerror", None) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    return LftmlError(f"cannot {action} {os.fspath(path)}: {reason}")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file (resolved paths, or the same inode)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return pa.resolve() == pb.resolve()
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    option: str = "--out",
+) -> Path:
+    """Validate an output path before any work starts; return it as a :class:`Path`.
+
+    Refuses (one line each): an output that is one of ``inputs``; a directory; a missing parent
+    folder; a folder we cannot write; an existing file unless ``overwrite`` (or ``resume``, where
+    the caller appends to it). ``option`` names the flag in the messages.
+    """
+    out = Path(path)
+    for inp in inputs:
+        if inp is not None and same_file(out, inp):
+            raise LftmlError(f"{option} {out} is also an input of this command; choose another output file")
+    if out.is_dir():
+        raise LftmlError(f"{option} {out} is a directory; give a file name inside it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise LftmlError(f"{option} {out}: folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise LftmlError(f"{option} {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LftmlError(f"{option} {out}: cannot write in folder {parent} (permission denied or read-only)")
+    if out.exists():
+        if resume:
+            if not os.access(out, os.R_OK | os.W_OK):
+                raise LftmlError(f"{option} {out} exists but cannot be written (permission denied or read-only)")
+        elif not overwrite:
+            raise LftmlError(f"{option} {out} exists; pass --overwrite to replace it (or choose another file)")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    Whatever goes wrong inside the block (an exception, a full disk, an interrupt), the temporary file
+    is removed and ``path`` keeps its previous content. ``OSError`` is re-raised as one-line
+    :class:`LftmlError`; other exceptions propagate unchanged.
+    """
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix or ".tmp", dir=parent)
+    except OSError as exc:
+        raise write_error(exc, out) from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        try:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise write_error(exc, out) from None
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except OSError as exc:
+        raise write_error(exc, out) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+class OutputLock:
+    """Exclusive lock on ``PATH.lock`` held for a run's lifetime (context manager).
+
+    ``acquire`` raises :class:`LftmlError` naming the holder (PID, host) when another process holds it.
+    The lock is advisory (``fcntl.flock``) and released by the kernel when the holder exits, however
+    it exits; the lock file is unlinked while still locked on release, and acquisition re-checks the
+    inode, so two processes can never both believe they hold it.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "output"):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+
+        for _ in range(100):
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise write_error(exc, self.lock_path, "create the lock file") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = ""
+                with contextlib.suppress(OSError):
+                    holder = os.read(fd, 200).decode(errors="replace").strip()
+                os.close(fd)
+                raise LftmlError(
+                    f"{self.path} is in use by another lftml process ({holder or 'holder unknown'}); "
+                    "wait for it to finish or stop it first"
+                ) from None
+            try:  # the file we locked must still be the one at lock_path
+                if os.fstat(fd).st_ino != os.stat(self.lock_path).st_ino:
+                    os.close(fd)
+                    continue
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+            except OSError:
+                pass  # a full disk must not stop the lock itself; the holder is then 'unknown'
+            self._fd = fd
+            return self
+        raise LftmlError(f"could not lock {self.lock_path}: it keeps being replaced")  # pragma: no cover
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock_path)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises ``KeyboardInterrupt`` (as SIGINT does); restored afterwards.
+    A no-op outside the main thread (signals can only be handled there)."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -1,0 +1,92 @@
+"""The one output policy every writer uses (lftml.safeio)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lftml.errors import LftmlError
+from lftml.safeio import OutputLock, atomic_output, check_output, write_error
+
+
+def test_check_output_refuses_existing_file_unless_overwrite(tmp_path):
+    out = tmp_path / "a.h5"
+    out.write_text("keep")
+    with pytest.raises(LftmlError, match="--overwrite"):
+        check_output(out)
+    assert check_output(out, overwrite=True) == out
+    assert check_output(out, resume=True) == out
+    assert out.read_text() == "keep"
+
+
+def test_check_output_refuses_an_input_even_with_overwrite(tmp_path):
+    data = tmp_path / "ens.h5"
+    data.write_text("data")
+    with pytest.raises(LftmlError, match="also an input"):
+        check_output(tmp_path / "." / "ens.h5", overwrite=True, inputs=[data])
+
+
+def test_check_output_names_directory_and_missing_folder(tmp_path):
+    with pytest.raises(LftmlError, match="is a directory"):
+        check_output(tmp_path)
+    with pytest.raises(LftmlError, match="does not exist"):
+        check_output(tmp_path / "nodir" / "sub" / "m.pt")
+
+
+def test_atomic_output_keeps_old_content_and_leaves_no_temp_on_error(tmp_path):
+    out = tmp_path / "m.pt"
+    out.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(out) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert out.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    with atomic_output(out) as tmp:
+        tmp.write_text("new")
+    assert out.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_atomic_output_turns_enospc_into_one_line(tmp_path):
+    out = tmp_path / "m.pt"
+    with pytest.raises(LftmlError, match="no space left") as info:
+        with atomic_output(out):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert "\n" not in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_write_error_is_one_line():
+    msg = str(write_error(OSError(errno.EROFS, "Read-only file system"), "/x/y.h5"))
+    assert msg == "cannot write /x/y.h5: the file system is read-only"
+
+
+def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    out = tmp_path / "ens.h5"
+    code = (
+        "import sys, time; from lftml.safeio import OutputLock; "
+        f"l = OutputLock({str(out)!r}).acquire(); print('held', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LftmlError, match=f"pid {proc.pid}"):
+            OutputLock(out).acquire()
+    finally:
+        proc.kill()  # SIGKILL: the kernel drops the lock
+        proc.wait()
+    with OutputLock(out) as lock:  # a dead holder's stale lock file does not block
+        assert lock.held
+    assert not (tmp_path / "ens.h5.lock").exists()
+
+
+def test_lock_is_exclusive_within_one_process(tmp_path):
+    out = tmp_path / "x.h5"
+    with OutputLock(out):
+        with pytest.raises(LftmlError, match=f"pid {os.getpid()}"):
+            OutputLock(out).acquire()

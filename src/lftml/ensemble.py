@@ -121,7 +121,7 @@ def _chunks(shape_per_config: tuple[int, ...], itemsize: int) -> tuple[int, ...]
 
 
 #: Extra bytes reserved per flush for HDF5's metadata (chunk index, object headers, free space).
-RESERVE_OVERHEAD_BYTES = 256 * 1024
+RESERVE_OVERHEAD_BYTES = 64 * 1024
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -213,6 +213,16 @@ def _abandon(f: h5py.File) -> None:
     """Close an h5py file after a failed write without letting HDF5's close errors escape."""
     with contextlib.suppress(Exception):
         f.close()
+
+
+#: Target size of one chunk of an observable or record dataset (rows along Monte Carlo time).
+_SERIES_CHUNK_BYTES = 4 * 1024
+
+
+def _series_chunks(row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunks for an appendable per-configuration series: ~4 KiB, so a flush allocates little."""
+    row = max(int(np.prod(row_shape, dtype=np.int64)) * itemsize, 1)
+    return (max(1, min(1024, _SERIES_CHUNK_BYTES // row)), *row_shape)
 
 
 def _nbytes(parts: Any) -> int:
@@ -406,7 +416,10 @@ class EnsembleWriter:
         n = _nbytes(self._configs) + sum(_nbytes(p) for p in self._obs.values()) + sum(_nbytes(p) for p in self._rec.values())
         if self._checkpoint is not None:
             n += sum(np.asarray(v).nbytes for v in self._checkpoint.values() if not isinstance(v, (bytes, str)))
-        return 2 * n + RESERVE_OVERHEAD_BYTES
+        # each dataset may start a new chunk in this flush; configs chunks hold one row
+        n_series = len(self._obs) + len(self._rec)
+        row = self.n_chains * int(np.prod(self.lattice_shape, dtype=np.int64)) * self.dtype.itemsize
+        return 2 * n + n_series * 2 * _SERIES_CHUNK_BYTES + row + RESERVE_OVERHEAD_BYTES
 
     def flush(self) -> None:
         """Write buffered rows and the checkpoint, ``fsync``, then move the counters (crash-ordered).
@@ -426,6 +439,7 @@ class EnsembleWriter:
         except (OSError, RuntimeError) as exc:
             self._failed = True
             self.discard_buffer()
+            log.debug("write to %s failed", self.path, exc_info=True)
             raise write_error(exc, self.path) from None
 
     def _flush(self) -> None:
@@ -448,7 +462,7 @@ class EnsembleWriter:
                             raise LftmlError(f"observable {k} appears for the first time after {n0} configurations")
                         f["observables"].create_dataset(
                             k, shape=(0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]), dtype=arr.dtype,
-                            chunks=True,
+                            chunks=_series_chunks(arr.shape[1:], arr.dtype.itemsize),
                         )
                     o = f["observables"][k]
                     o.resize(n0 + len(arr), axis=0)
@@ -461,7 +475,8 @@ class EnsembleWriter:
                     if k not in f["records"]:
                         f["records"].create_dataset(
                             k, shape=(nr0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]), dtype=arr.dtype,
-                            chunks=True, fillvalue=np.nan if arr.dtype.kind == "f" else 0,
+                            chunks=_series_chunks(arr.shape[1:], arr.dtype.itemsize),
+                            fillvalue=np.nan if arr.dtype.kind == "f" else 0,
                         )
                     r = f["records"][k]
                     r.resize(nr0 + len(arr), axis=0)

@@ -275,20 +275,26 @@ def _gamma_analysis(deltas: np.ndarray, value: float, S: float, scale: float, na
         )
     if tau_of_w[window - 1] < 0.5 and w_max >= 2:  # anticorrelated: sum rho in (odd, even) pairs
         window = min(window + window % 2, w_max - w_max % 2)
-        while window + 2 <= w_max and rho[window + 1] + rho[window + 2] < 0 and tau_of_w[window + 1] > 0:
+        noise = 2.0 * math.sqrt(2.0 / n_total)  # ~2 sigma of a pair of estimated rho's
+        while window + 2 <= w_max and rho[window + 1] + rho[window + 2] < -noise and tau_of_w[window + 1] > 0:
             window += 2
 
     # Bias correction (Wolff eq. 49) and final estimates.
     c_f = gamma[0] + 2.0 * gamma[1 : window + 1].sum()
     gamma = gamma + c_f / n_total
     c_f = gamma[0] + 2.0 * gamma[1 : window + 1].sum()
-    if not c_f > 0:
-        note = "autocorrelation sum not positive (strongly anticorrelated or too few data); naive error reported"
-        logger.warning("Gamma method%s: the autocorrelation sum is not positive; reporting the naive error "
-                       "(tau_int = 0.5), which is unreliable here", label)
+    # C_F / Gamma(0) = 2 tau_int has a statistical error ~ sqrt(2 (2W + 1) / N): an anticorrelated
+    # sum that is not positive, or not resolved from 0, must not turn into a tiny (or zero) error
+    resolution = math.sqrt(2.0 * (2 * window + 1) / n_total) * gamma[0]
+    if not c_f > 0 or (c_f < resolution and rho[1] < 0):
+        note = "anticorrelated and tau_int not resolved from 0 (too few data); naive error (tau_int = 0.5) reported"
+        logger.warning("Gamma method%s: the autocorrelation sum is not resolved from zero; reporting the naive "
+                       "error (tau_int = 0.5), which is unreliable here", label)
         c_f, window = gamma[0], 0
     tau_int = c_f / (2.0 * gamma[0])
     tau_int_error = 2.0 * tau_int * math.sqrt(abs(window + 0.5 - tau_int) / n_total)
+    if not note and tau_int + 2.0 * tau_int_error < 0.5:
+        note = f"anticorrelated data (tau_int = {tau_int:.3g} < 0.5): the error is below the naive one"
     error = math.sqrt(c_f / n_total)
     return Estimate(float(value), error, float(tau_int), float(tau_int_error), window, n_total, note)
 

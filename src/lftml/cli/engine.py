@@ -182,13 +182,15 @@ def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, star
     )
     if flush_every < 1:
         raise LftmlError(f"--checkpoint-every must be >= 1, got {flush_every}")
+    complete = False
     if resume and Path(out).is_file():
         ck = read_checkpoint(out)
-        if ck is not None and int(ck["n_configs"]) == n_configs:
-            typer.echo(f"note: {out} already holds all {n_configs} configurations per chain; nothing to do "
-                       "(pass a larger --n-configs to extend it)", err=True)
+        complete = ck is not None and int(ck["n_configs"]) == n_configs
     result = run(sampler, config, out, resume=resume, overwrite=overwrite, progress=progress and not as_json,
                  kind=kind, flush_every=flush_every)
+    if complete:
+        typer.echo(f"note: {out} already holds all {n_configs} configurations per chain; nothing to do "
+                   "(pass a larger --n-configs to extend it)", err=True)
     summary: dict[str, Any] = {
         "out": str(out), "n_configs": result.n_configs, "n_chains": result.n_chains, "acceptance": result.acceptance,
         "sampler": result.sampler, "wall_time_s": result.wall_time_s,
@@ -301,6 +303,12 @@ def register(app: typer.Typer) -> None:
         require_file(path, "ensemble file")
         if discard < 0:
             raise LftmlError(f"--discard must be >= 0, got {discard}")
+        if plot is not None:
+            from lftml.safeio import check_output
+
+            if plot.suffix.lower() != ".png":
+                raise LftmlError(f"--plot {plot}: figures are PNG files; give a name ending in .png")
+            check_output(plot, overwrite=True, inputs=[path], option="--plot")
         result = analyze_file(path, discard=discard, S=S)
         if plot is not None:
             from lftml.plots import ensemble_overview
@@ -329,6 +337,10 @@ def register(app: typer.Typer) -> None:
 
         if len(paths) < 2:
             raise LftmlError("extrapolation needs ensembles at two or more step sizes")
+        if degree < 1:
+            raise LftmlError(f"--degree must be >= 1 (correction terms a + b dt^order + ...), got {degree}")
+        if discard < 0:
+            raise LftmlError(f"--discard must be >= 0, got {discard}")
         results = []
         for p in paths:
             require_file(p, "ensemble file")

@@ -107,8 +107,9 @@ CASES = [
     (["analyze", "{ens}", "--plot", "{dir}"], "png"),
     (["analyze", "{ens}", "--discard", "-1"], "--discard"),
     (["analyze", "{ens}", "--discard", "100"], "at least 4"),
-    (["analyze", "{ens}", "--S", "0"], "S="),
-    (["analyze", "{ens}", "--S", "-1"], "S="),
+    (["analyze", "{ens}", "--window-factor", "0"], "S="),
+    (["analyze", "{ens}", "--window-factor", "-1"], "S="),
+    (["analyze", "{ens}", "--window-factor", "nan"], "S="),
     (["analyze"], "Missing argument"),
     # extrapolate
     (["extrapolate", "{lgv1}", "{lgv2}", "--degree", "-1"], "--degree"),

@@ -293,13 +293,17 @@ def register(app: typer.Typer) -> None:
     def analyze(
         path: Path = typer.Argument(..., help="Ensemble file (HDF5) written by lftml."),
         discard: int = typer.Option(0, help="Leading configurations to drop."),
-        S: float = typer.Option(2.0, "--S", help="Wolff's window parameter S."),
+        S: float = typer.Option(2.0, "--window-factor", help="Wolff's window parameter S (1 to 2; larger: longer window)."),
+        S_old: Optional[float] = typer.Option(None, "--S", hidden=True, help="Deprecated spelling of --window-factor."),
         plot: Optional[Path] = typer.Option(None, help="Save a figure (history, histogram, correlator) as PNG."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Observables with Gamma-method errors and tau_int (<M>, <|M|>, chi_2, U_L, correlator, ...)."""
         from lftml.analysis import analyze as analyze_file
 
+        if S_old is not None:
+            typer.echo("warning: --S is deprecated; use --window-factor", err=True)
+            S = S_old
         require_file(path, "ensemble file")
         if discard < 0:
             raise LftmlError(f"--discard must be >= 0, got {discard}")

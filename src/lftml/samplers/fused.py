@@ -25,10 +25,10 @@ function rounded differently, so there the fields agree to ~1e-14 relative.)
 numba is optional: :func:`available` says whether it can be imported (without importing it);
 the kernels are compiled on first use (one compilation per dtype serves every integrator,
 lattice shape and dimension; about 5 s, see benchmarks/README.md) and cached on disk
-(``cache=True``) next to :mod:`lftml.samplers._fused_kernels` or, when that is not writable, in
-numba's user cache directory (``NUMBA_CACHE_DIR`` overrides both); a later process loads them in
-about 1 s, numba's import included. When no cache location is writable they are compiled in
-memory at each start.
+(``cache=True``) in the user's cache folder, ``$XDG_CACHE_HOME/lftml/numba`` (``~/.cache/lftml/numba``),
+never in the source tree or an installed package (``NUMBA_CACHE_DIR`` overrides it); a later process
+loads them in about 1 s, numba's import included. When no cache location is writable they are
+compiled in memory at each start.
 """
 
 from __future__ import annotations
@@ -107,7 +107,13 @@ def ready(strict: bool = False) -> bool:
 # --------------------------------------------------------------------------- kernels
 @lru_cache(maxsize=1)
 def _compiled():
-    """The compiled kernel module (imports numba on first use)."""
+    """The compiled kernel module (imports numba on first use; its cache goes to the user's cache folder)."""
+    import os
+    from pathlib import Path
+
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["NUMBA_CACHE_DIR"] = str(base / "lftml" / "numba")
     from lftml.samplers import _fused_kernels
 
     return _fused_kernels

@@ -124,9 +124,12 @@ def test_cl_unparsable_sigma_exit_code_in_a_real_process():
 def test_cl_run_refuses_to_overwrite_an_existing_output(cli, tmp_path):
     out = tmp_path / "exists.h5"
     out.write_bytes(b"keep me")
-    res = cli("cl", "run", "--model", "gaussian", "--steps", "10", "--out", str(out))
-    assert res.exit_code == 2 and "already exists" in res.stderr
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--chains", "2", "--out", str(out))
+    assert res.exit_code == 2 and "exists; pass --overwrite" in res.stderr and res.stderr.count("\n") == 1
     assert out.read_bytes() == b"keep me"
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--chains", "2", "--out", str(out), "--overwrite", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert Ensemble.open(out).metadata["kind"] == "complex_langevin"
 
 
 def test_cl_run_too_few_steps_names_the_flag(cli):

@@ -66,6 +66,7 @@ def test_quartic_sigma_1_plus_i_converges_to_exact_moments_and_is_not_flagged():
     assert diag["imag_max"] < 1.0
 
 
+@pytest.mark.slow
 def test_quartic_sigma_minus_1_plus_4i_is_flagged_by_the_diagnostics():
     model = QuarticModel(-1 + 4j, 1.0)
     run = run_complex_langevin(model, _settings(step_size=0.01, adaptive=True, n_bins=60), 128, seed=4)
@@ -76,6 +77,7 @@ def test_quartic_sigma_minus_1_plus_4i_is_flagged_by_the_diagnostics():
     assert max(b["tail_zscore"] for b in diag["boundary_terms"].values()) > 4.0 or diag["criterion_max_zscore"] > 4.0
 
 
+@pytest.mark.slow
 def test_boundary_terms_of_a_correct_run_do_not_flag_it_at_high_statistics():
     """Regression: B(Y) at the 1% tail cut-off equals minus <L_c O> over the excluded tail, which is
     resolvable for Gaussian tails once the run is long; only a plateau over deeper cut-offs counts."""

@@ -137,3 +137,28 @@ def test_cl_run_too_few_steps_names_the_flag(cli):
     assert res.exit_code == 2
     err = res.stderr.strip()
     assert err.startswith("error:") and "--steps" in err and "\n" not in err, err
+
+
+def test_cl_run_device_is_resolved_and_recorded(cli):
+    """--device auto (the default) resolves to a real device and is recorded; an unknown or absent device
+    is one line before any work."""
+    import torch
+
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--chains", "2", "--json", check=True)
+    assert res.json()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--chains", "2", "--device", "tpu9")
+    assert res.exit_code == 2 and "unknown device" in res.stderr and res.stderr.count("\n") == 1
+    if not torch.cuda.is_available():
+        res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--device", "cuda")
+        assert res.exit_code == 2 and "no CUDA device" in res.stderr
+
+
+def test_cl_run_options_follow_the_vocabulary(cli):
+    """docs/cli.md: lower-case options, --plot/--out/--overwrite/--resume/--device/--progress/--chains."""
+    import re
+
+    text = cli("cl", "run", "--help").stdout
+    for flag in ("--plot", "--out", "--overwrite", "--resume", "--device", "--progress", "--no-progress", "--chains",
+                 "--steps", "--therm", "--seed", "--json"):
+        assert flag in text, flag
+    assert not re.findall(r"--[A-Z]", text)

@@ -3,16 +3,18 @@
 Each diagnostic gives a number (in :func:`diagnose`) and a plot (functions take a matplotlib ``ax``
 and return it):
 
-1. **Correctness criterion** (Aarts, James, Seiler, Stamatescu, EPJC 71 (2011) 1756): for holomorphic
-   observables ``<L_c O> = 0`` with ``L_c = sum_k (d_k + K_k) d_k``. Number: the largest z-score
-   ``|<L_c O>| / error`` over observables and real/imaginary parts. It also detects a finite-step-size
-   bias (reduce ``--dt`` or use the Heun scheme).
+1. **Correctness criteria** (Aarts, James, Seiler, Stamatescu, EPJC 71 (2011) 1756): for holomorphic
+   observables ``<L_c O> = 0`` with ``L_c = sum_k (d_k + K_k) d_k``; at finite step this carries an
+   O(eps^p) bias. The criterion of the discretised process ``<L_eps O>`` (see
+   :mod:`lftml.complex.langevin`) vanishes at any step for a correct run. Numbers: the largest
+   z-scores ``criterion_max_zscore`` (L_c) and ``step_criterion_max_zscore`` (L_eps). L_eps
+   significant: wrong convergence; only L_c significant: ``step_size_bias`` (a note, not suspicious).
 2. **Boundary terms** (Scherzer, Seiler, Sexty, Stamatescu, PRD 99 (2019) 014512):
-   ``B_O(Y) = <L_c O * Theta(Y - Y(z))>`` with ``Y(z) = max_sites |Im z|``, as a function of the
-   cut-off Y. For a correct run B(Y) -> 0 once Y encloses the distribution; a plateau at a non-zero
-   value signals boundary terms. Number: the largest z-score of B(Y) over the cut-offs in the *tail*
-   region (cut-offs that enclose at least ``tail_fraction`` = 99% of the Langevin time, where the
-   truncation itself no longer matters), and ``B(Y_tail)`` at the first such cut-off.
+   ``B_O(Y) = <L_eps O * Theta(Y - Y(z))>`` (``L_c`` for old files) with ``Y(z) = max_sites |Im z|``,
+   as a function of the cut-off Y. For a correct run B(Y) -> 0 once Y encloses the distribution; a
+   plateau at a non-zero value signals boundary terms. Number: ``plateau_zscore``, the smaller of the
+   z-scores at the first cut-off enclosing >= 99% of the Langevin time and at the first enclosing
+   >= 99.9% (same sign required, per real/imaginary part); see :func:`diagnose`.
 3. **Drift magnitude** (Nagata, Nishimura, Shimasaki, PRD 94 (2016) 114515): the Langevin-time
    distribution of ``u = max_sites |K|`` must fall off exponentially or faster. Number: the local
    power-law exponent ``alpha`` of the survival function ``P(u' > u) ~ u^{-alpha}`` fitted between
@@ -23,9 +25,9 @@ and return it):
    Numbers: ``imag_max`` (largest ``|Im z|`` seen), ``imag_width`` (time-weighted rms of Im z) and
    ``imag_tail_exponent`` (as for the drift; None when the survival never reaches 1e-2, i.e. a strip).
 
-``suspicious`` is true if the criterion or the boundary term exceeds ``zscore_threshold`` (default 4,
-chosen above the 2-3 sigma excursions of correct runs with several observables) or the drift tail
-exponent is below its threshold.
+``suspicious`` is true if the criterion of the discretised process or the boundary-term plateau
+exceeds ``zscore_threshold`` (default 4, chosen above the 2-3 sigma excursions of correct runs with
+several observables) or the drift tail exponent is below its threshold.
 """
 
 from __future__ import annotations

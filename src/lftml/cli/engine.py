@@ -362,7 +362,12 @@ def register(app: typer.Typer) -> None:
         dts = [r["sampler"]["dt"] for r in results]
         if len(set(dts)) != len(dts):
             raise LftmlError(f"two ensembles share a step size ({dts}); give one per dt")
-        out: dict[str, Any] = {"dt": dts, "order": order, "degree": degree, "theory": results[0]["theory"], "extrapolated": {}}
+        if degree < 1:
+            raise LftmlError(f"--degree must be >= 1 (correction terms dt^order, dt^(2 order), ...), got {degree}")
+        if len(dts) < degree + 1:
+            raise LftmlError(f"--degree {degree} needs at least {degree + 1} ensembles at different --dt, got {len(dts)}")
+        out: dict[str, Any] = {"dt": dts, "order": order, "degree": degree, "theory": results[0]["theory"], "extrapolated": {},
+                               "warnings": []}
         for key in observable:
             if key not in results[0]:
                 raise LftmlError(f"unknown observable {key!r}; choose from {', '.join(k for k in results[0] if isinstance(results[0][k], dict) and 'value' in results[0][k])}")
@@ -370,13 +375,24 @@ def register(app: typer.Typer) -> None:
             errs = [r[key]["error"] for r in results]
             ex = fit(dts, vals, errs, order=order, degree=degree)
             out["extrapolated"][key] = {**ex.to_dict(), "values": vals, "errors": errs}
+            if not ex.acceptable:
+                out["warnings"].append(
+                    f"{key}: the fit a + {' + '.join(f'c dt^{p}' for p in ex.powers)} does not describe the data "
+                    f"(chi2/dof = {ex.chi2:.3g}/{ex.dof}, p = {ex.p_value:.2g}); the dt -> 0 value is not reliable: "
+                    "drop the largest --dt or add a term (--degree)"
+                )
+        for w in out["warnings"]:
+            typer.echo(f"warning: {w}", err=True)
         if as_json:
             emit_json(out)
             return
         typer.echo(f"dt -> 0 extrapolation (order {order}) over dt = {', '.join(f'{d:g}' for d in dts)}")
         for key, ex in out["extrapolated"].items():
             per = "  ".join(fmt_err(v, e) for v, e in zip(ex["values"], ex["errors"]))
-            typer.echo(f"  {key:<18} {fmt_err(ex['value'], ex['error']):>14}   chi2/dof {ex['chi2']:.2f}/{ex['dof']}   [{per}]")
+            quality = (f"chi2/dof {ex['chi2']:.2f}/{ex['dof']} (p = {ex['p_value']:.2g})" if ex["dof"] > 0
+                       else "chi2/dof -/0 (as many parameters as step sizes: fit quality unchecked)")
+            flag = "" if ex["acceptable"] else "   NOT DESCRIBED BY THE FIT"
+            typer.echo(f"  {key:<18} {fmt_err(ex['value'], ex['error']):>14}   {quality}   [{per}]{flag}")
 
     @app.command()
     def free(

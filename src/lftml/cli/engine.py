@@ -67,6 +67,32 @@ def build_theory(
     return FreeScalar(lattice, m2)
 
 
+def build_hmc(theory, traj_length: float, md_steps: int, integrator: str, backend: str, step_jitter: float,
+              algorithm: str = "hmc", mass_from: Optional[Path] = None, cluster: Optional[str] = None,
+              cluster_every: Optional[int] = None, out: Optional[Path] = None):
+    """HMC settings from the ``lftml hmc`` flags; every check (one line each) before anything is written."""
+    from lftml.safeio import same_file
+    from lftml.samplers import HMC
+    from lftml.samplers.cluster import ClusterMove
+    from lftml.samplers.kinetic import kinetic_from_name
+
+    if algorithm not in ("hmc", "fa-hmc"):
+        raise LftmlError(f"unknown --algorithm {algorithm!r}; choose hmc or fa-hmc")
+    if cluster_every is not None and cluster is None:
+        raise LftmlError("--cluster-every needs --cluster wolff or --cluster sw")
+    if cluster_every is not None and cluster_every < 1:
+        raise LftmlError(f"--cluster-every must be >= 1 (trajectories between cluster moves), got {cluster_every}")
+    if mass_from is not None:
+        if algorithm != "fa-hmc":
+            raise LftmlError("--mass-from is for --algorithm fa-hmc; plain HMC has unit mass")
+        if out is not None and same_file(out, mass_from):
+            raise LftmlError(f"--out {out} is also the --mass-from pilot; choose another output file")
+    move = ClusterMove(theory, cluster) if cluster is not None else None
+    kinetic = kinetic_from_name(algorithm, theory, mass_from)
+    return HMC.from_trajectory(theory, traj_length, md_steps, integrator, backend=backend, step_jitter=step_jitter,
+                               kinetic=kinetic, cluster=move, cluster_every=cluster_every or 1)
+
+
 def _table(result: dict[str, Any]) -> str:
     rows = [
         ("<M>", "magnetisation"),
@@ -147,6 +173,14 @@ def register(app: typer.Typer) -> None:
         traj_length: float = typer.Option(1.0, "--traj-length", help="Trajectory length (step = length / steps)."),
         step_jitter: float = typer.Option(0.1, "--step-jitter", help="Per-trajectory random step factor 1 +- j (breaks MD resonances)."),
         backend: str = typer.Option("auto", help="MD backend: auto (fused numba kernel on CPU when available), fused or eager."),
+        algorithm: str = typer.Option("hmc", "--algorithm", help="hmc (unit mass) or fa-hmc (Fourier-accelerated: "
+                                      "momentum covariance diagonal in momentum space; try --traj-length 1.5708)."),
+        mass_from: Optional[Path] = typer.Option(None, "--mass-from", help="fa-hmc: mass 1/G(p) from the propagator "
+                                                 "of this pilot ensemble (default: the quadratic part of the action)."),
+        cluster: Optional[str] = typer.Option(None, "--cluster", help="wolff or sw: embedded-Ising cluster moves "
+                                              "composed with the trajectories."),
+        cluster_every: Optional[int] = typer.Option(None, "--cluster-every", help="Trajectories between cluster "
+                                                    "moves (default 1; needs --cluster)."),
         adapt: bool = typer.Option(False, help="Adapt the step size during thermalisation, then freeze it."),
         target_acceptance: float = typer.Option(0.8, "--target-acceptance", help="Target of --adapt."),
         start: str = START_OPTION,
@@ -160,10 +194,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Hybrid Monte Carlo for phi^4 / free fields; writes an HDF5 ensemble and prints its analysis."""
-        from lftml.samplers import HMC
-
         theory = build_theory(shape, kappa, lam, m2, lam4, g)
-        sampler = HMC.from_trajectory(theory, traj_length, md_steps, integrator, backend=backend, step_jitter=step_jitter)
+        sampler = build_hmc(theory, traj_length, md_steps, integrator, backend, step_jitter, algorithm, mass_from,
+                            cluster, cluster_every, out)
         _run_command(sampler, theory, chains=chains, n_configs=n_configs, therm=therm, every=every, seed=seed,
                      start=start, out=out, resume=resume, adapt=adapt, target=target_acceptance, device=device,
                      dtype=dtype, progress=progress, as_json=as_json, kind="hmc", flush_every=checkpoint_every)

@@ -214,7 +214,7 @@ class FourierMass:
     def _half_spectrum(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = str(device)
         if key not in self._cache:
-            h = torch.as_tensor(self._half, dtype=torch.float64, device=device)
+            h = torch.tensor(self._half, dtype=torch.float64, device=device)
             self._cache[key] = (h.sqrt(), 1.0 / h)
         return self._cache[key]
 

@@ -179,36 +179,48 @@ class FourierMass:
             if n < 4:
                 raise LftmlError(f"--mass-from {path}: it holds {ens.n_configs} configurations; a propagator "
                                  "needs at least 4")
-            dims = lat.dims
-            V = lat.volume
-            power = torch.zeros(lat.shape, dtype=torch.float64)
-            m_sum = m2_sum = abs_sum = 0.0
-            count = 0
-            for start in range(int(discard), ens.n_configs, block):
-                x = torch.from_numpy(np.asarray(ens.load_configs(start, start + block), dtype=np.float64))
-                if x.is_complex() or tuple(x.shape[2:]) != tuple(lat.shape):
-                    raise LftmlError(f"--mass-from {path}: its configurations are not real fields of this lattice")
-                x = x.reshape(-1, *lat.shape)
-                f = torch.fft.fftn(x, dim=dims)
-                power += (f.real**2 + f.imag**2).sum(dim=0)
-                M = x.mean(dim=dims)
-                m2_sum += float((M * M).sum())
-                abs_sum += float(M.abs().sum())
-                m_sum += float(M.sum())
-                count += x.shape[0]
+            blocks = (np.asarray(ens.load_configs(b, b + block), dtype=np.float64)
+                      for b in range(int(discard), ens.n_configs, block))
+            mass = cls.from_configs(blocks, theory, source="pilot", what=f"--mass-from {path}")
         finally:
             ens.close()
+        mass.details.update(pilot=str(path), pilot_theory=pilot)
+        return mass
+
+    @classmethod
+    def from_configs(cls, blocks: Any, theory: Any, source: str = "pilot", what: str = "the pilot") -> "FourierMass":
+        """m(p) = 1/G(p) from configurations: an array ``(n, ..., *shape)`` or an iterable of such blocks
+        (the rule of :meth:`from_ensemble`)."""
+        lat = theory.lattice
+        if isinstance(blocks, (np.ndarray, torch.Tensor)):
+            blocks = [blocks]
+        dims, V = lat.dims, lat.volume
+        power = torch.zeros(lat.shape, dtype=torch.float64)
+        m2_sum = abs_sum = 0.0
+        count = 0
+        for b in blocks:
+            x = torch.as_tensor(b)
+            if x.is_complex() or tuple(x.shape[x.ndim - lat.ndim:]) != tuple(lat.shape):
+                raise LftmlError(f"{what}: its configurations are not real fields of this lattice")
+            x = x.to(torch.float64).reshape(-1, *lat.shape)
+            f = torch.fft.fftn(x, dim=dims)
+            power += (f.real**2 + f.imag**2).sum(dim=0)
+            M = x.mean(dim=dims)
+            m2_sum += float((M * M).sum())
+            abs_sum += float(M.abs().sum())
+            count += x.shape[0]
+        if count < 4:
+            raise LftmlError(f"{what}: a propagator needs at least 4 configurations, got {count}")
         G = (power / count / V).numpy()
         m2_mean, abs_mean = m2_sum / count, abs_sum / count
         g0 = V * (m2_mean - abs_mean**2)
         G[(0,) * lat.ndim] = g0
         if not np.all(np.isfinite(G)) or np.any(G <= 0):
-            raise LftmlError(f"--mass-from {path}: the measured propagator is not positive everywhere; "
+            raise LftmlError(f"{what}: the measured propagator is not positive everywhere; "
                              "the pilot is too short or constant")
-        details = {"rule": "1/G(p) of a pilot; zero mode 1/(V(<M^2>-<|M|>^2))", "pilot": str(path),
-                   "pilot_theory": pilot, "pilot_samples": count, "zero_mode": 1.0 / g0,
-                   "unconnected_zero_mode": 1.0 / (V * m2_mean)}
-        return cls(lat, 1.0 / G, "pilot", details)
+        details = {"rule": "1/G(p) of a pilot; zero mode 1/(V(<M^2>-<|M|>^2))", "pilot_samples": count,
+                   "zero_mode": 1.0 / g0, "unconnected_zero_mode": 1.0 / (V * m2_mean)}
+        return cls(lat, 1.0 / G, source, details)
 
     # ------------------------------------------------------------------ the operator
     def _half_spectrum(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,9 @@ interpolated between neighbouring kappa points, and U* = U_L(kappa*); its error 
 chains of the whole chain (interpolation included).
 
     python benchmarks/near_critical_binder.py --out benchmarks/near_critical_binder.json
+    # or sizes in separate processes, then combined (the crossings need only per-chain <M^2>, <M^4>):
+    python benchmarks/near_critical_binder.py --sizes 32 --configs 600 --out b32.json
+    python benchmarks/near_critical_binder.py --combine b8_16.json b32.json --out benchmarks/near_critical_binder.json
 """
 
 from __future__ import annotations
@@ -61,12 +64,20 @@ def main() -> None:
     ap.add_argument("--sw-every", type=int, default=4)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/near_critical_binder.json")
+    ap.add_argument("--combine", nargs="+", help="merge the points of these result files and analyse them")
     args = ap.parse_args()
+    if args.combine:
+        files = [json.loads(open(p).read()) for p in args.combine]
+        out = {**files[0], "points": [pt for f in files for pt in f["points"]],
+               "total_cpu_s": sum(f.get("total_cpu_s", 0.0) for f in files)}
+        crossings(out)
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        return
     torch.set_num_threads(1)
     t_all = time.process_time()
     kappas = np.array(args.kappas)
     out = {"lambda": LAM, "kappas": list(kappas), "chains": args.chains, "sw_every": args.sw_every, "points": []}
-    per_chain = {}  # (L, kappa index) -> (M2 (n, chains), M4)
     for L, n_configs in zip(args.sizes, args.configs):
         for ik, kappa in enumerate(kappas):
             theory = Phi4.hopping(Lattice((L, L)), float(kappa), LAM)
@@ -81,8 +92,8 @@ def main() -> None:
             M = res.configs.mean(dim=(-2, -1)).numpy()
             cpu = time.process_time() - t0
             s = summarize(M, L * L)
-            per_chain[(L, ik)] = (M * M, M**4)
             point = {"L": L, "kappa": float(kappa), "n_configs": n_configs, "acceptance": res.acceptance, "cpu_s": cpu,
+                     "chain_M2": (M * M).mean(axis=0).tolist(), "chain_M4": (M**4).mean(axis=0).tolist(),
                      "binder": s["binder"], "abs_magnetisation": s["abs_magnetisation"],
                      "susceptibility": s["susceptibility"]}
             out["points"].append(point)
@@ -90,36 +101,45 @@ def main() -> None:
                   f"tau_U {s['binder']['tau_int']:.1f} acc {res.acceptance:.3f} cpu {cpu:.0f} s", flush=True)
             with open(args.out, "w") as f:
                 json.dump(out, f, indent=1)
-    # jackknife over chains: binder per (L, kappa), crossings
-    n_ch = args.chains
+    out["total_cpu_s"] = time.process_time() - t_all
+    crossings(out)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"total CPU {out['total_cpu_s']:.0f} s")
+
+
+def crossings(out: dict) -> None:
+    """Delete-one-chain jackknife of U_L(kappa) and of the crossings of consecutive sizes (in ``out``).
+    Chains of equal length: the mean without chain c is the mean of the other chains' means."""
+    pts = out["points"]
+    sizes = sorted({p["L"] for p in pts})
+    kappas = np.array(sorted({p["kappa"] for p in pts}))
+    out["kappas"] = kappas.tolist()
+    n_ch = len(pts[0]["chain_M2"])
+    table = {(p["L"], p["kappa"]): (np.array(p["chain_M2"]), np.array(p["chain_M4"])) for p in pts}
 
     def curves(drop: int | None) -> dict[int, np.ndarray]:
         keep = [c for c in range(n_ch) if c != drop]
-        return {L: np.array([binder(per_chain[(L, i)][0][:, keep], per_chain[(L, i)][1][:, keep])
-                             for i in range(len(kappas))]) for L in args.sizes}
+        return {L: np.array([binder(table[(L, k)][0][keep], table[(L, k)][1][keep]) for k in kappas]) for L in sizes}
 
     full = curves(None)
     jack = [curves(c) for c in range(n_ch)]
+    fac = (n_ch - 1) / n_ch
     out["binder_jackknife"] = {}
-    for L in args.sizes:
+    for L in sizes:
         js = np.array([j[L] for j in jack])
-        err = np.sqrt((n_ch - 1) / n_ch * ((js - js.mean(axis=0)) ** 2).sum(axis=0))
+        err = np.sqrt(fac * ((js - js.mean(axis=0)) ** 2).sum(axis=0))
         out["binder_jackknife"][str(L)] = {"value": full[L].tolist(), "error": err.tolist()}
     out["crossings"] = []
-    for L1, L2 in zip(args.sizes[:-1], args.sizes[1:]):
+    for L1, L2 in zip(sizes[:-1], sizes[1:]):
         k, u = crossing(kappas, full[L1], full[L2])
         jk = np.array([crossing(kappas, j[L1], j[L2]) for j in jack])
         ok = np.all(np.isfinite(jk), axis=1)
-        fac = (n_ch - 1) / n_ch
         ek = math.sqrt(fac * ((jk[ok, 0] - jk[ok, 0].mean()) ** 2).sum()) if ok.sum() > 2 else math.nan
         eu = math.sqrt(fac * ((jk[ok, 1] - jk[ok, 1].mean()) ** 2).sum()) if ok.sum() > 2 else math.nan
         out["crossings"].append({"L1": L1, "L2": L2, "kappa": k, "kappa_error": ek, "U": u, "U_error": eu,
                                  "jackknife_samples_used": int(ok.sum())})
         print(f"crossing {L1}/{L2}: kappa* = {k:.5f}({ek:.5f})  U* = {u:.4f}({eu:.4f})  (2d Ising {ISING_U_STAR})")
-    out["total_cpu_s"] = time.process_time() - t_all
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"total CPU {out['total_cpu_s']:.0f} s")
 
 
 if __name__ == "__main__":

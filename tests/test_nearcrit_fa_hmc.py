@@ -239,3 +239,17 @@ def test_identity_mass_hmc_draws_todays_random_numbers():
         sa, _ = a.step(sa, ra)
         sb, _ = b.step(sb, rb)
     assert torch.equal(sa.phi, sb.phi) and a.settings() == b.settings() and "mass" not in a.settings()
+
+
+def test_pilot_mass_bound_ignores_the_mean_field_vacuum_of_a_near_critical_point():
+    """Near kappa_c (0.2705; mean field puts the transition at 0.239) a measured m(0) ~ 1/chi is small
+    and the mean-field vacuum would make omega^2 = 4a/m(0) ~ 25: every useful FA step refused (found by
+    the L = 32 Binder run). A pilot mass is the curvature the chain sees: bound max(1, phi = 0)."""
+    lat = Lattice((32, 32))
+    theory = Phi4.hopping(lat, 0.2705, 0.022)
+    spectrum = 0.02 + 2 * 0.2705 * lat.p_hat2()  # the shape of a near-critical 1/G(p)
+    pilot = FourierMass(lat, spectrum, source="pilot")
+    hmc = HMC(theory, math.pi / 4, 2, kinetic=pilot)
+    assert hmc.omega2_max() == pytest.approx(max(1.0, omega2_max(theory, 1 / spectrum, vacuum=False)))
+    with pytest.raises(LftmlError, match="unstable"):
+        HMC(theory, math.pi / 4, 2, kinetic=FourierMass(lat, spectrum, source="action"))

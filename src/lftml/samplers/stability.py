@@ -29,12 +29,12 @@ def vacuum_field2(theory) -> float:
     return a / (2.0 * c4) if (a > 0 and c4 > 0) else 0.0
 
 
-def omega2_max(theory, inverse_mass: np.ndarray | None = None) -> float:
-    """Largest MD frequency^2 over phi = 0 and the mean-field vacuum; ``inverse_mass`` is the
-    spectrum of M^{-1} on the momentum grid (None: unit mass)."""
+def omega2_max(theory, inverse_mass: np.ndarray | None = None, vacuum: bool = True) -> float:
+    """Largest MD frequency^2 over phi = 0 and (with ``vacuum``) the mean-field vacuum; ``inverse_mass``
+    is the spectrum of M^{-1} on the momentum grid (None: unit mass)."""
     c_hop, c2, c4 = (float(c) for c in theory.coefficients)
     d = theory.lattice.ndim
-    v2 = vacuum_field2(theory)
+    v2 = vacuum_field2(theory) if vacuum else 0.0
     if inverse_mass is None:
         return max(2.0 * c2 + 2.0 * d * abs(c_hop) + 12.0 * c4 * phi2 for phi2 in (0.0, v2))
     cos_sum = d - 0.5 * theory.lattice.p_hat2()  # sum_mu cos p_mu

@@ -28,10 +28,9 @@ from lftml.ensemble import EnsembleWriter, open_checked, read_checkpoint
 from lftml.errors import LftmlError
 from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
 from lftml.observables import measure
-from lftml.samplers.hmc import HMC
+from lftml.samplers.hmc import HMC, HMCState
 from lftml.samplers.langevin import Langevin
 from lftml.samplers.rng import ChainRNG
-from lftml.samplers.stability import max_stable_step, omega2_max
 from lftml.theories.base import Theory
 
 log = logging.getLogger(__name__)
@@ -165,9 +164,7 @@ class _Adapter:
         self.target = target
         self.t = t
         self.log_eps = math.log(sampler.step_size) if log_eps is None else log_eps
-        self.eps_max = 0.98 * max_stable_step(sampler.integrator, omega2_max(sampler.theory)) / (
-            1.0 + sampler.step_jitter) if hasattr(
-            sampler.theory, "coefficients") else math.inf
+        self.eps_max = 0.98 * sampler.max_stable_step() / (1.0 + sampler.step_jitter)
 
     def update(self, sampler: HMC, acc_prob: float) -> HMC:
         self.t += 1
@@ -332,6 +329,8 @@ def _run(sampler: Sampler, config: RunConfig, out_path: Path | None, meta: dict[
     if phi is None:
         phi = initial_field(theory, config, device)
     state = sampler.init(phi)
+    if isinstance(state, HMCState):  # a resumed run continues the cluster-move schedule where it stopped
+        state = replace(state, n_updates=therm_done + updates_done)
     if writer is not None and isinstance(sampler, HMC) and writer.n_configs < config.n_configs:
         _record_backend(writer, stored, "fused" if sampler.uses_fused(state.phi) else "eager", writer.n_configs)
 

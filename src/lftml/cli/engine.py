@@ -72,6 +72,32 @@ def build_theory(
     return FreeScalar(lattice, m2)
 
 
+def build_hmc(theory, traj_length: float, md_steps: int, integrator: str, backend: str, step_jitter: float,
+              algorithm: str = "hmc", mass_from: Optional[Path] = None, cluster: Optional[str] = None,
+              cluster_every: Optional[int] = None, out: Optional[Path] = None):
+    """HMC settings from the ``lftml hmc`` flags; every check (one line each) before anything is written."""
+    from lftml.safeio import same_file
+    from lftml.samplers import HMC
+    from lftml.samplers.cluster import ClusterMove
+    from lftml.samplers.kinetic import kinetic_from_name
+
+    if algorithm not in ("hmc", "fa-hmc"):
+        raise LftmlError(f"unknown --algorithm {algorithm!r}; choose hmc or fa-hmc")
+    if cluster_every is not None and cluster is None:
+        raise LftmlError("--cluster-every needs --cluster wolff or --cluster sw")
+    if cluster_every is not None and cluster_every < 1:
+        raise LftmlError(f"--cluster-every must be >= 1 (trajectories between cluster moves), got {cluster_every}")
+    if mass_from is not None:
+        if algorithm != "fa-hmc":
+            raise LftmlError("--mass-from is for --algorithm fa-hmc; plain HMC has unit mass")
+        if out is not None and same_file(out, mass_from):
+            raise LftmlError(f"--out {out} is also the --mass-from pilot; choose another output file")
+    move = ClusterMove(theory, cluster) if cluster is not None else None
+    kinetic = kinetic_from_name(algorithm, theory, mass_from)
+    return HMC.from_trajectory(theory, traj_length, md_steps, integrator, backend=backend, step_jitter=step_jitter,
+                               kinetic=kinetic, cluster=move, cluster_every=cluster_every or 1)
+
+
 def _table(result: dict[str, Any]) -> str:
     rows = [
         ("<M>", "magnetisation"),
@@ -119,6 +145,7 @@ STORED_RUN_OPTIONS = {
     "target_acceptance": ("run", "target_acceptance"), "dtype": ("run", "dtype"),
     "integrator": ("sampler", "integrator"), "md_steps": ("sampler", "n_steps"),
     "step_jitter": ("sampler", "step_jitter"), "dt": ("sampler", "dt"), "scheme": ("sampler", "scheme"),
+    "cluster": ("sampler", "cluster"), "cluster_every": ("sampler", "cluster_every"),
 }
 THEORY_OPTIONS = ("shape", "kappa", "lam", "m2", "lam4", "g")
 
@@ -224,6 +251,14 @@ def register(app: typer.Typer) -> None:
         traj_length: float = typer.Option(1.0, "--traj-length", help="Trajectory length (step = length / steps)."),
         step_jitter: float = typer.Option(0.1, "--step-jitter", help="Per-trajectory random step factor 1 +- j (breaks MD resonances)."),
         backend: str = typer.Option("auto", help="MD backend: auto (fused numba kernel on CPU when available), fused or eager."),
+        algorithm: str = typer.Option("hmc", "--algorithm", help="hmc (unit mass) or fa-hmc (Fourier-accelerated: "
+                                      "momentum covariance diagonal in momentum space; try --traj-length 1.5708)."),
+        mass_from: Optional[Path] = typer.Option(None, "--mass-from", help="fa-hmc: mass 1/G(p) from the propagator "
+                                                 "of this pilot ensemble (default: the quadratic part of the action)."),
+        cluster: Optional[str] = typer.Option(None, "--cluster", help="wolff or sw: embedded-Ising cluster moves "
+                                              "composed with the trajectories."),
+        cluster_every: Optional[int] = typer.Option(None, "--cluster-every", help="Trajectories between cluster "
+                                                    "moves (default 1; needs --cluster)."),
         adapt: bool = typer.Option(False, help="Adapt the step size during thermalisation, then freeze it."),
         target_acceptance: float = typer.Option(0.8, "--target-acceptance", help="Target of --adapt."),
         start: str = START_OPTION,
@@ -240,12 +275,13 @@ def register(app: typer.Typer) -> None:
         """Hybrid Monte Carlo for phi^4 / free fields; writes an HDF5 ensemble and prints its analysis."""
         from dataclasses import replace
 
-        from lftml.samplers import HMC
-
         o, stored = with_stored_options("hmc", dict(locals()))
+        if stored and "algorithm" not in _given_on_command_line():
+            mass = (stored.get("sampler") or {}).get("mass") or {}
+            o["algorithm"] = "fa-hmc" if mass.get("kind") == "fourier" else "hmc"
         theory = build_theory(o["shape"], o["kappa"], o["lam"], o["m2"], o["lam4"], o["g"])
-        sampler = HMC.from_trajectory(theory, traj_length, o["md_steps"], o["integrator"], backend=backend,
-                                      step_jitter=o["step_jitter"])
+        sampler = build_hmc(theory, traj_length, o["md_steps"], o["integrator"], backend, o["step_jitter"],
+                            o["algorithm"], mass_from, o["cluster"], o["cluster_every"], out)
         if stored and "traj_length" not in _given_on_command_line() and "step_size" in stored.get("sampler", {}):
             sampler = replace(sampler, step_size=float(stored["sampler"]["step_size"]))  # the stored step, exactly
         _run_command(sampler, theory, chains=o["chains"], n_configs=o["n_configs"], therm=o["therm"], every=o["every"],

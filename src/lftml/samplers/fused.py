@@ -165,7 +165,8 @@ def integrate(
 
     Returns ``(phi1, kinetic0, kinetic1, action1)``: the end-point field (a new tensor; ``phi0`` is
     not modified), ``sum pi^2 / 2`` at the start and end, and ``S(phi1)``, each ``(n_chains,)`` in
-    ``phi0``'s dtype (accumulated in float64). ``pi`` is overwritten with the end-point momenta.
+    float64 whatever ``phi0``'s dtype (float32 runs: no cancellation in dH). ``pi`` is overwritten with
+    the end-point momenta.
     """
     kernel = _compiled().trajectory
     shape = tuple(theory.lattice.shape)
@@ -195,19 +196,18 @@ def integrate(
     if p is not pi and p.data_ptr() != pi.data_ptr():
         pi.copy_(p)
     out = torch.from_numpy(x1).view(phi0.shape)
-    tt = phi0.dtype
-    return out, torch.from_numpy(k0).to(tt), torch.from_numpy(k1).to(tt), torch.from_numpy(s1).to(tt)
+    return out, torch.from_numpy(k0), torch.from_numpy(k1), torch.from_numpy(s1)
 
 
 def action(theory: Any, phi: torch.Tensor) -> torch.Tensor:
-    """``S(phi)`` per chain, ``(n_chains,)`` in ``phi``'s dtype, summed exactly as :func:`integrate` sums
+    """``S(phi)`` per chain, ``(n_chains,)`` in float64, summed exactly as :func:`integrate` sums
     the end-point action (so a chain restarted from a stored field continues bit for bit)."""
     shape = tuple(theory.lattice.shape)
     n = phi.shape[0]
     x = phi.detach().contiguous().numpy().reshape(n, -1)
     s = np.empty(n)
     _compiled().actions(x, s, row_neighbours(shape), int(shape[-1]), np.array([float(c) for c in theory.coefficients]))
-    return torch.from_numpy(s).to(phi.dtype)
+    return torch.from_numpy(s)
 
 
 def warm_up(dtype: torch.dtype = torch.float64) -> float:

@@ -461,6 +461,7 @@ def weighted_gamma_method_derived(
     :func:`ess_fraction`); the O(1/ESS) bias of the ratio is not corrected."""
     w = normalized_weights(log_weights)
     arrays = [np.asarray(o, dtype=np.float64) for o in observables]
+    arrays = [a.reshape(w.shape) if a.size == w.size else a for a in arrays]
     for a in arrays:
         if a.shape != w.shape:
             raise LftmlError(f"log_weights have shape {w.shape} but an observable has shape {a.shape}")

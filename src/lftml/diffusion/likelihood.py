@@ -4,7 +4,13 @@ The probability-flow ODE ``dx/dt = f(x, t) = -g(t)^2 s(x, t) / 2`` maps the mode
 ``t = eps`` onto the prior at ``t = 1`` deterministically, and along a trajectory
 ``d log p_t(x(t)) / dt = -div f``. Hence
 
-``log q(x(eps)) = log p_prior(x(1)) + int_eps^1 div f(x(t), t) dt``.
+``log q(x(eps)) = log p_prior(x(1)) + int_eps^1 div f(x(t), t) dt``,
+
+with the prior ``N(0, C + sigma_max^2)`` when the score has an analytic Gaussian part of per-mode
+variance ``c_p`` (exact for that part), else ``N(0, sigma_max^2)``. This ``log q`` is a diagnostic:
+it is approximate (ODE discretisation; Hutchinson probe noise for the network part, exact with
+``probe = "exact"``, one vector-Jacobian product per site). The exact route to unbiased estimates is
+the path-space weights of :func:`lftml.diffusion.sampling.sample_path_weighted`.
 
 The divergence is estimated with Hutchinson's trick ``div f = E[v^T (df/dx) v]`` with ``probes``
 fixed probe vectors ``v`` per configuration (``gaussian`` N(0, 1) or ``rademacher`` +-1 entries),
@@ -30,6 +36,7 @@ helpers :func:`model_log_likelihood` and :func:`model_sample_with_log_likelihood
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -169,6 +176,30 @@ def _integrate(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t0: float, t1: fl
     return xe, torch.as_tensor(y[n * m :], dtype=torch.float64), nfe
 
 
+def _prior(score_fn, sde: VESDE):
+    """``(log_prob, sample)`` of the prior at t = 1: ``N(0, C + sigma_max^2)`` when the score has an
+    analytic Gaussian part with per-mode variance ``c_p`` (exact for that part), else
+    ``N(0, sigma_max^2)``."""
+    c = score_fn.analytic_power_spectrum() if hasattr(score_fn, "analytic_power_spectrum") else None
+    if c is None:
+        return sde.prior_log_prob, sde.prior_sample
+    from lftml.diffusion.sampling import _filter, symmetrize_spectrum
+
+    var = symmetrize_spectrum(torch.as_tensor(c, dtype=torch.float64).cpu()) + sde.sigma_max**2
+    logdet = float(torch.log(2 * math.pi * var).sum())
+
+    def log_prob(x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, x.ndim))
+        xh = torch.fft.fftn(x.to(torch.float64).cpu(), dim=dims)
+        return -0.5 * (xh.abs() ** 2 / var).reshape(x.shape[0], -1).sum(1) / x[0].numel() - 0.5 * logdet
+
+    def sample(shape, generator, dtype=torch.float32, device="cpu"):
+        z = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device).cpu()
+        return _filter(z, torch.sqrt(var), tuple(range(1, len(shape)))).to(dtype=dtype, device=device)
+
+    return log_prob, sample
+
+
 def log_likelihood(score_fn: ScoreFn, sde: VESDE, x0: torch.Tensor, *, settings: LikelihoodSettings = LikelihoodSettings(),
                    generator: torch.Generator) -> tuple[torch.Tensor, dict]:
     """``log q(x0)`` per configuration (model units, float64) of the model's ``t = eps`` distribution.
@@ -176,7 +207,7 @@ def log_likelihood(score_fn: ScoreFn, sde: VESDE, x0: torch.Tensor, *, settings:
     Returns ``(log_q, info)`` with ``info = {"nfe", "prior_log_prob", "divergence_integral"}``."""
     probes = _draw_probes(tuple(x0.shape), settings, generator, x0.dtype, x0.device)
     x1, integral, nfe = _integrate(score_fn, sde, x0, sde.eps, 1.0, settings, probes)
-    prior = sde.prior_log_prob(x1.to(torch.float64)).cpu()
+    prior = _prior(score_fn, sde)[0](x1.to(torch.float64)).cpu()
     return prior + integral.cpu(), {"nfe": nfe, "prior_log_prob": prior, "divergence_integral": integral.cpu()}
 
 
@@ -185,10 +216,11 @@ def sample_with_log_likelihood(score_fn: ScoreFn, sde: VESDE, shape: tuple[int, 
                                generator: torch.Generator, dtype=torch.float32, device="cpu"
                                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Draw ``x(1)`` from the prior, integrate the PF-ODE to ``eps``; returns ``(x, log_q, info)``."""
-    x1 = sde.prior_sample(shape, generator, dtype=dtype, device=device)
+    prior_log_prob, prior_sample = _prior(score_fn, sde)
+    x1 = prior_sample(shape, generator, dtype=dtype, device=device)
     probes = _draw_probes(shape, settings, generator, dtype, device)
     x0, integral, nfe = _integrate(score_fn, sde, x1, 1.0, sde.eps, settings, probes)
-    prior = sde.prior_log_prob(x1.to(torch.float64)).cpu()
+    prior = prior_log_prob(x1.to(torch.float64)).cpu()
     return x0, prior - integral.cpu(), {"nfe": nfe}
 
 

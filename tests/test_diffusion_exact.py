@@ -123,8 +123,9 @@ class _PoorModel:
 def test_path_weights_make_a_deliberately_poor_model_exact_on_2x2_phi4():
     """The weights, not the model, make it exact: raw moments of the poor model are ~30 sigma off,
     the reweighted ones agree with the quadrature within 3 sigma (errors include the weights).
-    Catches: a step density with the wrong normalisation (log det off by 2% fails), a missing
-    forward kernel, a wrong target sign."""
+    Catches: step densities evaluated with the analytic-only mean (the network's part of the mean
+    forgotten in q_k: fails), a wrong target sign. (Constant offsets of log w cancel in self-normalised estimates, and any
+    normalised forward kernel r_k keeps the x_0-marginal exact: it only changes the efficiency.)"""
     theory = Phi4.hopping(Lattice((2, 2)), 0.15, 0.5)
     exact = _exact_2x2(theory)
     sde = VESDE(25.0)

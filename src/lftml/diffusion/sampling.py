@@ -286,7 +286,8 @@ def write_generated(path, result: SampleResult, model, *, model_path: str | None
                     overwrite: bool = True):
     """Write generated configurations as an engine ensemble file: one chain of ``n`` independent
     configurations ``(n, 1, *lattice_shape)``, ``kind = "diffusion"``, with the model's theory (so
-    the standard observables are computed) and provenance in the metadata."""
+    the standard observables are computed) and provenance in the metadata; the samples' log
+    weights (if any) as ``/log_weights``."""
     from lftml.ensemble import write_ensemble
     from lftml.theories import theory_from_dict
 
@@ -303,7 +304,8 @@ def write_generated(path, result: SampleResult, model, *, model_path: str | None
         **(extra or {}),
     }
     configs = result.configs[:, None]
-    return write_ensemble(path, configs, metadata=meta, theory=theory)
+    lw = None if result.log_weights is None else np.asarray(result.log_weights)[:, None]
+    return write_ensemble(path, configs, metadata=meta, theory=theory, log_weights=lw)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_bad_training_data_is_rejected(tmp_path):
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     torch.save({"format": "rbm"}, tmp_path / "rbm.pt")
     out = subprocess.run([sys.executable, "-m", "lftml", "diffusion", "sample", "--model", str(tmp_path / "rbm.pt"),
-                          "--n", "4", "--out", str(tmp_path / "g.h5")], capture_output=True, text=True, timeout=120)
+                          "--n-configs", "4", "--out", str(tmp_path / "g.h5")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error:") and "not an lftml diffusion model" in out.stderr
     assert "Traceback" not in out.stderr

@@ -27,7 +27,8 @@ from lftml.errors import LftmlError
 
 __all__ = [
     "COMPARE_KEYS", "compare", "format_compare_table", "plot_comparison", "plot_denoising_strip",
-    "independence_metropolis", "reweight", "autocorrelation_comparison", "plot_autocorrelation", "z_score",
+    "independence_metropolis", "reweight", "autocorrelation_comparison", "plot_autocorrelation_comparison",
+    "z_score",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,9 @@ def _load_obs(path) -> dict[str, np.ndarray]:
 def plot_comparison(paths: dict[str, str | Path | None], res: dict[str, Any] | None = None, axes=None):
     """Three panels: histogram of M, histogram of the action density S/V, and the connected
     two-point function C(t) with errors, for each labelled ensemble file. Returns the axes."""
-    import matplotlib
+    from lftml.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -147,10 +147,9 @@ def plot_comparison(paths: dict[str, str | Path | None], res: dict[str, Any] | N
 def plot_denoising_strip(snapshots: Sequence[tuple[float, np.ndarray]], sde=None, axes=None, index: int = 0):
     """One configuration (``index``) of the backward process at the recorded times, left (noise,
     t = 1) to right (generated, t = eps), each panel on its own symmetric colour scale."""
-    import matplotlib
+    from lftml.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not snapshots:
         raise LftmlError("no snapshots recorded: pass snapshot times to the sampler")
@@ -247,12 +246,11 @@ def autocorrelation_comparison(M_generated_chain: np.ndarray, M_hmc: np.ndarray,
     return out
 
 
-def plot_autocorrelation(ac: dict[str, Any], ax=None, hmc_label: str = "HMC", gen_label: str = "diffusion + Metropolis"):
+def plot_autocorrelation_comparison(ac: dict[str, Any], ax=None, hmc_label: str = "HMC", gen_label: str = "diffusion + Metropolis"):
     """Normalised autocorrelation of M for both chains (tau_int in the legend); returns ``ax``."""
-    import matplotlib
+    from lftml.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.6))

@@ -1,8 +1,9 @@
 r"""Generating configurations by running the VE SDE backwards.
 
-All samplers integrate from ``t = 1`` (prior ``N(0, sigma_max^2 I)``) down to ``t = eps`` on the
-uniform grid ``t_k = 1 - k (1 - eps) / (steps - 1)``, k = 0..steps-1 (as the reference
-implementation), using a score function ``score_fn(x, t) = grad_x log p_t(x)`` in model units
+All samplers integrate from ``t = 1`` down to ``t = eps`` on :func:`time_grid` (``edm`` by default,
+``uniform`` as the reference implementation). The prior is ``N(0, C + sigma_max^2)`` when the score
+has an analytic Gaussian part of per-mode variance ``c_p`` (exact for that part), else
+``N(0, sigma_max^2 I)``. They use a score function ``score_fn(x, t) = grad_x log p_t(x)`` in model units
 (a :class:`~lftml.diffusion.model.ScoreModel` or an exact score such as
 :class:`~lftml.diffusion.gaussian.GaussianScore`).
 
@@ -21,7 +22,8 @@ implementation), using a score function ``score_fn(x, t) = grad_x log p_t(x)`` i
   Langevin corrector steps with step size ``2 (snr |z| / |s|)^2``. ``(1 + corrector_steps) steps``
   evaluations.
 * ``ode``: probability-flow ODE ``dx/dt = -g^2 s / 2`` with Heun's method (second order), a
-  deterministic map from prior noise to configurations. ``2 (steps - 1)`` evaluations.
+  deterministic map from prior noise to configurations, by the package's one Heun integrator
+  (:func:`lftml.diffusion.likelihood._integrate`). ``2 (steps - 1)`` evaluations.
 """
 
 from __future__ import annotations
@@ -107,7 +109,12 @@ def sample(
                                           snapshot_times=snapshot_times)
         return x.to(dtype), info["snapshots"]
     ts = time_grid(sde, steps, schedule, dtype=dtype, device=device)
-    x = sde.prior_sample(shape, generator, dtype=dtype, device=device) if x_init is None else x_init.to(device, dtype)
+    if x_init is None:
+        from lftml.diffusion.likelihood import _prior
+
+        x = _prior(score_fn, sde)[1](shape, generator, dtype=dtype, device=device)  # N(0, C + sigma_max^2)
+    else:
+        x = x_init.to(device, dtype)
     n = shape[0]
     pending = sorted((float(s) for s in (snapshot_times or [])), reverse=True)
     snaps: list[tuple[float, torch.Tensor]] = []
@@ -140,14 +147,12 @@ def sample(
                 # (exact for any target given the exact score); reusing the previous dt here
                 # shrank the stiff UV modes (issue 11: ~53% of the (pi, pi) variance kept at 100 steps)
                 x = x + sde.std(t) ** 2 * score_fn(x, tb)
-        else:  # ode, Heun
-            if k + 1 == steps:
-                break
-            t1 = ts[k + 1]
-            d0 = -0.5 * g2 * score_fn(x, tb)  # dx/dt
-            x_e = x - d0 * dt
-            d1 = -0.5 * sde.diffusion(t1) ** 2 * score_fn(x_e, t1.expand(n))
-            x = x - 0.5 * (d0 + d1) * dt
+        else:  # ode: the package's one Heun integrator (lftml.diffusion.likelihood._integrate)
+            from lftml.diffusion.likelihood import LikelihoodSettings, _integrate
+
+            x, _, _ = _integrate(score_fn, sde, x, float(ts[0]), float(ts[-1]), LikelihoodSettings(solver="heun"),
+                                 None, times=ts.to(torch.float64).cpu().numpy(), divergence=False, callback=record)
+            break
         t_now = float(ts[k + 1]) if k + 1 < steps else float(ts[-1])
         record(t_now, x)
     for _ in list(pending):  # times below eps: the final configuration

@@ -230,7 +230,8 @@ def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, 
     ``hmc``) the autocorrelation of M compared with an HMC chain. ``out`` receives the chain as an
     ensemble file (kind ``diffusion_metropolis``)."""
     from lftml.analysis import summarize
-    from lftml.diffusion.evaluation import autocorrelation_comparison, independence_metropolis, plot_autocorrelation
+    from lftml.diffusion.evaluation import (autocorrelation_comparison, independence_metropolis,
+                                            plot_autocorrelation_comparison)
     from lftml.diffusion.model import load_model
     from lftml.diffusion.sampling import generate
     from lftml.ensemble import Ensemble
@@ -307,7 +308,7 @@ def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, 
             result["out"] = str(out)
     if png is not None and hmc is not None:
         pyplot()  # Agg backend before the figure exists
-        ax = plot_autocorrelation(result["autocorrelation"], hmc_label=f"HMC (every {every} traj.)" if every else "HMC")
+        ax = plot_autocorrelation_comparison(result["autocorrelation"], hmc_label=f"HMC (every {every} traj.)" if every else "HMC")
         ax.set_title("normalised autocorrelation of M", fontsize=9)
         save_figure(ax.figure, png, dpi=120)
         result["png"] = str(png)

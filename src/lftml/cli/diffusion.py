@@ -157,7 +157,7 @@ def baseline(
     kind: str = typer.Option("gaussian", "--kind", help="gaussian (symmetric phase) or mixture (broken phase: 1/2 N(mu,C) + 1/2 N(-mu,C))."),
     n_configs: int = typer.Option(1024, "--n-configs", help="Number of exact independent samples."),
     discard: int = typer.Option(0, "--discard", help="Leading configurations of --data to drop."),
-    weights: bool = typer.Option(True, "--weights/--no-weights", help="Store exact log weights -S - log q."),
+    weights: str = typer.Option("exact", "--weights", help="exact (store the exact log weights -S - log q) or none."),
     out: Path = typer.Option(..., "--out", help="Ensemble file to write."),
     overwrite: bool = OVERWRITE_OPTION,
     seed: int = SEED_OPTION,
@@ -173,10 +173,12 @@ def baseline(
         raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
     if discard < 0:
         raise LftmlError(f"--discard must be >= 0, got {discard}")
+    if weights not in ("exact", "none"):
+        raise LftmlError(f"unknown --weights {weights!r} for a baseline; choose exact or none")
     require_file(data, "ensemble")
     try:
         res = baseline_to_file(data, out, kind=kind, n=n_configs, seed=seed, discard=discard, overwrite=overwrite,
-                               weights=weights)
+                               weights=weights == "exact")
     except KeyboardInterrupt:
         _interrupted(out)
     if as_json:
@@ -202,18 +204,24 @@ def likelihood(
     atol: float = typer.Option(1e-5, "--atol"),
     steps: int = typer.Option(100, "--steps", help="Fixed steps of the heun solver."),
     batch_size: int = typer.Option(64, "--batch-size"),
-    png: Optional[Path] = typer.Option(None, "--png", help="Scatter plot of -log q against S."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot of -log q against S (PNG)."),
+    png: Optional[Path] = typer.Option(None, "--png", hidden=True, help="Deprecated: use --plot."),
     out: Optional[Path] = typer.Option(None, "--out", help="npz file with arrays action and log_q."),
     threads: Optional[int] = THREADS_OPTION,
     device: str = typer.Option("cpu", "--device", help="cpu (default; scipy's solver runs on the CPU) or auto/cuda."),
     seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """log q(phi) by the probability-flow ODE, and the fit -log q = slope * S + c (R^2)."""
+    """log q(phi) by the probability-flow ODE (a diagnostic: approximate unless --probe exact), and the
+    fit -log q = slope * S + c (R^2)."""
     from lftml.diffusion.likelihood import LikelihoodSettings
     from lftml.diffusion.training import resolve_device
     from lftml.diffusion.workflows import likelihood_report, set_threads
 
+    if png is not None:
+        _deprecated("--png", "--plot")
+        plot = plot or png
+    png = plot
     require_file(model, "model file")
     if data is not None:
         require_file(data, "ensemble")

@@ -89,6 +89,9 @@ def format_compare_table(res: dict[str, Any]) -> str:
             continue
         row = f"{name:<18}" + "".join(f"{format_value_error(a[c]['value'], a[c]['error']):>18}" for c in cols)
         lines.append(row + f"{a['n_configs'] * a['n_chains']:>10}")
+    g = res.get("generated") or {}
+    if g.get("reweighted"):
+        lines.append(f"generated: reweighted by its stored log weights (self-normalised), ESS/N = {g['ess_fraction']:.3f}")
     z = res["z_generated_vs_test"]
     lines.append(f"{'z (gen vs test)':<18}" + "".join(f"{z.get(c, float('nan')):>18.2f}" for c in cols))
     if "correlator" in z:

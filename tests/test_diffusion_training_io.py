@@ -124,7 +124,7 @@ def test_bad_training_data_is_rejected(tmp_path):
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     torch.save({"format": "rbm"}, tmp_path / "rbm.pt")
     out = subprocess.run([sys.executable, "-m", "lftml", "diffusion", "sample", "--model", str(tmp_path / "rbm.pt"),
-                          "--n", "4", "--out", str(tmp_path / "g.h5")], capture_output=True, text=True, timeout=120)
+                          "--n-configs", "4", "--out", str(tmp_path / "g.h5")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error:") and "not an lftml diffusion model" in out.stderr
     assert "Traceback" not in out.stderr
@@ -134,8 +134,11 @@ def test_cli_likelihood_and_metropolis_produce_their_reports(tmp_path, data):
     from conftest import run_cli
     from lftml.ensemble import write_ensemble
 
-    write_ensemble(tmp_path / "free.h5", data.reshape(64, 8, 8, 8), metadata={"kind": "test", "theory": THEORY.to_dict()},
-                   theory=THEORY)
+    from lftml.observables import measure_history
+
+    configs = data.reshape(64, 8, 8, 8)
+    write_ensemble(tmp_path / "free.h5", configs, metadata={"kind": "test", "theory": THEORY.to_dict()},
+                   theory=THEORY, observables=measure_history(configs, THEORY))
     run_cli("diffusion", "train", "--data", tmp_path / "free.h5", "--preset", "tiny", "--steps", "30", "--batch-size", "16",
             "--out", tmp_path / "m.pt", "--json", check=True)
     lk = run_cli("diffusion", "likelihood", "--model", tmp_path / "m.pt", "--data", tmp_path / "free.h5", "--max-configs", "16",

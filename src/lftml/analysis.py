@@ -25,7 +25,8 @@ import numpy as np
 
 from lftml.ensemble import Ensemble
 from lftml.errors import LftmlError
-from lftml.stats import Estimate, gamma_method, gamma_method_derived
+from lftml.stats import (Estimate, ess_fraction, gamma_method, gamma_method_derived, weighted_gamma_method,
+                         weighted_gamma_method_derived)
 
 class _OncePerMessage(logging.Filter):
     """Let each warning template of :mod:`lftml.stats` through once per analysis (not once per observable)."""
@@ -82,12 +83,16 @@ def summarize(
     action_density: np.ndarray | None = None,
     slice_mean: np.ndarray | None = None,
     S: float = 2.0,
+    log_weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Analyse magnetisation histories ``M`` of shape ``(n_configs, n_chains)`` (or ``(n_configs,)``).
 
     Returns the keys of :data:`PRIMARY_KEYS` (each ``{"value","error","tau_int","tau_int_error"}``),
     ``action_density`` if given, ``correlator``/``effective_mass`` lists if ``slice_mean``
     ``(n_configs, n_chains, T)`` is given, and ``n_configs``, ``n_chains``, ``volume``.
+    With ``log_weights`` (shape of ``M``) every estimate is self-normalised reweighted,
+    ``<O> = sum w O / sum w``, with errors that include the weights
+    (:func:`lftml.stats.weighted_gamma_method_derived`), and ``ess_fraction`` is added.
     """
     M = np.asarray(M, dtype=np.float64)
     if M.ndim == 1:
@@ -95,39 +100,53 @@ def summarize(
     if M.ndim != 2:
         raise LftmlError(f"magnetisation history must be (n_configs, n_chains), got shape {M.shape}")
     V = float(volume)
+    mean, derived = _estimators(S, log_weights, M.shape)
     M2, M4, absM = M * M, M**4, np.abs(M)
     out: dict[str, Any] = {
-        "magnetisation": _entry(gamma_method(M, S=S, name="magnetisation")),
-        "abs_magnetisation": _entry(gamma_method(absM, S=S, name="abs_magnetisation")),
-        "susceptibility": _entry(gamma_method_derived(lambda m2, m: V * (m2 - m * m), M2, M, S=S,
-                                                      name="susceptibility")),
-        "susceptibility_abs": _entry(gamma_method_derived(lambda m2, a: V * (m2 - a * a), M2, absM, S=S,
-                                                          name="susceptibility_abs")),
-        "binder": _entry(gamma_method_derived(lambda m4, m2: 1.0 - m4 / (3.0 * m2 * m2), M4, M2, S=S, name="binder")),
+        "magnetisation": _entry(mean(M, name="magnetisation")),
+        "abs_magnetisation": _entry(mean(absM, name="abs_magnetisation")),
+        "susceptibility": _entry(derived(lambda m2, m: V * (m2 - m * m), M2, M, name="susceptibility")),
+        "susceptibility_abs": _entry(derived(lambda m2, a: V * (m2 - a * a), M2, absM, name="susceptibility_abs")),
+        "binder": _entry(derived(lambda m4, m2: 1.0 - m4 / (3.0 * m2 * m2), M4, M2, name="binder")),
     }
     if action_density is not None:
-        out["action_density"] = _entry(gamma_method(np.asarray(action_density, dtype=np.float64), S=S,
-                                                    name="action_density"))
+        out["action_density"] = _entry(mean(np.asarray(action_density, dtype=np.float64).reshape(M.shape),
+                                            name="action_density"))
     if slice_mean is not None:
-        out.update(correlator(slice_mean, M, volume, S=S))
+        out.update(correlator(slice_mean, M, volume, S=S, log_weights=log_weights))
+    if log_weights is not None:
+        out["ess_fraction"] = ess_fraction(np.asarray(log_weights, dtype=np.float64).reshape(M.shape))
     out.update({"n_configs": int(M.shape[0]), "n_chains": int(M.shape[1]), "volume": int(volume)})
     return out
 
 
-def correlator(slice_mean: np.ndarray, M: np.ndarray, volume: int, S: float = 2.0) -> dict[str, Any]:
+def _estimators(S: float, log_weights: np.ndarray | None, shape: tuple[int, ...]):
+    """``(mean, derived)`` estimator functions: plain Gamma method, or reweighted with ``log_weights``."""
+    if log_weights is None:
+        return ((lambda x, name=None: gamma_method(x, S=S, name=name)),
+                (lambda f, *xs, name=None: gamma_method_derived(f, *xs, S=S, name=name)))
+    lw = np.asarray(log_weights, dtype=np.float64).reshape(shape)
+    return ((lambda x, name=None: weighted_gamma_method(x, lw, S=S, name=name)),
+            (lambda f, *xs, name=None: weighted_gamma_method_derived(f, *xs, log_weights=lw, S=S, name=name)))
+
+
+def correlator(slice_mean: np.ndarray, M: np.ndarray, volume: int, S: float = 2.0,
+               log_weights: np.ndarray | None = None) -> dict[str, Any]:
     """Connected zero-momentum correlator and cosh effective mass from time-slice means.
 
     ``slice_mean``: ``(n_configs, n_chains, T)``. Returns ``{"correlator": [...], "effective_mass": [...]}``,
     entries ``{"t", "value", "error"}``; effective masses where the argument of arccosh is > 1.
     """
     s = np.asarray(slice_mean, dtype=np.float64)
+    M = np.asarray(M, dtype=np.float64).reshape(s.shape[:-1])
+    _, derived = _estimators(S, log_weights, M.shape)
     T = s.shape[-1]
     Vs = volume / T
     # per-configuration products averaged over the source time t0
     prods = [np.mean(s * np.roll(s, -t, axis=-1), axis=-1) for t in range(T // 2 + 1)]
     corr = []
     for t, A in enumerate(prods):
-        e = gamma_method_derived(lambda a, m: Vs * (a - m * m), A, M, S=S)
+        e = derived(lambda a, m: Vs * (a - m * m), A, M)
         corr.append({"t": t, "value": e.value, "error": e.error})
     meff = []
     for t in range(1, T // 2):
@@ -137,7 +156,7 @@ def correlator(slice_mean: np.ndarray, M: np.ndarray, volume: int, S: float = 2.
             return math.acosh(x) if x > 1.0 else float("nan")
 
         try:
-            e = gamma_method_derived(f, prods[t - 1], prods[t], prods[t + 1], M, S=S)
+            e = derived(f, prods[t - 1], prods[t], prods[t + 1], M)
         except LftmlError:
             continue
         if math.isfinite(e.value):
@@ -181,7 +200,9 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[s
         action_density=obs["action_density"][sl] if "action_density" in obs else None,
         slice_mean=obs["slice_mean"][sl] if (correlators and "slice_mean" in obs) else None,
         S=S,
+        log_weights=ens.log_weights[sl] if ens.log_weights is not None else None,
     )
+    result["reweighted"] = ens.log_weights is not None
     rec = ens.records
     result["acceptance"] = float(np.mean(rec["accepted"])) if "accepted" in rec and rec["accepted"].size else None
     if "exp_minus_dH" in rec and rec["exp_minus_dH"].size:
@@ -196,7 +217,7 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[s
     tau = result["abs_magnetisation"]["tau_int"]
     n_tot = result["n_configs"] * result["n_chains"]
     result["cost_per_independent_config_s"] = (
-        ens.wall_time_s * 2.0 * tau / n_tot if ens.wall_time_s > 0 else None
+        ens.wall_time_s * 2.0 * tau / (n_tot * result.get("ess_fraction", 1.0)) if ens.wall_time_s > 0 else None
     )
     result["warnings"] = [f"{k}: {v['warning']}" for k, v in result.items()
                           if isinstance(v, dict) and v.get("warning")]

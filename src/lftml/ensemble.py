@@ -6,6 +6,11 @@ Layout (``format = "lftml-ensemble"``, ``format_version = 1``)::
     /observables/<name>      (n_configs, n_chains, ...)   per-configuration observables
     /records/<name>          (n_steps, n_chains)          per-update sampler records (dH, accepted, ...)
     /checkpoint_a, _b        sampler state for --resume (double-buffered)
+    /log_weights             (n_configs, n_chains) float64, optional: importance log weights
+                             log w = -S(phi) - log q(phi) (+ any constant) of configurations drawn
+                             from a proposal q (generative models); written by :func:`write_ensemble`
+                             only. When present, :func:`lftml.analysis.analyze` reweights every
+                             observable (self-normalised) and reports ``ess_fraction``.
     attrs: format, format_version, metadata (JSON), n_configs, n_records, lattice_shape, n_chains,
            checkpoint (name of the current checkpoint group or ""), wall_time_s
 
@@ -567,18 +572,24 @@ def write_ensemble(
     theory: Theory | None = None,
     observables: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = True,
+    log_weights: np.ndarray | None = None,
 ) -> Path:
     """Write a whole ensemble ``(n_configs, n_chains, *shape)`` at once, atomically (temp + rename).
 
     ``observables`` ``{name: (n_configs, n_chains, ...)}`` are the caller's measurements
-    (:func:`lftml.observables.measure_history`); the store does not compute them. On any error the
-    temporary file is removed and ``path`` keeps its previous content."""
+    (:func:`lftml.observables.measure_history`); the store does not compute them. ``log_weights``
+    (``(n_configs, n_chains)``, finite) are stored as ``/log_weights``. On any error the temporary
+    file is removed and ``path`` keeps its previous content."""
     path = Path(path)
     c = configs.detach().cpu().numpy() if isinstance(configs, torch.Tensor) else np.asarray(configs)
     if c.ndim < 3:
         raise LftmlError(f"configs must be (n_configs, n_chains, *lattice_shape), got shape {c.shape}")
     if not overwrite and path.exists():
         raise LftmlError(f"{path} already exists")
+    if log_weights is not None:
+        lw = np.asarray(log_weights, dtype=np.float64).reshape(c.shape[:2])
+        if not np.all(np.isfinite(lw)):
+            raise LftmlError("log weights contain NaN/inf; the proposal does not cover the target")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         w = EnsembleWriter.create(
@@ -587,6 +598,9 @@ def write_ensemble(
         )
         w.append(c, observables=observables)
         w.close()
+        if log_weights is not None:
+            with h5open(tmp, "a") as f:
+                f.create_dataset("log_weights", data=lw)
         try:
             os.replace(tmp, path)
         except OSError as exc:
@@ -610,6 +624,7 @@ class Ensemble:
     records: dict[str, np.ndarray] = field(repr=False)
     wall_time_s: float = 0.0
     _file: h5py.File | None = field(default=None, repr=False)
+    log_weights: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, retries: int = 5) -> "Ensemble":
@@ -646,6 +661,7 @@ class Ensemble:
                 records=rec,
                 wall_time_s=float(f.attrs.get("wall_time_s", 0.0)),
                 _file=f,
+                log_weights=f["log_weights"][:n] if "log_weights" in f else None,
             )
         except Exception as exc:
             _abandon(f)

@@ -47,6 +47,10 @@ __all__ = [
     "bootstrap",
     "format_value_error",
     "MIN_CONFIGS",
+    "normalized_weights",
+    "ess_fraction",
+    "weighted_gamma_method",
+    "weighted_gamma_method_derived",
 ]
 
 logger = logging.getLogger(__name__)
@@ -458,3 +462,55 @@ def bootstrap(
         for k in range(stop - start):
             samples[start + k] = _eval(func, boot_means[:, k], "bootstrap means")
     return value, float(np.std(samples, ddof=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reweighted (importance-sampled) data: self-normalised estimators with errors that include the
+# weights. ``log_weights`` has the shape of the histories; any additive constant cancels.
+# ----------------------------------------------------------------------------------------------
+
+
+def normalized_weights(log_weights: object) -> np.ndarray:
+    """``w = exp(log_w - max log_w)`` (largest weight 1; overflow-safe), as a float64 history."""
+    lw = _as_history(log_weights, "log_weights", min_configs=1)
+    if not np.all(np.isfinite(lw)):
+        raise LftmlError("log_weights contain NaN/inf: the proposal does not cover the target")
+    return np.exp(lw - lw.max())
+
+
+def ess_fraction(log_weights: object) -> float:
+    """Kish's effective sample size over N, ``(sum w)^2 / (N sum w^2)`` in (0, 1], computed from
+    ``log_weights`` with the log-sum-exp shift (1 for equal weights, ~1/N when one weight dominates)."""
+    w = normalized_weights(log_weights)
+    return float(w.sum() ** 2 / (w.size * np.sum(w * w)))
+
+
+def weighted_gamma_method_derived(
+    func: Callable[..., float], *observables: object, log_weights: object, S: float = 2.0,
+    name: str | None = None,
+) -> Estimate:
+    """``f(<A>_w, <B>_w, ...)`` with ``<A>_w = sum w A / sum w`` (self-normalised importance sampling).
+
+    The numerator series ``w A, w B, ...`` and the denominator series ``w`` are analysed together by
+    :func:`gamma_method_derived` applied to ``f(<wA>/<w>, <wB>/<w>, ...)``: the linearised ratio
+    estimator with the Gamma method, so the error includes the fluctuations of the weights and any
+    autocorrelation of the (weighted) series. Reliable when the ESS is not tiny (check
+    :func:`ess_fraction`); the O(1/ESS) bias of the ratio is not corrected."""
+    w = normalized_weights(log_weights)
+    arrays = [np.asarray(o, dtype=np.float64) for o in observables]
+    arrays = [a.reshape(w.shape) if a.size == w.size else a for a in arrays]
+    for a in arrays:
+        if a.shape != w.shape:
+            raise LftmlError(f"log_weights have shape {w.shape} but an observable has shape {a.shape}")
+    k = len(arrays)
+
+    def ratio(*m: float) -> float:
+        den = m[k]
+        return func(*(mi / den for mi in m[:k]))
+
+    return gamma_method_derived(ratio, *(w * a for a in arrays), w, S=S, name=name)
+
+
+def weighted_gamma_method(data: object, log_weights: object, S: float = 2.0, *, name: str | None = None) -> Estimate:
+    """Self-normalised mean ``sum w O / sum w`` with its error (:func:`weighted_gamma_method_derived`)."""
+    return weighted_gamma_method_derived(lambda m: m, data, log_weights=log_weights, S=S, name=name)

@@ -1,6 +1,7 @@
 """``lftml diffusion``: score-based diffusion models as stochastic quantisation.
 
-Commands: ``train`` (ensemble file -> model.pt), ``sample`` (model -> ensemble file), ``likelihood``
+Commands: ``train`` (ensemble file -> model.pt), ``sample`` (model -> ensemble file, with log
+weights), ``baseline`` (exact Gaussian / mixture samples with exact log weights), ``likelihood``
 (log q by the probability-flow ODE; S vs -log q fit), ``compare`` (the talk's table with z-scores),
 ``metropolis`` (exact correction of generated samples: independence Metropolis and reweighting).
 """
@@ -60,33 +61,134 @@ def train(
                f"configurations: final loss {res['final_loss']:.4f}; model {res['model']}, loss curve {res['loss_png']}")
 
 
+def _deprecated(old: str, new: str) -> None:
+    typer.echo(f"warning: {old} is deprecated; use {new}", err=True)
+
+
+def _progress(flag: Optional[bool], as_json: bool) -> bool:
+    """``--progress/--no-progress``: default on when stderr is a terminal (never with --json)."""
+    import sys
+
+    if flag is None:
+        return (not as_json) and sys.stderr.isatty()
+    return bool(flag)
+
+
+def _interrupted(out: Optional[Path]) -> None:
+    where = f"nothing was written to {out}" if out is not None else "nothing was written"
+    typer.echo(f"interrupted: {where} (the file is written whole at the end); rerun the command to sample again",
+               err=True)
+    raise typer.Exit(130)
+
+
+PROGRESS_OPTION = typer.Option(None, "--progress/--no-progress",
+                               help="Progress bar (default: on when stderr is a terminal).")
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace an existing --out file.")
+
+
 @app.command()
 def sample(
     model: Path = typer.Option(..., "--model", help="Model file from `lftml diffusion train`."),
-    n: int = typer.Option(1024, "--n", help="Number of configurations."),
-    sampler: str = typer.Option("em", "--sampler", help="em (Euler-Maruyama), pc (predictor-corrector), ode (probability flow)."),
-    steps: int = typer.Option(200, "--steps", help="Time steps from t=1 to t=eps."),
+    n_configs: Optional[int] = typer.Option(None, "--n-configs", help="Number of configurations (total; default 1024)."),
+    n: Optional[int] = typer.Option(None, "--n", hidden=True, help="Deprecated: use --n-configs."),
+    sampler: str = typer.Option("exp", "--sampler",
+                                help="exp (default: exact-posterior steps for the Gaussian part, exact path weights), "
+                                     "em (Euler-Maruyama), pc (predictor-corrector), ode (probability flow)."),
+    steps: int = typer.Option(50, "--steps", help="Time steps from t=1 to the data (network evaluations for exp/em)."),
+    weights: Optional[str] = typer.Option(None, "--weights",
+                                          help="path (exact path-space weights; default with --sampler exp), "
+                                               "ode (PF-ODE log q, approximate; with --sampler ode), none."),
+    probes: int = typer.Option(1, "--probes", help="Hutchinson probes for --weights ode."),
     schedule: str = typer.Option("edm", "--schedule", help="Time grid: edm (dense at small noise) or uniform (reference)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Configurations per batch (64 is fastest on CPUs: cache-sized)"),
     snr: float = typer.Option(0.16, "--snr", help="Signal-to-noise ratio of the pc corrector."),
-    strip: Optional[Path] = typer.Option(None, "--strip", help="Also write a PNG strip of the backward process."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG strip of the backward process."),
+    strip: Optional[Path] = typer.Option(None, "--strip", hidden=True, help="Deprecated: use --plot."),
     out: Path = typer.Option(..., "--out", help="Ensemble file to write (HDF5, engine format)."),
+    overwrite: bool = OVERWRITE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     device: str = DEVICE_OPTION,
+    progress: Optional[bool] = PROGRESS_OPTION,
     seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Generate configurations into an ensemble file (analyse it with `lftml analyze`)."""
+    """Generate configurations into an ensemble file (analyse it with `lftml analyze`, which
+    reweights when the file carries log weights)."""
     from lftml.diffusion.workflows import sample_to_file, set_threads
+    from lftml.errors import LftmlError
 
+    if n is not None:
+        _deprecated("--n", "--n-configs")
+        if n_configs is not None and n_configs != n:
+            raise LftmlError(f"--n {n} contradicts --n-configs {n_configs}; give --n-configs only")
+        n_configs = n
+    if strip is not None:
+        _deprecated("--strip", "--plot")
+        plot = plot or strip
+    n_configs = 1024 if n_configs is None else n_configs
+    if n_configs < 1:
+        raise LftmlError(f"--n-configs must be >= 1, got {n_configs}")
+    if seed < 0:
+        raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
+    if weights is None:
+        weights = "path" if sampler == "exp" else "none"
     require_file(model, "model file")
     set_threads(threads)
-    res = sample_to_file(model, out, n=n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                         schedule=schedule, snr=snr, device=device, progress=not as_json, strip_png=strip)
+    try:
+        res = sample_to_file(model, out, n=n_configs, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                             schedule=schedule, snr=snr, device=device, progress=_progress(progress, as_json),
+                             strip_png=plot, weights=weights, probes=probes, overwrite=overwrite)
+    except KeyboardInterrupt:
+        _interrupted(out)
     if as_json:
         emit_json(res)
         return
-    typer.echo(f"wrote {n} configurations ({sampler}, {steps} steps, {schedule} grid) to {out} in {res['wall_seconds']:.1f} s")
+    msg = f"wrote {n_configs} configurations ({sampler}, {steps} steps, {schedule} grid) to {out} in {res['wall_seconds']:.1f} s"
+    if "weights_summary" in res:
+        w = res["weights_summary"]
+        msg += (f"; {weights} log weights stored: ESS/N = {w['ess_fraction']:.3f}, "
+                f"sigma_lw/sqrt(V) = {w['log_weight_std_per_sqrt_site']:.4f}")
+    typer.echo(msg)
+
+
+@app.command()
+def baseline(
+    data: Path = typer.Option(..., "--data", help="Ensemble to fit (HDF5)."),
+    kind: str = typer.Option("gaussian", "--kind", help="gaussian (symmetric phase) or mixture (broken phase: 1/2 N(mu,C) + 1/2 N(-mu,C))."),
+    n_configs: int = typer.Option(1024, "--n-configs", help="Number of exact independent samples."),
+    discard: int = typer.Option(0, "--discard", help="Leading configurations of --data to drop."),
+    weights: str = typer.Option("exact", "--weights", help="exact (store the exact log weights -S - log q) or none."),
+    out: Path = typer.Option(..., "--out", help="Ensemble file to write."),
+    overwrite: bool = OVERWRITE_OPTION,
+    seed: int = SEED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Exact samples (and exact log q) of the data-fitted Gaussian or sign-aligned Gaussian mixture."""
+    from lftml.diffusion.workflows import baseline_to_file
+    from lftml.errors import LftmlError
+
+    if n_configs < 1:
+        raise LftmlError(f"--n-configs must be >= 1, got {n_configs}")
+    if seed < 0:
+        raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
+    if discard < 0:
+        raise LftmlError(f"--discard must be >= 0, got {discard}")
+    if weights not in ("exact", "none"):
+        raise LftmlError(f"unknown --weights {weights!r} for a baseline; choose exact or none")
+    require_file(data, "ensemble")
+    try:
+        res = baseline_to_file(data, out, kind=kind, n=n_configs, seed=seed, discard=discard, overwrite=overwrite,
+                               weights=weights == "exact")
+    except KeyboardInterrupt:
+        _interrupted(out)
+    if as_json:
+        emit_json(res)
+        return
+    msg = f"wrote {n_configs} exact {kind}-baseline configurations to {out}"
+    if "weights_summary" in res:
+        w = res["weights_summary"]
+        msg += f"; ESS/N = {w['ess_fraction']:.3f}, sigma_lw/sqrt(V) = {w['log_weight_std_per_sqrt_site']:.4f}"
+    typer.echo(msg)
 
 
 @app.command()
@@ -102,18 +204,24 @@ def likelihood(
     atol: float = typer.Option(1e-5, "--atol"),
     steps: int = typer.Option(100, "--steps", help="Fixed steps of the heun solver."),
     batch_size: int = typer.Option(64, "--batch-size"),
-    png: Optional[Path] = typer.Option(None, "--png", help="Scatter plot of -log q against S."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot of -log q against S (PNG)."),
+    png: Optional[Path] = typer.Option(None, "--png", hidden=True, help="Deprecated: use --plot."),
     out: Optional[Path] = typer.Option(None, "--out", help="npz file with arrays action and log_q."),
     threads: Optional[int] = THREADS_OPTION,
     device: str = typer.Option("cpu", "--device", help="cpu (default; scipy's solver runs on the CPU) or auto/cuda."),
     seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """log q(phi) by the probability-flow ODE, and the fit -log q = slope * S + c (R^2)."""
+    """log q(phi) by the probability-flow ODE (a diagnostic: approximate unless --probe exact), and the
+    fit -log q = slope * S + c (R^2)."""
     from lftml.diffusion.likelihood import LikelihoodSettings
     from lftml.diffusion.training import resolve_device
     from lftml.diffusion.workflows import likelihood_report, set_threads
 
+    if png is not None:
+        _deprecated("--png", "--plot")
+        plot = plot or png
+    png = plot
     require_file(model, "model file")
     if data is not None:
         require_file(data, "ensemble")
@@ -134,18 +242,23 @@ def likelihood(
 def compare(
     train: Optional[Path] = typer.Option(None, "--train", help="Training ensemble (optional)."),
     test: Path = typer.Option(..., "--test", help="Independent HMC test ensemble."),
-    generated: Path = typer.Option(..., "--generated", help="Generated ensemble (`lftml diffusion sample`)."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Histograms of M and S/V and the two-point function."),
+    generated: Path = typer.Option(..., "--generated", help="Generated ensemble (`lftml diffusion sample`); reweighted when it carries log weights."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Histograms of M and S/V and the two-point function (PNG)."),
+    png: Optional[Path] = typer.Option(None, "--png", hidden=True, help="Deprecated: use --plot."),
+    overwrite: bool = OVERWRITE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The talk's table: <M>, <|M|>, chi_2, U_L, <S>/V, two-point function, with z-scores of generated vs test."""
     from lftml.diffusion.evaluation import format_compare_table
     from lftml.diffusion.workflows import compare_report
 
+    if png is not None:
+        _deprecated("--png", "--plot")
+        plot = plot or png
     for p, what in ((train, "training ensemble"), (test, "test ensemble"), (generated, "generated ensemble")):
         if p is not None:
             require_file(p, what)
-    res = compare_report(train, test, generated, png=png)
+    res = compare_report(train, test, generated, png=plot, overwrite=overwrite)
     if as_json:
         emit_json(res)
         return
@@ -155,39 +268,64 @@ def compare(
 @app.command()
 def metropolis(
     model: Path = typer.Option(..., "--model"),
-    hmc: Path = typer.Option(..., "--hmc", help="HMC ensemble to compare autocorrelations with."),
-    n: int = typer.Option(1024, "--n", help="Number of proposals (PF-ODE samples)."),
-    steps: int = typer.Option(100, "--steps", help="Heun steps of the PF-ODE."),
-    probes: int = typer.Option(1, "--probes"),
-    probe: str = typer.Option("rademacher", "--probe"),
+    hmc: Optional[Path] = typer.Option(None, "--hmc", help="HMC ensemble to compare autocorrelations with (optional)."),
+    n_configs: Optional[int] = typer.Option(None, "--n-configs", help="Number of proposals (default 1024)."),
+    n: Optional[int] = typer.Option(None, "--n", hidden=True, help="Deprecated: use --n-configs."),
+    weights: str = typer.Option("path", "--weights", help="path (exact path-space weights, exp sampler) or ode (PF-ODE log q, approximate)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Reverse steps (path: default 50) or Heun steps (ode: default 100)."),
+    probes: int = typer.Option(1, "--probes", help="Hutchinson probes (--weights ode)."),
+    probe: str = typer.Option("rademacher", "--probe", hidden=True),
     max_lag: int = typer.Option(30, "--max-lag"),
     batch_size: int = typer.Option(64, "--batch-size"),
-    png: Optional[Path] = typer.Option(None, "--png", help="Autocorrelation plot."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Autocorrelation plot (needs --hmc)."),
+    png: Optional[Path] = typer.Option(None, "--png", hidden=True, help="Deprecated: use --plot."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the Metropolis chain as an ensemble file."),
+    overwrite: bool = OVERWRITE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
-    device: str = typer.Option("cpu", "--device"),
+    device: str = DEVICE_OPTION,
+    progress: Optional[bool] = PROGRESS_OPTION,
     seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Make generated samples exact: independence Metropolis (and reweighting) against exp(-S) using log q."""
-    from lftml.diffusion.likelihood import LikelihoodSettings
+    """Make generated samples exact: independence Metropolis against exp(-S) in path space (and reweighting)."""
     from lftml.diffusion.training import resolve_device
     from lftml.diffusion.workflows import metropolis_report, set_threads
+    from lftml.errors import LftmlError
 
+    if n is not None:
+        _deprecated("--n", "--n-configs")
+        if n_configs is not None and n_configs != n:
+            raise LftmlError(f"--n {n} contradicts --n-configs {n_configs}; give --n-configs only")
+        n_configs = n
+    if png is not None:
+        _deprecated("--png", "--plot")
+        plot = plot or png
+    n_configs = 1024 if n_configs is None else n_configs
+    if n_configs < 2:
+        raise LftmlError(f"--n-configs must be >= 2 (a chain needs proposals), got {n_configs}")
+    if seed < 0:
+        raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
     require_file(model, "model file")
-    require_file(hmc, "HMC ensemble")
+    if hmc is not None:
+        require_file(hmc, "HMC ensemble")
     set_threads(threads)
-    settings = LikelihoodSettings(solver="heun", steps=steps, probes=probes, probe=probe)
-    res = metropolis_report(model, hmc, n=n, settings=settings, seed=seed, batch_size=batch_size, max_lag=max_lag,
-                            png=png, out=out, device=str(resolve_device(device)), progress=not as_json)
+    try:
+        res = metropolis_report(model, hmc, n=n_configs, weights=weights, steps=steps, probes=probes, seed=seed,
+                                batch_size=batch_size, max_lag=max_lag, png=plot, out=out,
+                                device=str(resolve_device(device)), progress=_progress(progress, as_json),
+                                overwrite=overwrite)
+    except KeyboardInterrupt:
+        _interrupted(out)
     if as_json:
         emit_json(res)
         return
-    ac = res["autocorrelation"]
+    w = res["weights_summary"]
+    typer.echo(f"independence Metropolis ({'exact path weights' if res['exact'] else 'PF-ODE log q, approximate'}): "
+               f"acceptance {res['acceptance']:.3f}, tau_int(M) {res['tau_int_chain']['M']:.2f}, "
+               f"tau_int(S) {res['tau_int_chain']['action_density']:.2f}"
+               + (f" (HMC tau_int(M) {res['autocorrelation']['hmc']['tau_int']:.2f})" if "autocorrelation" in res else ""))
     rw = res["reweighted"]
-    typer.echo(f"independence Metropolis: acceptance {res['acceptance']:.3f}, tau_int(M) "
-               f"{ac['metropolis']['tau_int']:.2f} (HMC {ac['hmc']['tau_int']:.2f})")
-    for k, label in (("susceptibility", "chi_2"), ("binder", "U_L")):
+    for k, label in (("susceptibility", "chi_2"), ("binder", "U_L"), ("action_density", "<S>/V")):
         typer.echo(f"{label:>6}: chain {fmt_err(res['metropolis_chain'][k]['value'], res['metropolis_chain'][k]['error'])}, "
                    f"reweighted {fmt_err(rw[k]['value'], rw[k]['error'])}, raw {fmt_err(res['generated_iid'][k]['value'], res['generated_iid'][k]['error'])}")
-    typer.echo(f"reweighting ESS {rw['ess']:.0f} of {rw['n']} ({100 * rw['ess_fraction']:.1f}%)")
+    typer.echo(f"ESS/N {w['ess_fraction']:.3f} of {w['n']}, sigma_lw/sqrt(V) {w['log_weight_std_per_sqrt_site']:.4f}")

@@ -359,6 +359,9 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(f"{path}: {result.get('kind')} ensemble, theory {result.get('theory')}")
             typer.echo(_table(result))
+            if result.get("reweighted"):
+                typer.echo(f"reweighted with the file's log weights (self-normalised; errors include the weights): "
+                           f"ESS/N = {result['ess_fraction']:.3f}")
 
     @app.command()
     def extrapolate(

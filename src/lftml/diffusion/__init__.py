@@ -7,7 +7,8 @@ Conventions: diffusion time ``t in [0, 1]`` (0 = data, 1 = noise); VE SDE ``dx =
 
 Modules: :mod:`.sde`, :mod:`.nets` (periodic U-Net), :mod:`.model` (score model, file format),
 :mod:`.losses`, :mod:`.training`, :mod:`.sampling`, :mod:`.likelihood`, :mod:`.evaluation`,
-:mod:`.gaussian` (exact free-field reference), :mod:`.data`, :mod:`.workflows` (one call per CLI command).
+:mod:`.gaussian` (exact free-field reference), :mod:`.baselines` (exact Gaussian / Z2-mixture
+proposals; exactness by the ``exp`` sampler's path weights), :mod:`.data`, :mod:`.workflows` (one call per CLI command).
 """
 
 from lftml.diffusion.model import DataScaling, ScoreModel, load_model, save_model

@@ -27,7 +27,8 @@ from lftml.errors import LftmlError
 
 __all__ = [
     "COMPARE_KEYS", "compare", "format_compare_table", "plot_comparison", "plot_denoising_strip",
-    "independence_metropolis", "reweight", "autocorrelation_comparison", "plot_autocorrelation", "z_score",
+    "independence_metropolis", "reweight", "autocorrelation_comparison", "plot_autocorrelation_comparison",
+    "z_score",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ def format_compare_table(res: dict[str, Any]) -> str:
             continue
         row = f"{name:<18}" + "".join(f"{format_value_error(a[c]['value'], a[c]['error']):>18}" for c in cols)
         lines.append(row + f"{a['n_configs'] * a['n_chains']:>10}")
+    g = res.get("generated") or {}
+    if g.get("reweighted"):
+        lines.append(f"generated: reweighted by its stored log weights (self-normalised), ESS/N = {g['ess_fraction']:.3f}")
     z = res["z_generated_vs_test"]
     lines.append(f"{'z (gen vs test)':<18}" + "".join(f"{z.get(c, float('nan')):>18.2f}" for c in cols))
     if "correlator" in z:
@@ -106,10 +110,9 @@ def _load_obs(path) -> dict[str, np.ndarray]:
 def plot_comparison(paths: dict[str, str | Path | None], res: dict[str, Any] | None = None, axes=None):
     """Three panels: histogram of M, histogram of the action density S/V, and the connected
     two-point function C(t) with errors, for each labelled ensemble file. Returns the axes."""
-    import matplotlib
+    from lftml.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -147,10 +150,9 @@ def plot_comparison(paths: dict[str, str | Path | None], res: dict[str, Any] | N
 def plot_denoising_strip(snapshots: Sequence[tuple[float, np.ndarray]], sde=None, axes=None, index: int = 0):
     """One configuration (``index``) of the backward process at the recorded times, left (noise,
     t = 1) to right (generated, t = eps), each panel on its own symmetric colour scale."""
-    import matplotlib
+    from lftml.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not snapshots:
         raise LftmlError("no snapshots recorded: pass snapshot times to the sampler")
@@ -247,12 +249,11 @@ def autocorrelation_comparison(M_generated_chain: np.ndarray, M_hmc: np.ndarray,
     return out
 
 
-def plot_autocorrelation(ac: dict[str, Any], ax=None, hmc_label: str = "HMC", gen_label: str = "diffusion + Metropolis"):
+def plot_autocorrelation_comparison(ac: dict[str, Any], ax=None, hmc_label: str = "HMC", gen_label: str = "diffusion + Metropolis"):
     """Normalised autocorrelation of M for both chains (tau_int in the legend); returns ``ax``."""
-    import matplotlib
+    from lftml.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.6))

@@ -55,6 +55,10 @@ class GaussianScore:
         s = self(x, t)
         return s, torch.zeros_like(s)
 
+    def analytic_power_spectrum(self) -> torch.Tensor:
+        """Per-mode data variance ``a^2 / (p_hat^2 + m^2)`` (model units, float64)."""
+        return self._data_var.clone()
+
     def analytic_divergence(self, t: torch.Tensor) -> torch.Tensor:
         """``div s = -sum_p 1 / v_p(t)`` (exact)."""
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)

@@ -4,7 +4,13 @@ The probability-flow ODE ``dx/dt = f(x, t) = -g(t)^2 s(x, t) / 2`` maps the mode
 ``t = eps`` onto the prior at ``t = 1`` deterministically, and along a trajectory
 ``d log p_t(x(t)) / dt = -div f``. Hence
 
-``log q(x(eps)) = log p_prior(x(1)) + int_eps^1 div f(x(t), t) dt``.
+``log q(x(eps)) = log p_prior(x(1)) + int_eps^1 div f(x(t), t) dt``,
+
+with the prior ``N(0, C + sigma_max^2)`` when the score has an analytic Gaussian part of per-mode
+variance ``c_p`` (exact for that part), else ``N(0, sigma_max^2)``. This ``log q`` is a diagnostic:
+it is approximate (ODE discretisation; Hutchinson probe noise for the network part, exact with
+``probe = "exact"``, one vector-Jacobian product per site). The exact route to unbiased estimates is
+the path-space weights of :func:`lftml.diffusion.sampling.sample_path_weighted`.
 
 The divergence is estimated with Hutchinson's trick ``div f = E[v^T (df/dx) v]`` with ``probes``
 fixed probe vectors ``v`` per configuration (``gaussian`` N(0, 1) or ``rademacher`` +-1 entries),
@@ -30,6 +36,7 @@ helpers :func:`model_log_likelihood` and :func:`model_sample_with_log_likelihood
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -54,7 +61,8 @@ PROBES = ("gaussian", "rademacher", "exact")
 class LikelihoodSettings:
     """``probes``: Hutchinson probe vectors per configuration; ``probe``: gaussian | rademacher |
     exact; ``solver``: ``rk45`` (scipy adaptive, ``rtol``/``atol``) or ``heun`` (``steps`` fixed
-    steps)."""
+    steps on the ``schedule`` grid: ``uniform`` in t or ``edm``, see
+    :func:`lftml.diffusion.sampling.time_grid`)."""
 
     probes: int = 1
     probe: str = "rademacher"
@@ -62,6 +70,7 @@ class LikelihoodSettings:
     rtol: float = 1e-5
     atol: float = 1e-5
     steps: int = 100
+    schedule: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.probe not in PROBES:
@@ -74,14 +83,19 @@ class LikelihoodSettings:
             raise LftmlError("ODE tolerances must be positive")
         if self.steps < 2:
             raise LftmlError(f"--steps must be >= 2, got {self.steps}")
+        if self.schedule not in ("uniform", "edm"):
+            raise LftmlError(f"unknown time schedule {self.schedule!r}; choose uniform or edm")
 
 
 def _drift_and_div(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t: float, probes: torch.Tensor | None,
-                   exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``f(x, t)`` and ``div f`` (per configuration)."""
+                   exact: bool, divergence: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``f(x, t)`` and ``div f`` (per configuration; ``None`` when ``divergence`` is False)."""
     n = x.shape[0]
     tt = torch.full((n,), float(t), dtype=x.dtype, device=x.device)
     g2 = float(sde.diffusion(torch.tensor(float(t), dtype=torch.float64))) ** 2
+    if not divergence:
+        with torch.no_grad():
+            return -0.5 * g2 * score_fn(x, tt), None
     if not exact and hasattr(score_fn, "score_parts") and hasattr(score_fn, "analytic_divergence"):
         base_div = score_fn.analytic_divergence(tt.to(torch.float64).cpu())
         if base_div is not None:
@@ -125,27 +139,46 @@ def _draw_probes(shape, settings: LikelihoodSettings, generator: torch.Generator
     return v.to(device)
 
 
+def _heun_times(sde: VESDE, t0: float, t1: float, settings: LikelihoodSettings) -> np.ndarray:
+    """The Heun grid from ``t0`` to ``t1`` (either direction), ``settings.steps`` points."""
+    if settings.schedule == "uniform":
+        return np.linspace(t0, t1, settings.steps)
+    from lftml.diffusion.sampling import time_grid
+
+    ts = time_grid(sde, settings.steps, "edm", dtype=torch.float64).numpy()  # 1 -> eps
+    ts = ts if t0 > t1 else ts[::-1].copy()
+    ts[0], ts[-1] = t0, t1
+    return ts
+
+
 def _integrate(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t0: float, t1: float, settings: LikelihoodSettings,
-               probes) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Integrate the PF-ODE from t0 to t1; returns ``(x(t1), int_{t0}^{t1} div f dt, nfe)``."""
+               probes, *, times: np.ndarray | None = None, divergence: bool = True,
+               callback=None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Integrate the PF-ODE from t0 to t1; returns ``(x(t1), int_{t0}^{t1} div f dt, nfe)``.
+
+    The one Heun integrator of the package (also behind ``sample(sampler="ode")``, which passes its
+    ``times`` grid, ``divergence=False`` and a snapshot ``callback(t, x)``)."""
     exact = settings.probe == "exact"
     n = x.shape[0]
     shape = x.shape
     nfe = 0
-    if settings.solver == "heun":
-        ts = np.linspace(t0, t1, settings.steps)
-        integral = torch.zeros(n, dtype=torch.float64, device=x.device)
-        f0, d0 = _drift_and_div(score_fn, sde, x, ts[0], probes, exact)
+    if settings.solver == "heun" or times is not None:
+        ts = np.asarray(times, dtype=np.float64) if times is not None else _heun_times(sde, t0, t1, settings)
+        integral = torch.zeros(n, dtype=torch.float64, device=x.device) if divergence else None
+        f0, d0 = _drift_and_div(score_fn, sde, x, ts[0], probes, exact, divergence)
         nfe += 1
         for k in range(len(ts) - 1):
-            h = ts[k + 1] - ts[k]
+            h = float(ts[k + 1] - ts[k])
             xe = x + h * f0
-            f1, d1 = _drift_and_div(score_fn, sde, xe, ts[k + 1], probes, exact)
+            f1, d1 = _drift_and_div(score_fn, sde, xe, ts[k + 1], probes, exact, divergence)
             nfe += 1
             x = x + 0.5 * h * (f0 + f1)
-            integral = integral + 0.5 * h * (d0 + d1)
+            if divergence:
+                integral = integral + 0.5 * h * (d0 + d1)
+            if callback is not None:
+                callback(float(ts[k + 1]), x)
             if k + 2 < len(ts):
-                f0, d0 = _drift_and_div(score_fn, sde, x, ts[k + 1], probes, exact)
+                f0, d0 = _drift_and_div(score_fn, sde, x, ts[k + 1], probes, exact, divergence)
                 nfe += 1
         return x, integral, nfe
     from scipy.integrate import solve_ivp
@@ -169,6 +202,30 @@ def _integrate(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t0: float, t1: fl
     return xe, torch.as_tensor(y[n * m :], dtype=torch.float64), nfe
 
 
+def _prior(score_fn, sde: VESDE):
+    """``(log_prob, sample)`` of the prior at t = 1: ``N(0, C + sigma_max^2)`` when the score has an
+    analytic Gaussian part with per-mode variance ``c_p`` (exact for that part), else
+    ``N(0, sigma_max^2)``."""
+    c = score_fn.analytic_power_spectrum() if hasattr(score_fn, "analytic_power_spectrum") else None
+    if c is None:
+        return sde.prior_log_prob, sde.prior_sample
+    from lftml.diffusion.sampling import _filter, symmetrize_spectrum
+
+    var = symmetrize_spectrum(torch.as_tensor(c, dtype=torch.float64).cpu()) + sde.sigma_max**2
+    logdet = float(torch.log(2 * math.pi * var).sum())
+
+    def log_prob(x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, x.ndim))
+        xh = torch.fft.fftn(x.to(torch.float64).cpu(), dim=dims)
+        return -0.5 * (xh.abs() ** 2 / var).reshape(x.shape[0], -1).sum(1) / x[0].numel() - 0.5 * logdet
+
+    def sample(shape, generator, dtype=torch.float32, device="cpu"):
+        z = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device).cpu()
+        return _filter(z, torch.sqrt(var), tuple(range(1, len(shape)))).to(dtype=dtype, device=device)
+
+    return log_prob, sample
+
+
 def log_likelihood(score_fn: ScoreFn, sde: VESDE, x0: torch.Tensor, *, settings: LikelihoodSettings = LikelihoodSettings(),
                    generator: torch.Generator) -> tuple[torch.Tensor, dict]:
     """``log q(x0)`` per configuration (model units, float64) of the model's ``t = eps`` distribution.
@@ -176,7 +233,7 @@ def log_likelihood(score_fn: ScoreFn, sde: VESDE, x0: torch.Tensor, *, settings:
     Returns ``(log_q, info)`` with ``info = {"nfe", "prior_log_prob", "divergence_integral"}``."""
     probes = _draw_probes(tuple(x0.shape), settings, generator, x0.dtype, x0.device)
     x1, integral, nfe = _integrate(score_fn, sde, x0, sde.eps, 1.0, settings, probes)
-    prior = sde.prior_log_prob(x1.to(torch.float64)).cpu()
+    prior = _prior(score_fn, sde)[0](x1.to(torch.float64)).cpu()
     return prior + integral.cpu(), {"nfe": nfe, "prior_log_prob": prior, "divergence_integral": integral.cpu()}
 
 
@@ -185,10 +242,11 @@ def sample_with_log_likelihood(score_fn: ScoreFn, sde: VESDE, shape: tuple[int, 
                                generator: torch.Generator, dtype=torch.float32, device="cpu"
                                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Draw ``x(1)`` from the prior, integrate the PF-ODE to ``eps``; returns ``(x, log_q, info)``."""
-    x1 = sde.prior_sample(shape, generator, dtype=dtype, device=device)
+    prior_log_prob, prior_sample = _prior(score_fn, sde)
+    x1 = prior_sample(shape, generator, dtype=dtype, device=device)
     probes = _draw_probes(shape, settings, generator, dtype, device)
     x0, integral, nfe = _integrate(score_fn, sde, x1, 1.0, sde.eps, settings, probes)
-    prior = sde.prior_log_prob(x1.to(torch.float64)).cpu()
+    prior = prior_log_prob(x1.to(torch.float64)).cpu()
     return x0, prior - integral.cpu(), {"nfe": nfe}
 
 
@@ -252,10 +310,9 @@ def action_vs_log_q(action: np.ndarray, log_q: np.ndarray) -> dict:
 
 def plot_action_vs_log_q(action: np.ndarray, log_q: np.ndarray, ax=None, fit: dict | None = None):
     """Scatter of ``-log q`` against ``S`` with the fitted line; returns ``ax``."""
-    import matplotlib
+    from lftml.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 4))

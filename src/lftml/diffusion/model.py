@@ -176,6 +176,17 @@ class ScoreModel(nn.Module):
         ps = self.power_spectrum.to(torch.float64).cpu().reshape(1, -1)
         return -(1.0 / (ps + s2)).sum(dim=1)
 
+    def analytic_power_spectrum(self) -> torch.Tensor | None:
+        """Per-mode variance ``c_p`` (model units, float64, lattice shape) of the Gaussian whose exact
+        diffused score is the analytic part: the stored power spectrum (``gaussian``), ``sigma_data^2``
+        on every mode (``edm``), ``None`` (``reference``: no analytic part). The path-weighted sampler
+        (:func:`lftml.diffusion.sampling.sample_path_weighted`) uses it for its prior and covariances."""
+        if self.parametrization == "reference":
+            return None
+        if self.parametrization == "edm":
+            return torch.full(self.lattice_shape, self.sigma_data**2, dtype=torch.float64)
+        return self.power_spectrum.detach().to(torch.float64).cpu()
+
     @staticmethod
     def estimate_power_spectrum(x: torch.Tensor) -> torch.Tensor:
         """``c_p = <|F(x)_p|^2> / V`` over the batch axis (Z2- and translation-symmetric by construction)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,10 +12,11 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
+from lftml.observables import measure_history
 from lftml.plots import pyplot, save_figure
 
 __all__ = ["train_from_file", "sample_to_file", "likelihood_report", "metropolis_report", "compare_report",
-           "set_threads"]
+           "set_threads", "baseline_to_file", "weight_diagnostics"]
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +49,51 @@ def train_from_file(data: str | Path, out: str | Path, config, *, thin: int | st
     }
 
 
-def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: str = "em", steps: int = 200,
+def _lock_and_interrupts(out: str | Path):
+    """Lock ``out`` for the run and raise SIGTERM as KeyboardInterrupt inside the block."""
+    import contextlib
+
+    from lftml.safeio import OutputLock, interrupts_as_keyboard_interrupt
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(OutputLock(out))
+    stack.enter_context(interrupts_as_keyboard_interrupt())
+    return stack
+
+
+def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: str = "exp", steps: int = 200,
                    seed: int = 0, batch_size: int = 64, schedule: str = "edm", snr: float = 0.16,
                    corrector_steps: int = 1, device: str = "auto", progress: bool = True,
-                   strip_png: str | Path | None = None, strip_times: Sequence[float] | None = None) -> dict[str, Any]:
-    """Generate ``n`` configurations into an engine ensemble file (and optionally a denoising strip PNG)."""
-    from lftml.diffusion.model import load_model
-    from lftml.diffusion.sampling import generate, write_generated
+                   strip_png: str | Path | None = None, strip_times: Sequence[float] | None = None,
+                   weights: str = "none", probes: int = 1, overwrite: bool = True) -> dict[str, Any]:
+    """Generate ``n`` configurations into an engine ensemble file (and optionally a denoising strip PNG).
 
+    ``weights`` = ``path`` (sampler ``exp``) or ``ode`` (sampler ``ode``) stores each sample's log
+    weight ``-S - log q`` as ``/log_weights``, so ``lftml analyze`` reweights. All checks (output
+    policy of :mod:`lftml.safeio`, options) run before any sampling; the file is written atomically."""
+    from lftml.diffusion.model import load_model
+    from lftml.diffusion.sampling import check_weights_option, generate, write_generated
+    from lftml.safeio import atomic_output, check_output
+
+    if n < 1:
+        raise LftmlError(f"--n-configs must be >= 1, got {n}")
+    check_weights_option(sampler, weights)
+    check_output(out, overwrite=overwrite, inputs=[model_path], option="--out")
+    if strip_png is not None:
+        check_output(strip_png, overwrite=overwrite, inputs=[model_path, out], option="--plot")
     model = load_model(model_path)
     times = None
     if strip_png is not None:
         times = list(strip_times) if strip_times else [1.0, 0.6, 0.4, 0.3, 0.2, 0.12, 0.06, 0.0]
-    res = generate(model, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, snr=snr,
-                   corrector_steps=corrector_steps, device=device, progress=progress, snapshot_times=times,
-                   schedule=schedule)
-    write_generated(out, res, model, model_path=str(model_path))
+    with _lock_and_interrupts(out):
+        res = generate(model, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, snr=snr,
+                       corrector_steps=corrector_steps, device=device, progress=progress, snapshot_times=times,
+                       schedule=schedule, weights=weights, probes=probes)
+        with atomic_output(out, suffix=".h5") as tmp:
+            write_generated(tmp, res, model, model_path=str(model_path))
     summary = {"out": str(out), "n": n, "wall_seconds": res.wall_seconds, **res.settings}
+    if res.log_weights is not None:
+        summary["weights_summary"] = weight_diagnostics(res.log_weights, model.volume)
     if strip_png is not None:
         from lftml.diffusion.evaluation import plot_denoising_strip
 
@@ -73,6 +103,66 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
         save_figure(axes[0].figure, strip_png, dpi=120)
         summary["strip_png"] = str(strip_png)
     return summary
+
+
+def weight_diagnostics(log_w: np.ndarray, volume: int) -> dict[str, Any]:
+    """ESS/N (log-sum-exp safe), std of log w and its value per sqrt(site) (the number that says how
+    a proposal scales: acceptance ~ 2 Phi(-sigma_lw / sqrt 2) for log-normal weights), and the
+    log-mean-exp of the weights (an estimate of log Z, exact in expectation of w)."""
+    from scipy.special import logsumexp
+
+    from lftml.stats import ess_fraction
+
+    lw = np.asarray(log_w, dtype=np.float64).reshape(-1)
+    sd = float(np.std(lw, ddof=1)) if lw.size > 1 else float("nan")
+    return {"n": int(lw.size), "ess_fraction": ess_fraction(lw), "log_weight_std": sd,
+            "log_weight_std_per_sqrt_site": sd / math.sqrt(volume),
+            "log_mean_weight": float(logsumexp(lw) - math.log(lw.size))}
+
+
+def baseline_to_file(data: str | Path, out: str | Path, *, kind: str = "gaussian", n: int = 1024, seed: int = 0,
+                     discard: int = 0, overwrite: bool = False, weights: bool = True) -> dict[str, Any]:
+    """Fit a baseline (:mod:`lftml.diffusion.baselines`) to the ensemble ``data`` and write ``n``
+    exact independent samples to ``out`` (kind ``baseline``), with exact ``log_weights = -S - log q``
+    unless ``weights=False``."""
+    from lftml.diffusion.baselines import fit_baseline
+    from lftml.diffusion.data import load_configs
+    from lftml.ensemble import write_ensemble
+    from lftml.safeio import atomic_output, check_output
+
+    if n < 1:
+        raise LftmlError(f"--n-configs must be >= 1, got {n}")
+    if kind not in ("gaussian", "mixture"):
+        raise LftmlError(f"unknown --kind {kind!r}; choose gaussian or mixture")
+    check_output(out, overwrite=overwrite, inputs=[data], option="--out")
+    d = load_configs(data, discard=discard)
+    if weights and d.theory is None:
+        raise LftmlError(f"{data} records no theory, so S(phi) and the weights are unknown; pass --no-weights")
+    with _lock_and_interrupts(out):
+        t0 = time.perf_counter()
+        base = fit_baseline(kind, d.configs)
+        g = torch.Generator().manual_seed(int(seed))
+        phi = base.sample(n, g)
+        lw = None
+        theory = None
+        if d.theory is not None:
+            from lftml.theories import theory_from_dict
+
+            theory = theory_from_dict(d.theory)
+            lw = (-theory.action(phi) - base.log_prob(phi)).numpy() if weights else None
+        wall = time.perf_counter() - t0
+        meta = {"kind": "baseline", "theory": d.theory, "seed": int(seed),
+                "sampler": {"baseline": base.to_dict(), "data": str(data), "n_fit": int(len(d.configs)),
+                            "weights": "exact" if lw is not None else "none"},
+                "wall_seconds": wall}
+        with atomic_output(out, suffix=".h5") as tmp:
+            write_ensemble(tmp, phi.numpy()[:, None], metadata=meta, theory=theory,
+                           log_weights=None if lw is None else lw[:, None],
+                           observables=measure_history(phi.numpy()[:, None], theory))
+    res = {"out": str(out), "kind": kind, "n": n, "seed": seed, "wall_seconds": wall, "baseline": base.to_dict()}
+    if lw is not None:
+        res["weights_summary"] = weight_diagnostics(lw, int(np.prod(d.configs.shape[1:])))
+    return res
 
 
 def likelihood_report(model_path: str | Path, *, data: str | Path | None = None, generate_n: int | None = None,
@@ -127,74 +217,115 @@ def likelihood_report(model_path: str | Path, *, data: str | Path | None = None,
     return out
 
 
-def metropolis_report(model_path: str | Path, hmc: str | Path, *, n: int = 1024, settings=None, seed: int = 0,
-                      batch_size: int = 64, max_lag: int = 30, png: str | Path | None = None,
-                      out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Exactness: ``n`` PF-ODE proposals with log q, independence Metropolis against exp(-S) and
-    importance reweighting; autocorrelation of M compared with the HMC chain in ``hmc``.
-    ``out`` (optional) receives the Metropolis chain as an ensemble file (kind ``diffusion_metropolis``)."""
+def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, n: int = 1024, weights: str = "path",
+                      steps: int | None = None, probes: int = 1, settings=None, seed: int = 0, batch_size: int = 64,
+                      max_lag: int = 30, png: str | Path | None = None, out: str | Path | None = None,
+                      device: str = "cpu", progress: bool = True, overwrite: bool = True,
+                      schedule: str = "edm") -> dict[str, Any]:
+    """Exactness by independence Metropolis against exp(-S) over ``n`` proposals.
+
+    ``weights = "path"`` (default): proposals are whole reverse paths of the ``exp`` sampler with
+    their exact path-space log weights, so the chain's stationary x_0-marginal is exp(-S)/Z exactly.
+    ``weights = "ode"``: PF-ODE proposals with log q from the Heun ODE and ``probes`` Hutchinson
+    probes (approximate). Also the reweighted (self-normalised) estimates with weight-aware errors,
+    the raw (biased) i.i.d. estimates, ESS/N, sigma_lw/sqrt(V), tau_int of the chain, and (with
+    ``hmc``) the autocorrelation of M compared with an HMC chain. ``out`` receives the chain as an
+    ensemble file (kind ``diffusion_metropolis``)."""
     from lftml.analysis import summarize
-    from lftml.diffusion.evaluation import (autocorrelation_comparison, independence_metropolis, plot_autocorrelation,
-                                            reweight)
-    from lftml.diffusion.likelihood import LikelihoodSettings, model_sample_with_log_likelihood
+    from lftml.diffusion.evaluation import (autocorrelation_comparison, independence_metropolis,
+                                            plot_autocorrelation_comparison)
     from lftml.diffusion.model import load_model
+    from lftml.diffusion.sampling import generate
     from lftml.ensemble import Ensemble
+    from lftml.safeio import atomic_output, check_output
     from lftml.theories import theory_from_dict
 
+    if n < 2:
+        raise LftmlError(f"--n-configs must be >= 2 (a chain needs proposals), got {n}")
+    if weights not in ("path", "ode"):
+        raise LftmlError(f"unknown --weights {weights!r} for metropolis; choose path (exact) or ode (approximate)")
+    inputs = [model_path, hmc]
+    if out is not None:
+        check_output(out, overwrite=overwrite, inputs=inputs, option="--out")
+    if png is not None:
+        if hmc is None:
+            raise LftmlError("--plot draws the chain's autocorrelation against an HMC chain: pass --hmc FILE too")
+        check_output(png, overwrite=overwrite, inputs=[*inputs, out], option="--plot")
+    if settings is not None and steps is None:  # old calling convention: LikelihoodSettings
+        steps, probes = settings.steps, settings.probes
+    steps = steps if steps is not None else (100 if weights == "ode" else 50)
     model = load_model(model_path, device=device)
     if model.theory is None:
         raise LftmlError("the model does not record its theory; Metropolis needs S(phi)")
     theory = theory_from_dict(model.theory)
-    with Ensemble.open(hmc) as ens:
-        model.check_theory(ens.metadata.get("theory"), f"HMC ensemble {hmc}")
-        M_hmc = ens.observables["M"]
-        acc_hmc = float(np.mean(ens.records["accepted"])) if "accepted" in ens.records and ens.records["accepted"].size else None
-        every = (ens.metadata.get("sampler") or {}).get("every")
-    settings = settings or LikelihoodSettings(solver="heun", steps=100, probes=1, probe="rademacher")
-    phi, log_q, wall = model_sample_with_log_likelihood(model, n, settings=settings, seed=seed, batch_size=batch_size,
-                                                       device=device, progress=progress)
-    S = theory.action(torch.as_tensor(phi, dtype=torch.float64)).numpy()
-    log_w = -S - log_q
-    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
-    idx, acc = independence_metropolis(log_w, rng)
-    V = int(np.prod(model.lattice_shape))
-    M_gen = phi.reshape(n, -1).mean(axis=1)
-    M_chain = M_gen[idx]
-    chain_summary = summarize(M_chain[:, None], V)
-    iid_summary = summarize(M_gen[:, None], V)
-    rw = reweight(log_w, {"M": M_gen}, V)
-    ac = autocorrelation_comparison(M_chain, M_hmc, max_lag=max_lag, acceptance=acc, hmc_acceptance=acc_hmc)
-    result = {
-        "n_proposals": n, "acceptance": acc, "wall_seconds_proposals": wall, "settings": settings.__dict__,
-        "metropolis_chain": {k: chain_summary[k] for k in ("magnetisation", "susceptibility", "binder")},
-        "generated_iid": {k: iid_summary[k] for k in ("magnetisation", "susceptibility", "binder")},
-        "reweighted": rw, "autocorrelation": ac, "hmc_file": str(hmc), "hmc_every": every, "seed": seed,
-        "log_w_std": float(np.std(log_w)),
-    }
-    if png is not None:
+    M_hmc = acc_hmc = every = None
+    if hmc is not None:
+        with Ensemble.open(hmc) as ens:
+            model.check_theory(ens.metadata.get("theory"), f"HMC ensemble {hmc}")
+            M_hmc = ens.observables["M"]
+            acc_hmc = float(np.mean(ens.records["accepted"])) if "accepted" in ens.records and ens.records["accepted"].size else None
+            every = (ens.metadata.get("sampler") or {}).get("every")
+    import contextlib
+
+    ctx = _lock_and_interrupts(out) if out is not None else contextlib.nullcontext()
+    with ctx:
+        res = generate(model, n, sampler="exp" if weights == "path" else "ode", steps=steps, seed=seed,
+                       batch_size=batch_size, device=device, progress=progress, schedule=schedule, weights=weights,
+                       probes=probes)
+        phi, log_w = res.configs, res.log_weights
+        S = theory.action(torch.as_tensor(phi, dtype=torch.float64)).numpy()
+        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+        idx, acc = independence_metropolis(log_w, rng)
+        V = int(np.prod(model.lattice_shape))
+        M_gen = phi.reshape(n, -1).mean(axis=1)
+        keys = ("magnetisation", "abs_magnetisation", "susceptibility", "binder", "action_density")
+        chain = summarize(M_gen[idx][:, None], V, action_density=(S / V)[idx][:, None])
+        iid = summarize(M_gen[:, None], V, action_density=(S / V)[:, None])
+        rw = summarize(M_gen[:, None], V, action_density=(S / V)[:, None], log_weights=log_w[:, None])
+        result = {
+            "n_proposals": n, "weights": weights, "exact": weights == "path", "acceptance": acc,
+            "wall_seconds_proposals": res.wall_seconds, "sampler": res.settings, "seed": seed,
+            "metropolis_chain": {k: chain[k] for k in keys},
+            "generated_iid": {k: iid[k] for k in keys},
+            "reweighted": {**{k: rw[k] for k in keys}, "ess_fraction": rw["ess_fraction"],
+                           "ess": rw["ess_fraction"] * n, "n": n},
+            "weights_summary": weight_diagnostics(log_w, V),
+            "tau_int_chain": {"M": chain["magnetisation"]["tau_int"], "abs_M": chain["abs_magnetisation"]["tau_int"],
+                              "action_density": chain["action_density"]["tau_int"]},
+            "log_w_std": float(np.std(log_w)),
+        }
+        if hmc is not None:
+            ac = autocorrelation_comparison(M_gen[idx], M_hmc, max_lag=max_lag, acceptance=acc, hmc_acceptance=acc_hmc)
+            result.update({"autocorrelation": ac, "hmc_file": str(hmc), "hmc_every": every})
+        if out is not None:
+            from lftml.ensemble import write_ensemble
+
+            meta = {"kind": "diffusion_metropolis", "theory": model.theory, "seed": seed,
+                    "sampler": {**res.settings, "acceptance": acc,
+                                "proposals": "exp sampler paths (exact weights)" if weights == "path"
+                                else "probability-flow ODE (approximate log q)"},
+                    "model": {"path": str(model_path)}}
+            with atomic_output(out, suffix=".h5") as tmp:
+                write_ensemble(tmp, phi[idx][:, None], metadata=meta, theory=theory,
+                               observables=measure_history(phi[idx][:, None], theory))
+            result["out"] = str(out)
+    if png is not None and hmc is not None:
         pyplot()  # Agg backend before the figure exists
-        ax = plot_autocorrelation(ac, hmc_label=f"HMC (every {every} traj.)" if every else "HMC")
+        ax = plot_autocorrelation_comparison(result["autocorrelation"], hmc_label=f"HMC (every {every} traj.)" if every else "HMC")
         ax.set_title("normalised autocorrelation of M", fontsize=9)
         save_figure(ax.figure, png, dpi=120)
         result["png"] = str(png)
-    if out is not None:
-        from lftml.ensemble import write_ensemble
-
-        meta = {"kind": "diffusion_metropolis", "theory": model.theory, "seed": seed,
-                "sampler": {"proposals": "probability-flow ODE", **settings.__dict__, "acceptance": acc},
-                "model": {"path": str(model_path)}}
-        from lftml.observables import measure_history
-
-        write_ensemble(out, phi[idx][:, None], metadata=meta, theory=theory, observables=measure_history(phi[idx][:, None], theory))
-        result["out"] = str(out)
     return result
 
 
 def compare_report(train: str | Path | None, test: str | Path, generated: str | Path,
-                   png: str | Path | None = None) -> dict[str, Any]:
+                   png: str | Path | None = None, overwrite: bool = True) -> dict[str, Any]:
     """:func:`lftml.diffusion.evaluation.compare` plus the comparison PNG."""
     from lftml.diffusion.evaluation import compare, plot_comparison
+    from lftml.safeio import check_output
 
+    if png is not None:
+        check_output(png, overwrite=overwrite, inputs=[train, test, generated], option="--plot")
     res = compare(train, test, generated)
     if png is not None:
         pyplot()  # Agg backend before the figure exists

@@ -137,7 +137,7 @@ def test_cli_likelihood_and_metropolis_produce_their_reports(tmp_path, data):
 
     write_ensemble(tmp_path / "free.h5", data.reshape(64, 8, 8, 8), metadata={"kind": "test", "theory": THEORY.to_dict()},
                    theory=THEORY)
-    run_cli("diffusion", "train", "--data", tmp_path / "free.h5", "--preset", "tiny", "--steps", "30", "--batch-size", "16",
+    run_cli("diffusion", "train", "--data", tmp_path / "free.h5", "--preset", "tiny", "--updates", "30", "--batch-size", "16",
             "--out", tmp_path / "m.pt", "--json", check=True)
     lk = run_cli("diffusion", "likelihood", "--model", tmp_path / "m.pt", "--data", tmp_path / "free.h5", "--max-configs", "16",
                  "--png", tmp_path / "s.png", "--json", check=True).json()

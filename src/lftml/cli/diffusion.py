@@ -69,7 +69,8 @@ def train(
     import sys
     from dataclasses import replace
 
-    from lftml.diffusion.training import (TrainConfig, TrainingInterrupted, check_resume_settings, stored_config)
+    from lftml.diffusion.training import (TrainConfig, TrainingInterrupted, _refuse_interrupted, check_resume_settings,
+                                          stored_config)
     from lftml.diffusion.workflows import set_threads, train_from_file
     from lftml.safeio import check_output
 
@@ -84,6 +85,8 @@ def train(
     require_file(data, "training ensemble")
     if heldout is not None:
         require_file(heldout, "held-out ensemble")
+    check_output(out, overwrite=True, resume=resume, inputs=[data, heldout])  # inputs, folder
+    _refuse_interrupted(out, resume, overwrite)
     check_output(out, overwrite=overwrite, resume=resume, inputs=[data, heldout])
     if resume and overwrite:
         raise LftmlError("--resume continues a run and --overwrite starts afresh; give one of them")

@@ -17,11 +17,13 @@ with :class:`TrainingDivergedError`; the last good checkpoint is left untouched.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ from lftml.diffusion.sde import VESDE, check_sigma_max
 __all__ = [
     "TrainConfig", "TrainResult", "TrainingDivergedError", "train", "resolve_device", "derive_seeds",
     "checkpoint_path", "plot_loss_curve", "train_step", "ema_update", "augment", "stored_config",
-    "check_resume_settings", "TrainingInterrupted", "RESULT_SETTINGS",
+    "check_resume_settings", "TrainingInterrupted", "interrupted_run", "RESULT_SETTINGS",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,8 @@ class TrainConfig:
     target, needs the theory; ``dsm``), ``weighting`` (``likelihood``, ``sigma2``, ``edm``),
     ``t_sampling`` (``low``, ``loguniform``, ``mixed``, ``uniform``) and ``noise_draws`` (``(t, z)``
     draws per configuration and update): see :mod:`lftml.diffusion.losses`. ``divergence_factor``:
-    an update whose running-mean loss exceeds this multiple of the first updates' median stops
-    training as diverged.
+    when the running mean of the loss over 10 updates exceeds this multiple of the first update's
+    loss (the untrained model's), training stops as diverged.
     """
 
     steps: int = 3000
@@ -100,6 +102,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise LftmlError(f"--updates must be >= 1, got {self.steps}")
+        if self.seed < 0:
+            raise LftmlError(f"--seed must be a non-negative integer, got {self.seed}")
         if self.batch_size < 1:
             raise LftmlError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -237,6 +241,22 @@ def stored_config(out: str | Path) -> TrainConfig:
     return TrainConfig(**json.loads(ck["train_config"]))
 
 
+def interrupted_run(out: str | Path) -> tuple[int, int] | None:
+    """``(updates done, updates planned)`` of an unfinished run of ``out`` (its checkpoint), else ``None``."""
+    ckpt = checkpoint_path(out)
+    if not ckpt.exists():
+        return None
+    try:
+        ck = _load_checkpoint(ckpt)
+        planned = int(json.loads(ck["train_config"])["steps"]) if "train_config" in ck else None
+        done = int(ck["step"])
+    except (LftmlError, KeyError, ValueError):
+        return None
+    if planned is not None and done >= planned and Path(out).exists():
+        return None
+    return done, planned if planned is not None else -1
+
+
 def check_resume_settings(stored: TrainConfig, given: dict) -> None:
     """Refuse (naming the setting) a resumed run whose explicitly ``given`` settings differ from
     the ``stored`` ones in anything that changes the result."""
@@ -247,8 +267,18 @@ def check_resume_settings(stored: TrainConfig, given: dict) -> None:
                              f"continue with the stored settings, or start a new run (--overwrite)")
 
 
+def _refuse_interrupted(out: str | Path, resume: bool, overwrite: bool) -> None:
+    if resume or overwrite:
+        return
+    run = interrupted_run(out)
+    if run is not None:
+        raise LftmlError(f"--out {out} has an interrupted run (update {run[0]} of {run[1]} in {checkpoint_path(out)}); "
+                         "pass --resume to continue it or --overwrite to start afresh")
+
+
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT/SIGTERM after a complete update; the checkpoint holds it."""
+    """Training stopped by SIGINT/SIGTERM after a complete update (``step`` updates are in the
+    checkpoint); a second signal stops at once and ``step`` is that of the last periodic checkpoint."""
 
     def __init__(self, step: int, checkpoint: Path):
         super().__init__(f"interrupted after update {step}; checkpoint {checkpoint}")
@@ -349,7 +379,7 @@ def train(
     ``monitor_every > 0``: the held-out likelihood gain over the analytic part
     (:func:`lftml.diffusion.monitor.likelihood_gain`) is logged and stored every so many updates.
     """
-    from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
+    from lftml.safeio import OutputLock, check_output
 
     out = Path(out)
     x_np = np.asarray(configs.cpu().numpy() if isinstance(configs, torch.Tensor) else configs)
@@ -362,23 +392,46 @@ def train(
     cfg_net = net_config or preset(config.preset, ndim=len(lattice_shape))
     cfg_net.check_lattice(lattice_shape)
     ckpt = checkpoint_path(out)
+    _refuse_interrupted(out, resume, overwrite)
     check_output(out, overwrite=overwrite, resume=resume)
     if ckpt.exists() and not resume and not overwrite:
-        raise LftmlError(f"{ckpt} holds an interrupted run of this output; pass --resume to continue it or "
+        raise LftmlError(f"{ckpt} holds an earlier run of this output; pass --resume to continue it or "
                          "--overwrite to start afresh")
     if resume and not ckpt.exists():
         raise LftmlError(f"--resume: there is no checkpoint {ckpt} of an interrupted run to continue; "
                          "drop --resume to start a new run")
     lock = OutputLock(out, "model").acquire()
     try:
-        with interrupts_as_keyboard_interrupt():
-            return _train_locked(x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, data_info, resume,
+        with _stop_requests() as stop:
+            return _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, data_info, resume,
                                  progress, max_steps_this_call, heldout, monitor_every)
     finally:
         lock.release()
 
 
-def _train_locked(x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, data_info, resume, progress,
+@contextlib.contextmanager
+def _stop_requests():
+    """SIGINT/SIGTERM inside the block set ``stop["requested"]`` (training stops after the current
+    update, with a checkpoint); a second signal raises ``KeyboardInterrupt`` at once."""
+    stop = {"requested": False}
+
+    def handler(signum, frame):  # noqa: ARG001
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+
+    try:
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: no handlers, interrupts behave as usual
+        old = {}
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, data_info, resume, progress,
                   max_steps_this_call, heldout, monitor_every) -> TrainResult:
     sde = VESDE(config.sigma, config.eps)
     scaling = DataScaling.fit(x_np)
@@ -489,10 +542,13 @@ def _train_locked(x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, 
     wall_before = float(model.info.get("wall_seconds_before_resume", 0.0))
     last_good = start_step if ckpt.exists() else None
     model.net.train()
-    n_ref = 20
+    n_ref = 10  # running mean over this many updates
     step = start_step
     try:
         for step in range(start_step, end_step):
+            if stop["requested"]:
+                save_ckpt(step, wall_before + time.perf_counter() - wall0)
+                raise TrainingInterrupted(step, ckpt)
             if pos + config.batch_size > n:
                 perm = torch.randperm(n, generator=g_data)
                 pos = 0
@@ -503,17 +559,16 @@ def _train_locked(x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, 
                               lr=_lr_at(step, config))
             lv = float(loss)
             diverged = not math.isfinite(lv)
-            if not diverged and len(losses) >= n_ref:
-                ref = float(np.median(losses[:n_ref]))
-                recent = float(np.mean(losses[-9:] + [lv]))
+            ref = losses[0] if losses else lv  # the first loss is the untrained model's (its analytic part)
+            if not diverged and losses:
+                recent = float(np.mean(losses[-(n_ref - 1):] + [lv]))
                 diverged = recent > config.divergence_factor * max(ref, 1e-12)
             if diverged:
                 where = (f"the last good checkpoint {ckpt} (update {last_good}) is kept" if last_good is not None
                          else "no checkpoint had been written yet")
                 raise TrainingDivergedError(
-                    f"training diverged: loss became {lv:.3g} at update {step + 1} (first updates: "
-                    f"{float(np.median(losses[:n_ref])) if losses else float('nan'):.3g}); {where}. "
-                    f"Lower --lr (now {config.lr:g}) or check the data for outliers"
+                    f"training diverged: loss became {lv:.3g} at update {step + 1} (first update: {ref:.3g}); "
+                    f"{where}. Lower --lr (now {config.lr:g}) or check the data for outliers"
                 )
             ema_update(ema, model.net, min(config.ema_decay, (1.0 + step) / (10.0 + step)))
             losses.append(lv)
@@ -526,13 +581,10 @@ def _train_locked(x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, 
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == end_step:
                 save_ckpt(step + 1, wall_before + time.perf_counter() - wall0)
                 last_good = step + 1
-    except KeyboardInterrupt:
-        done_steps = len(losses)
-        if bar is not None:
-            bar.close()
-            bar = None
-        save_ckpt(done_steps, wall_before + time.perf_counter() - wall0)
-        raise TrainingInterrupted(done_steps, ckpt) from None
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:  # a second signal: stop at once, the last periodic checkpoint stays
+        raise TrainingInterrupted(last_good or 0, ckpt) from None
     finally:
         if bar is not None:
             bar.close()

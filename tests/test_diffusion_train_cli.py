@@ -165,6 +165,18 @@ def test_old_spellings_warn_once_and_still_work(tmp_path, ens):
     assert "warning: --steps is deprecated; use --updates" in res.stderr
 
 
+def test_no_preset_option_trains_the_recommended_model(tmp_path, ens):
+    """`lftml diffusion train` without options trains the documented default: the equivariant,
+    Z2-odd `equi` net with the blended target and likelihood weighting."""
+    from lftml.diffusion.nets import DEFAULT_PRESET, preset
+
+    run_cli("diffusion", "train", "--data", ens, "--out", tmp_path / "m.pt", "--updates", "2", "--batch-size", "4",
+            "--json", check=True)
+    m = load_model(tmp_path / "m.pt")
+    assert DEFAULT_PRESET == "equi" and m.net.config == preset("equi") and m.net.config.odd
+    assert m.info["target_used"] == "tsm" and m.info["train_config"]["weighting"] == "likelihood"
+
+
 def test_library_refuses_a_stale_checkpoint_without_resume_or_overwrite(tmp_path):
     data = THEORY.sample(64, torch.Generator().manual_seed(1)).numpy()
     cfg = TrainConfig(steps=4, preset="tiny-equi", batch_size=8, noise_draws=1, checkpoint_every=2)

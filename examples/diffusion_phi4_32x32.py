@@ -69,7 +69,7 @@ def main() -> None:
 
     model = wd / "fast32.pt"
     if not model.exists():
-        results["train"] = sh(["diffusion", "train", "--data", wd / "train32.h5", "--preset", "fast", "--steps", str(a.steps),
+        results["train"] = sh(["diffusion", "train", "--data", wd / "train32.h5", "--preset", "fast", "--updates", str(a.steps),
                                "--batch-size", "32", "--seed", "1", "--checkpoint-every", "250", "--out", model, *th], t, "train")
     if "train" not in results:
         from lftml.diffusion.model import load_model
@@ -104,7 +104,7 @@ def main() -> None:
         if not bmodel.exists():
             # sigma = 25 would give sigma_max ~ 9.8, far below the distance between the two vacua (a
             # warning is logged); sigma = 150 gives sigma_max ~ 47
-            results["train_broken"] = sh(["diffusion", "train", "--data", wd / "broken32.h5", "--preset", "fast", "--steps",
+            results["train_broken"] = sh(["diffusion", "train", "--data", wd / "broken32.h5", "--preset", "fast", "--updates",
                                           "2000", "--batch-size", "32", "--sigma", "150", "--seed", "2", "--out", bmodel, *th],
                                          t, "train_broken")
         results["sample_broken"] = sh(["diffusion", "sample", "--model", bmodel, "--n", "64", "--sampler", "em", "--steps",

@@ -35,7 +35,8 @@ def test_killed_run_resumes_bit_identically(tmp_path, data):
     part = train(data, tmp_path / "part.pt", _cfg(), theory=THEORY.to_dict(), progress=False, device="cpu",
                  max_steps_this_call=20)  # "killed" after 20 steps (checkpoint at 20)
     assert part.steps == 20 and checkpoint_path(tmp_path / "part.pt").exists()
-    resumed = train(data, tmp_path / "part.pt", _cfg(), theory=THEORY.to_dict(), progress=False, device="cpu")
+    resumed = train(data, tmp_path / "part.pt", _cfg(), theory=THEORY.to_dict(), progress=False, device="cpu",
+                    resume=True)
     assert resumed.resumed_from == 20 and resumed.steps == 40
     np.testing.assert_array_equal(resumed.losses, full.losses)
     a, b = load_model(tmp_path / "full.pt"), load_model(tmp_path / "part.pt")
@@ -45,8 +46,8 @@ def test_killed_run_resumes_bit_identically(tmp_path, data):
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, data):
     train(data, tmp_path / "m.pt", _cfg(steps=10), progress=False, device="cpu")
-    with pytest.raises(LftmlError, match="different run"):
-        train(data, tmp_path / "m.pt", _cfg(steps=20, seed=4), progress=False, device="cpu")
+    with pytest.raises(LftmlError, match="other settings.*steps, seed"):
+        train(data, tmp_path / "m.pt", _cfg(steps=20, seed=4), progress=False, device="cpu", resume=True)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, data, monkeypatch):
@@ -59,13 +60,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         return loss * float("nan") if calls["n"] == 25 else loss
 
     monkeypatch.setattr(training_module, "dsm_loss", flaky)
-    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 25.*checkpoint .*step 20"):
+    with pytest.raises(TrainingDivergedError, match=r"diverged: loss became nan at update 25.*checkpoint .*update 20"):
         train(data, tmp_path / "m.pt", _cfg(), progress=False, device="cpu")
     ck = torch.load(checkpoint_path(tmp_path / "m.pt"), weights_only=True)
     assert ck["step"] == 20 and np.all(np.isfinite(ck["losses"].numpy()))
     assert not (tmp_path / "m.pt").exists()
     monkeypatch.setattr(training_module, "dsm_loss", real)
-    res = train(data, tmp_path / "m.pt", _cfg(), progress=False, device="cpu")  # resumes from the good checkpoint
+    res = train(data, tmp_path / "m.pt", _cfg(), progress=False, device="cpu", resume=True)  # the good checkpoint
     assert res.resumed_from == 20 and res.steps == 40
 
 
@@ -139,7 +140,7 @@ def test_cli_likelihood_and_metropolis_produce_their_reports(tmp_path, data):
     configs = data.reshape(64, 8, 8, 8)
     write_ensemble(tmp_path / "free.h5", configs, metadata={"kind": "test", "theory": THEORY.to_dict()},
                    theory=THEORY, observables=measure_history(configs, THEORY))
-    run_cli("diffusion", "train", "--data", tmp_path / "free.h5", "--preset", "tiny", "--steps", "30", "--batch-size", "16",
+    run_cli("diffusion", "train", "--data", tmp_path / "free.h5", "--preset", "tiny", "--updates", "30", "--batch-size", "16",
             "--out", tmp_path / "m.pt", "--json", check=True)
     lk = run_cli("diffusion", "likelihood", "--model", tmp_path / "m.pt", "--data", tmp_path / "free.h5", "--max-configs", "16",
                  "--png", tmp_path / "s.png", "--json", check=True).json()

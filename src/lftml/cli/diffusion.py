@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from lftml.cli.common import JSON_OPTION, SEED_OPTION, emit_json, fmt_err, require_file
+from lftml.errors import LftmlError
 
 app = typer.Typer(help="Diffusion models (VE SDE + periodic U-Net) trained on lattice ensembles.", no_args_is_help=True)
 
@@ -21,44 +22,104 @@ DEVICE_OPTION = typer.Option("auto", "--device", help="auto (GPU when present), 
 THREADS_OPTION = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
 
 
+def _deprecated(old: str, new: str) -> None:
+    typer.echo(f"warning: {old} is deprecated; use {new}", err=True)
+
+
 @app.command()
 def train(
     data: Path = typer.Option(..., "--data", help="Training ensemble file (HDF5, from `lftml hmc`)."),
     out: Path = typer.Option(..., "--out", help="Model file to write (checkpoint: <out>.ckpt)."),
-    preset: str = typer.Option("fast", "--preset", help="U-Net preset: fast (CPU), paper (32/64/128/256, stride 1), tiny."),
-    steps: int = typer.Option(4000, "--steps", help="Training steps (batches)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (linear warm-up, cosine decay)."),
-    sigma: float = typer.Option(25.0, "--sigma", help="VE SDE base sigma (g(t) = sigma^t)."),
-    ema: float = typer.Option(0.999, "--ema", help="EMA decay of the weights."),
-    z2: bool = typer.Option(True, "--z2/--no-z2", help="Z2 (phi -> -phi) data augmentation."),
-    t_sampling: str = typer.Option("mixed", "--t-sampling", help="mixed (default) or uniform (reference) diffusion times."),
-    parametrization: str = typer.Option("gaussian", "--parametrization",
-                                        help="gaussian (default: exact Gaussian part from the data's power spectrum + U-Net), edm, or reference (net/std)."),
-    checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="U-Net preset: equi (default: stride 1, exactly "
+                                         "translation-equivariant, Z2-odd), fast, paper, tiny, tiny-equi."),
+    updates: Optional[int] = typer.Option(None, "--updates", help="Optimiser updates (default 3000)."),
+    steps: Optional[int] = typer.Option(None, "--steps", hidden=True, help="Deprecated spelling of --updates."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Configurations per update (default 32)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (linear warm-up, cosine decay; default 2e-3)."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help="VE SDE base sigma (g(t) = sigma^t; default 25)."),
+    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights (default 0.99)."),
+    z2: Optional[bool] = typer.Option(None, "--z2/--no-z2", help="Z2 (phi -> -phi) data augmentation (default on)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment",
+                                           help="Lattice reflections/rotations as augmentation (default on)."),
+    t_sampling: Optional[str] = typer.Option(None, "--t-sampling", help="Noise levels: low (default: extra weight "
+                                             "below the per-site width), loguniform, mixed, uniform."),
+    target: Optional[str] = typer.Option(None, "--target", help="tsm (default: blend of the known force and the "
+                                         "denoising target) or dsm (denoising only)."),
+    weighting: Optional[str] = typer.Option(None, "--weighting", help="likelihood (default: g^2, the path-space KL), "
+                                            "sigma2 (the reference) or edm (Karras)."),
+    noise_draws: Optional[int] = typer.Option(None, "--noise-draws", help="(t, z) draws per configuration and update (default 2)."),
+    parametrization: Optional[str] = typer.Option(None, "--parametrization",
+                                                  help="gaussian (default: exact Gaussian part from the data's power "
+                                                       "spectrum + U-Net), edm, or reference (net/std)."),
+    checkpoint_every: int = typer.Option(250, "--checkpoint-every", help="Updates between checkpoints."),
     thin: str = typer.Option("1", "--thin", help="Stride along Monte Carlo time, or 'auto' (2 tau_int(M))."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from <out>.ckpt if present."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Held-out ensemble: log the likelihood gain over "
+                                           "the analytic part during training."),
+    monitor_every: int = typer.Option(500, "--monitor-every", help="Updates between held-out measurements."),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the interrupted run in "
+                                          "<out>.ckpt with its stored settings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out (and its checkpoint)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on when "
+                                            "stderr is a terminal)."),
     threads: Optional[int] = THREADS_OPTION,
     device: str = DEVICE_OPTION,
-    seed: int = SEED_OPTION,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random stream (default 0; recorded)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train a score model by denoising score matching."""
-    from lftml.diffusion.training import TrainConfig
-    from lftml.diffusion.workflows import set_threads, train_from_file
+    """Train a score model (default: the recommended equivariant model, target score matching)."""
+    import sys
+    from dataclasses import replace
 
+    from lftml.diffusion.training import (TrainConfig, TrainingInterrupted, _refuse_interrupted, check_resume_settings,
+                                          stored_config)
+    from lftml.diffusion.workflows import set_threads, train_from_file
+    from lftml.safeio import check_output
+
+    if steps is not None:
+        _deprecated("--steps", "--updates")
+        if updates is not None and updates != steps:
+            raise LftmlError("give --updates only (--steps is its deprecated spelling)")
+        updates = steps
+    if resume is False:
+        _deprecated("--no-resume", "nothing (runs start afresh unless --resume; --overwrite replaces an output)")
+    resume = bool(resume)
     require_file(data, "training ensemble")
+    if heldout is not None:
+        require_file(heldout, "held-out ensemble")
+    check_output(out, overwrite=True, resume=resume, inputs=[data, heldout])  # inputs, folder
+    _refuse_interrupted(out, resume, overwrite)
+    check_output(out, overwrite=overwrite, resume=resume, inputs=[data, heldout])
+    if resume and overwrite:
+        raise LftmlError("--resume continues a run and --overwrite starts afresh; give one of them")
     set_threads(threads)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, sigma=sigma, ema_decay=ema, z2_augment=z2,
-                      checkpoint_every=checkpoint_every, seed=seed, preset=preset, t_sampling=t_sampling,
-                      parametrization=parametrization)
-    res = train_from_file(data, out, cfg, thin=thin if thin == "auto" else int(thin) if thin.isdigit() else thin,
-                          resume=resume, progress=not as_json, device=device)
+    given = {"preset": preset, "steps": updates, "batch_size": batch_size, "lr": lr, "sigma": sigma,
+             "ema_decay": ema, "z2_augment": z2, "symmetry_augment": augment, "t_sampling": t_sampling,
+             "target": target, "weighting": weighting, "noise_draws": noise_draws,
+             "parametrization": parametrization, "seed": seed}
+    if resume:
+        stored = stored_config(out)
+        check_resume_settings(stored, given)
+        cfg = replace(stored, checkpoint_every=checkpoint_every)
+    else:
+        cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None}, checkpoint_every=checkpoint_every)
+    show = (sys.stderr.isatty() and not as_json) if progress is None else progress
+    try:
+        res = train_from_file(data, out, cfg, thin=thin if thin == "auto" else int(thin) if thin.isdigit() else thin,
+                              resume=resume, overwrite=overwrite, progress=show, device=device, heldout=heldout,
+                              monitor_every=monitor_every)
+    except TrainingInterrupted as exc:
+        typer.echo(f"interrupted after update {exc.step} of {cfg.steps}; checkpoint {exc.checkpoint} kept. "
+                   f"Continue with: lftml diffusion train --data {data} --out {out} --resume", err=True)
+        raise typer.Exit(130)
     if as_json:
         emit_json(res)
         return
-    typer.echo(f"trained {res['steps']} steps ({res['training']['wall_seconds']:.0f} s) on {res['data']['n_configs']} "
-               f"configurations: final loss {res['final_loss']:.4f}; model {res['model']}, loss curve {res['loss_png']}")
+    gain = res.get("monitor")
+    extra = ""
+    if gain:
+        extra = f"; held-out likelihood gain {fmt_err(gain[-1]['gain_nats'], gain[-1]['error'])} nats"
+    typer.echo(f"trained {res['steps']} updates ({res['training']['wall_seconds']:.0f} s) on {res['data']['n_configs']} "
+               f"configurations: final loss {res['final_loss']:.4f}{extra}; model {res['model']}, loss curve {res['loss_png']}")
 
 
 def _deprecated(old: str, new: str) -> None:

@@ -232,10 +232,10 @@ def save_model(model: ScoreModel, path: str | Path, *, ema_state: dict | None = 
         "sigma_data": model.sigma_data,
         "power_spectrum": None if model.power_spectrum is None else model.power_spectrum.detach().cpu().clone(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    from lftml.safeio import atomic_output
+
+    with atomic_output(path) as tmp:  # a full disk leaves the old file (or none), never a temp file
+        torch.save(payload, tmp)
     return path
 
 

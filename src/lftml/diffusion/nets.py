@@ -29,9 +29,16 @@ stride). Architecture (after Song et al.'s ``ScoreNet``, as used for 2d phi^4 by
   features, so the U-Net is nearly blind to the zero mode M, which carries chi_2 and U_L; this
   head models the (non-Gaussian) distribution of M directly. Not in the reference.
 
-Presets: ``paper`` = channels 32/64/128/256, all strides 1, embedding 256 (the reference); ``fast`` =
+* optional **Z2 antisymmetrisation** (``odd``): ``out(x) = (f(x) - f(-x)) / 2``, so the network's
+  score is exactly odd, as the score of any Z2-symmetric density (phi -> -phi) is.
+
+Presets: ``equi`` (the default of ``lftml diffusion train``) = channels 16/32/32, **all strides 1**
+(exactly equivariant under every lattice translation: circular padding, no resampling), embedding
+64, linear skip, zero-mode head and Z2 antisymmetrisation; ``tiny-equi`` its small sibling (tests).
+``paper`` = channels 32/64/128/256, all strides 1, embedding 256 (the reference); ``fast`` =
 channels 16/32/64 with strides 1/2/2, embedding 64 and a 4-kernel linear skip (a few percent of
-the cost, for CPUs); ``tiny`` = channels 8/16 with linear skip (tests only).
+the cost, for CPUs; *not* translation-equivariant: stride-2 levels commute only with even shifts,
+a one-site shift changes its output by O(1)); ``tiny`` = channels 8/16 with linear skip (tests only).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from torch import nn
 
 from lftml.errors import LftmlError
 
-__all__ = ["UNetConfig", "UNet", "GaussianFourierProjection", "PRESETS", "preset"]
+__all__ = ["UNetConfig", "UNet", "GaussianFourierProjection", "PRESETS", "DEFAULT_PRESET", "preset"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class UNetConfig:
     linear_skip: int = 0
     time_input: str = "log_std"
     zero_mode_head: bool = False
+    odd: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -97,10 +105,16 @@ class UNetConfig:
 
 
 PRESETS: dict[str, UNetConfig] = {
+    "equi": UNetConfig(channels=(16, 32, 32), strides=(1, 1, 1), embed_dim=64, linear_skip=4, zero_mode_head=True,
+                       odd=True),
     "paper": UNetConfig(channels=(32, 64, 128, 256), strides=(1, 1, 1, 1), embed_dim=256),
     "fast": UNetConfig(channels=(16, 32, 64), strides=(1, 2, 2), embed_dim=64, linear_skip=4, zero_mode_head=True),
     "tiny": UNetConfig(channels=(8, 16), strides=(1, 2), embed_dim=32, linear_skip=4, zero_mode_head=True),
+    "tiny-equi": UNetConfig(channels=(8, 16), strides=(1, 1), embed_dim=32, linear_skip=4, zero_mode_head=True,
+                            odd=True),
 }
+#: the preset ``lftml diffusion train`` uses when none is given (benchmarks/diffusion_results.md, "learning")
+DEFAULT_PRESET = "equi"
 
 
 def preset(name: str, ndim: int = 2) -> UNetConfig:
@@ -215,6 +229,14 @@ class UNet(nn.Module):
                     m.bias.copy_(torch.rand(m.bias.shape, generator=generator) * 2 * bound - bound)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.config.odd:
+            # exact Z2: f(x) - f(-x) over 2, one pass on the doubled batch
+            n = x.shape[0]
+            y = self._forward(torch.cat([x, -x]), torch.cat([t, t]))
+            return 0.5 * (y[:n] - y[n:])
+        return self._forward(x, t)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         act = torch.nn.functional.silu
         emb = act(self.embed(t))
         h = x.unsqueeze(1)

@@ -30,22 +30,34 @@ def set_threads(threads: int | None) -> None:
 
 
 def train_from_file(data: str | Path, out: str | Path, config, *, thin: int | str = 1, discard: int = 0,
-                    max_configs: int | None = None, resume: bool = True, progress: bool = True,
-                    device: str = "auto") -> dict[str, Any]:
-    """Train on an ensemble file; returns a JSON-able summary."""
+                    max_configs: int | None = None, resume: bool = False, overwrite: bool = False,
+                    progress: bool = True, device: str = "auto", heldout: str | Path | None = None,
+                    monitor_every: int = 0) -> dict[str, Any]:
+    """Train on an ensemble file (optionally monitoring the likelihood gain on ``heldout``);
+    returns a JSON-able summary."""
     from lftml.diffusion.data import load_configs
     from lftml.diffusion.training import train
 
     d = load_configs(data, discard=discard, thin=thin, max_configs=max_configs)
-    r = train(d.configs, out, config, theory=d.theory, data_info=d.info(), resume=resume, progress=progress,
-              device=device)
+    ho = None
+    if heldout is not None:
+        h = load_configs(heldout)
+        if h.lattice_shape != d.lattice_shape:
+            raise LftmlError(f"--heldout {heldout} has lattice {h.lattice_shape}, the training data {d.lattice_shape}")
+        if d.theory is not None and h.theory is not None and h.theory != d.theory:
+            raise LftmlError(f"--heldout {heldout} is another theory than the training data; pass a held-out set of "
+                             "the same theory")
+        ho = h.configs
+    r = train(d.configs, out, config, theory=d.theory, data_info=d.info(), resume=resume, overwrite=overwrite,
+              progress=progress, device=device, heldout=ho, monitor_every=monitor_every if ho is not None else 0)
     return {
         "model": str(r.model_path), "checkpoint": str(r.checkpoint), "loss_png": str(r.loss_png) if r.loss_png else None,
         "steps": r.steps, "resumed_from": r.resumed_from, "wall_seconds": r.wall_seconds,
         "final_loss": float(np.mean(r.losses[-50:])) if len(r.losses) else None,
         "data": d.info(), "lattice_shape": list(d.lattice_shape), "scale": r.model.scaling.scale,
         "sigma_max": r.model.sde.sigma_max, "training": r.model.info.get("training"),
-        "seeds": r.model.info.get("seeds"),
+        "seeds": r.model.info.get("seeds"), "settings": r.model.info.get("train_config"),
+        "monitor": r.model.info.get("monitor"),
     }
 
 

@@ -10,7 +10,6 @@ missing, damaged or foreign file.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,14 +66,10 @@ def save_model(
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.exists():
         raise LftmlError(f"directory {directory} does not exist; create it or choose another --out")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    from lftml.safeio import atomic_output
+
+    with atomic_output(path, suffix=".pt.tmp") as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -105,7 +105,7 @@ def test_pcd_agrees_with_exact_training_under_the_same_schedule_within_chain_tol
     is the only difference. 5 sigma per eigenvalue (10 eigenvalues)."""
     target = Target.from_theory(THEORY)
     nh = 8
-    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=0.1)
+    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=0.1, recipe="reference")
     cfg_pcd = TrainConfig(method="pcd", log_every=1000, mu_lr_scale=0.1)
     m_exact, m_pcd = fresh(nh, seed=2), fresh(nh, seed=2)
     train(m_exact, target, cfg_exact)
@@ -122,7 +122,7 @@ def test_pcd_agrees_with_exact_training_under_the_same_schedule_within_chain_tol
 def test_pcd_tracks_exact_training_for_all_hidden_sizes(nh, mu_lr_scale):
     """Reference defaults (mu_lr_scale = 1) and slower mu: PCD - exact within 5 sigma_PCD."""
     target = Target.from_theory(THEORY)
-    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=mu_lr_scale)
+    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=mu_lr_scale, recipe="reference")
     cfg_pcd = TrainConfig(method="pcd", log_every=1000, mu_lr_scale=mu_lr_scale)
     m_exact, m_pcd = fresh(nh, seed=5), fresh(nh, seed=5)
     train(m_exact, target, cfg_exact)
@@ -252,7 +252,7 @@ def _two_stage_pcd(nh: int, seed: int) -> tuple[GaussianRBM, TrainConfig]:
     target = Target.from_theory(THEORY)
     model = fresh(nh, seed=10 + seed)
     g = torch.Generator().manual_seed(seed)
-    warm = dict(PRECISE_EXACT, method="pcd", mu_lr_scale=0.1)
+    warm = dict(method="pcd", optimizer="adam", lr=0.02, lr_decay=0.95, decay_every=64, l2=0.0, mu_lr_scale=0.1)
     train(model, target, TrainConfig(n_updates=1500, log_every=1500, **warm), sampling_generator=g)
     anneal = TrainConfig(method="pcd", n_updates=1000, l2=0.0, log_every=1000, mu_lr_scale=0.1)
     train(model, target, anneal, sampling_generator=g)

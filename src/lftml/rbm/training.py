@@ -486,41 +486,104 @@ def _exact_objective(model: GaussianRBM, target: Target):
     return f
 
 
-def _backtracking_steps(f: Callable, theta: np.ndarray, n: int) -> np.ndarray:
-    """``n`` steepest-descent steps with Armijo backtracking (an infinite objective, i.e. an
-    indefinite K, counts as no decrease)."""
-    fv, g = f(theta)
-    t = 1.0
-    for _ in range(n):
-        gg = float(g @ g)
-        if gg == 0:
-            break
+def _lbfgs(f: Callable, x: np.ndarray, maxiter: int, gtol: float, on_iter: Callable[[int, np.ndarray, np.ndarray], None],
+           memory: int = 50) -> tuple[np.ndarray, np.ndarray, int]:
+    """Minimise ``f`` (returns value, gradient) by L-BFGS (two-loop recursion, ``memory`` pairs) with
+    Armijo backtracking from the full step; an infinite value (K indefinite) is a rejected trial, so
+    every iterate stays positive definite. Stops when ``max|g| < gtol``, after ``maxiter``
+    iterations, or when no step decreases ``f`` (at the optimum to rounding). Returns
+    ``(x, g, iterations)``."""
+    fx, g = f(x)
+    hist: list[tuple[np.ndarray, np.ndarray, float]] = []
+    it = 0
+    while it < maxiter and float(np.abs(g).max()) >= gtol:
+        q = g.copy()
+        alphas = []
+        for s_, y_, rho in reversed(hist):
+            a_ = rho * float(s_ @ q)
+            q -= a_ * y_
+            alphas.append(a_)
+        if hist:
+            s_, y_, _ = hist[-1]
+            q *= float(s_ @ y_) / float(y_ @ y_)
+        else:
+            q /= max(1.0, float(np.abs(g).max()))
+        for (s_, y_, rho), a_ in zip(hist, reversed(alphas)):
+            q += s_ * (a_ - rho * float(y_ @ q))
+        d = -q
+        gd = float(g @ d)
+        if not gd < 0:
+            hist.clear()
+            d = -g / max(1.0, float(np.abs(g).max()))
+            gd = float(g @ d)
+        t = 1.0
         for _ in range(60):
-            new = theta - t * g
-            fn, gn = f(new)
-            if np.isfinite(fn) and fn <= fv - 1e-4 * t * gg:
+            xn = x + t * d
+            fn, gn = f(xn)
+            if np.isfinite(fn) and fn <= fx + 1e-4 * t * gd:
                 break
             t *= 0.5
         else:
             break
-        theta, fv, g = new, fn, gn
-        t *= 2.0
-    return theta
+        if fn >= fx and t < 1e-12:
+            break
+        s_, y_ = xn - x, gn - g
+        sy = float(s_ @ y_)
+        if sy > 1e-12 * math.sqrt(float(s_ @ s_) * float(y_ @ y_)):
+            hist.append((s_, y_, 1.0 / sy))
+            if len(hist) > memory:
+                hist.pop(0)
+        x, fx, g = xn, fn, gn
+        it += 1
+        on_iter(it, x, g)
+    return x, g, it
+
+
+def _escape_saddle(model: GaussianRBM, target: Target, theta: np.ndarray, tol: float) -> np.ndarray | None:
+    """Second-order check at a stationary point: with ``G = <phi phi^T>_target - <phi phi^T>_model``,
+    a maximum of <log p> needs ``v^T G v <= 0`` along every direction a *dead* hidden unit (a null
+    right-singular direction of W) could grow into, since L changes by ``sigma_h^2 eps^2 v^T G v``
+    there. If W has such a direction and ``lambda_max(G) > tol``, return the parameters with that
+    unit pointed along G's top eigenvector (amplitude from the second-order gain); else None."""
+    _unpack_into(model, theta)
+    with torch.no_grad():
+        W = model.W.numpy()
+        try:
+            M2 = model.second_moment().numpy()
+        except LftmlError:
+            return None
+    G = target.second_moment.numpy() - M2
+    lam, vec = np.linalg.eigh(0.5 * (G + G.T))
+    if lam[-1] <= tol:
+        return None
+    U, S, Vt = np.linalg.svd(W, full_matrices=True)
+    smax = float(S.max()) if S.size else 0.0
+    n_dead = int(np.sum(S < 1e-3 * smax)) + max(0, W.shape[1] - W.shape[0]) if smax > 0 else W.shape[1]
+    if n_dead == 0:
+        return None
+    v = Vt[-1]  # the right-singular direction of the smallest singular value (dead unit)
+    mu2 = float(model.mu2_vector().detach().min())
+    eps = 0.1 * math.sqrt(mu2) / model.sigma_h
+    Wn = W + eps * np.outer(vec[:, -1], v)
+    with torch.no_grad():
+        K = np.diag(model.mu2_vector().detach().numpy()) - model.sigma_h**2 * Wn @ Wn.T
+    if np.linalg.eigvalsh(K)[0] <= 0:
+        return None
+    out = theta.copy()
+    out[: W.size] = Wn.ravel()
+    log.info("exact training: left a saddle with a dead hidden unit (lambda_max(G) = %.3g)", lam[-1])
+    return out
 
 
 def _train_exact_converge(
     model: GaussianRBM, target: Target, config: TrainConfig, *, progress: bool = False,
     callback: Callable[[int, GaussianRBM], None] | None = None,
 ) -> dict[str, list]:
-    """Recipe ``converge`` for method exact: L-BFGS-B (scipy, memory 50) on the exact
-    -<log p>_target with its closed-form gradient, no weight decay (pure maximum likelihood),
-    until ``max |d<log p>/d theta| < grad_tol``. One update = one L-BFGS iteration; ``n_updates``
-    is the maximum. L-BFGS stops early when a step hits the edge of the positive-definite region
-    (the objective is +inf there); it is then restarted from where it stopped (fresh memory), up to
-    ``MAX_RESTARTS`` times. Not converged within ``n_updates``: ``history["converged"]`` is False
-    and a warning is logged."""
-    import scipy.optimize as so
-
+    """Recipe ``converge`` for method exact: L-BFGS (memory 50, Armijo backtracking that rejects
+    indefinite K, :func:`_lbfgs`) on the exact -<log p>_target with its closed-form gradient, no
+    weight decay (pure maximum likelihood), until ``max |d<log p>/d theta| < grad_tol``. One update
+    = one L-BFGS iteration; ``n_updates`` is the maximum. Not converged within ``n_updates``:
+    ``history["converged"]`` is False and a warning is logged."""
     model.check_positive_definite()
     f = _exact_objective(model, target)
     theta = _pack(model)
@@ -538,40 +601,35 @@ def _train_exact_converge(
         if callback is not None:
             callback(step, model)
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.n_updates, desc="rbm exact (L-BFGS)", leave=False)
+
+    def on_iter(it: int, x: np.ndarray, g: np.ndarray) -> None:
+        if bar is not None:
+            bar.update(1)
+        if it % config.log_every == 0:
+            record(it, x, float(np.abs(g).max()))
+
     _, g = f(theta)
+    record(0, theta, float(np.abs(g).max()) if g.size else 0.0)
+    theta, g, done = _lbfgs(f, theta, config.n_updates, config.grad_tol, on_iter)
+    for _ in range(model.n_hidden):  # leave saddles with a dead hidden unit (see _escape_saddle)
+        kicked = _escape_saddle(model, target, theta, config.grad_tol)
+        if kicked is None or done >= config.n_updates:
+            break
+        def on_iter2(it: int, x: np.ndarray, g_: np.ndarray, _o: int = done) -> None:
+            on_iter(it + _o, x, g_)
+        theta, g, more = _lbfgs(f, kicked, config.n_updates - done, config.grad_tol, on_iter2)
+        done += more
+    if bar is not None:
+        bar.close()
     gmax = float(np.abs(g).max()) if g.size else 0.0
-    record(0, theta, gmax)
-    done = 0
-    state = {"done": 0}
-
-    def on_iter(xk: np.ndarray) -> None:
-        state["done"] += 1
-        if state["done"] % config.log_every == 0:
-            _, gk = f(xk)
-            record(state["done"], xk, float(np.abs(gk).max()))
-
-    restarts = 0
-    while gmax >= config.grad_tol and done < config.n_updates and restarts <= MAX_RESTARTS:
-        res = so.minimize(f, theta, jac=True, method="L-BFGS-B", callback=on_iter,
-                          options=dict(maxiter=config.n_updates - done, gtol=config.grad_tol, ftol=0.0, maxcor=50))
-        done = state["done"]
-        if not np.isfinite(res.fun):
-            raise TrainingDiverged("exact training left the positive-definite region; use --recipe reference with a lower --lr")
-        theta = res.x
-        _, g = f(theta)
-        gmax = float(np.abs(g).max())
-        restarts += 1
-        if gmax >= config.grad_tol and done < config.n_updates:
-            # L-BFGS-B stopped short (a step beyond the positive-definite edge spoils its line search):
-            # a few backtracking gradient steps (Armijo, staying positive definite), then a fresh start
-            theta = _backtracking_steps(f, theta, min(GD_STEPS, config.n_updates - done))
-            state["done"] += min(GD_STEPS, config.n_updates - done)
-            done = state["done"]
-            _, g = f(theta)
-            gmax = float(np.abs(g).max())
     _unpack_into(model, theta)
     converged = gmax < config.grad_tol
-    if not history["update"] or history["update"][-1] != done:
+    if history["update"][-1] != done:
         record(done, theta, gmax)
     if not converged:
         log.warning("exact training stopped after %d iterations without reaching max|grad| < %g (now %.3g); "
@@ -586,10 +644,6 @@ class _NotPositiveDefinite(Exception):
     pass
 
 
-#: Restarts of L-BFGS in the converge recipe after a stop short of the gradient tolerance.
-MAX_RESTARTS = 50
-#: Backtracking gradient steps between L-BFGS restarts.
-GD_STEPS = 10
 
 #: Maximum number of rejected exact-training steps before giving up.
 MAX_REJECTIONS = 50

@@ -275,7 +275,7 @@ def sample(
                     summary = sample_to_ensemble(model, out, n_configs=n_configs, n_chains=chains, n_therm=therm, every=every,
                                                  method=method, seed=seed, progress=progress)
             if grid is not None:
-                summary["grid"] = digit_grid(model, grid, n_images=grid_size, n_sweeps=therm, seed=seed)
+                summary["grid"] = digit_grid(model, grid, n_images=grid_size, n_sweeps=therm, seed=seed, method=method)
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing was written (each output is written whole at the end); rerun the command", err=True)
         raise typer.Exit(130) from None
@@ -286,7 +286,8 @@ def sample(
         typer.echo(f"wrote {n_configs} x {chains} configurations of shape {tuple(summary['lattice_shape'])} to {out} "
                    f"({summary['wall_time_s']:.2f} s); analyse with: lftml analyze {out}")
     if grid is not None:
-        typer.echo(f"wrote {grid_size} digits ({therm} Gibbs sweeps from noise) to {grid}")
+        how = f"{therm} Gibbs sweeps from noise" if method == "gibbs" else "exact i.i.d. draws"
+        typer.echo(f"wrote {grid_size} digits ({how}) to {grid}")
 
 
 @app.command()

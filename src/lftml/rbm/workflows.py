@@ -338,27 +338,36 @@ def sample_to_ensemble(
             "method": method, "seed": int(seed), "wall_time_s": wall}
 
 
-def digit_grid(model_path: Path, png: Path, *, n_images: int = 36, n_sweeps: int = 1000, seed: int = 0,
-               n_cols: int | None = None) -> dict[str, Any]:
+def digit_grid(model_path: Path | GaussianRBM, png: Path, *, n_images: int = 36, n_sweeps: int = 1000, seed: int = 0,
+               n_cols: int | None = None, method: str = "gibbs", title: str | None = None) -> dict[str, Any]:
     """Digits from a trained model: ``n_images`` independent block-Gibbs chains started from
-    uniform noise in [0, 1], ``n_sweeps`` sweeps each, the visible field (clipped to [0, 1] for
-    display) tiled into one grid image ``png``. The model's lattice must be 2d (images)."""
+    uniform noise in [0, 1], ``n_sweeps`` sweeps each (``method="exact"``: i.i.d. draws from
+    p(phi) instead), the visible field (clipped to [0, 1] for display) tiled into one grid image
+    ``png``. The model's lattice must be 2d (images). Block Gibbs relaxes a mode of kernel
+    eigenvalue k with rate ~ k/mu^2 per sweep, so the infrared modes of an image model with
+    mu^2 = 100 need O(mu^2/k_min) sweeps."""
     from lftml.plots import pyplot, save_figure
     from lftml.rbm.plots import plot_digit_grid
 
-    model, _ = load_model(model_path)
+    model = model_path if isinstance(model_path, GaussianRBM) else load_model(model_path)[0]
     if len(model.lattice_shape) != 2:
         raise LftmlError(f"--grid draws images: the model's lattice {model.lattice_shape} is not 2d")
     if n_images < 1 or n_sweeps < 1:
         raise LftmlError(f"--grid-size and --therm must be >= 1 for --grid, got {n_images}, {n_sweeps}")
     gens, seeds = stream_generators(seed, ("grid",))
     g = gens["grid"]
-    x0 = torch.rand((n_images, model.n_visible), generator=g, dtype=model.dtype)
-    x = model.gibbs(x0, n_sweeps, g).reshape(n_images, *model.lattice_shape).numpy()
+    if method == "exact":
+        x = model.sample_exact(n_images, g).reshape(n_images, *model.lattice_shape).numpy()
+    elif method == "gibbs":
+        x0 = torch.rand((n_images, model.n_visible), generator=g, dtype=model.dtype)
+        x = model.gibbs(x0, n_sweeps, g).reshape(n_images, *model.lattice_shape).numpy()
+    else:
+        raise LftmlError(f"--method must be gibbs or exact, got {method!r}")
     cols = n_cols or int(np.ceil(np.sqrt(n_images)))
     fig, ax = pyplot().subplots(figsize=(0.6 * cols + 0.4, 0.6 * (-(-n_images // cols)) + 0.6))
-    title = f"$N_h = {model.n_hidden}$, $\\mu^2 = {float(np.mean(model.mu2_value())):.4g}$"
+    if title is None:
+        title = f"$N_h = {model.n_hidden}$, $\\mu^2 = {float(np.mean(model.mu2_value())):.4g}$"
     plot_digit_grid(ax, x, n_cols=cols, title=title)
     save_figure(fig, png)
-    return {"png": str(png), "n_images": n_images, "n_sweeps": n_sweeps, "seed": int(seed), "stream_seeds": seeds,
+    return {"png": str(png), "n_images": n_images, "n_sweeps": n_sweeps if method == "gibbs" else 0, "method": method, "seed": int(seed), "stream_seeds": seeds,
             "pixel_mean": float(x.mean()), "pixel_range": [float(x.min()), float(x.max())]}

@@ -121,3 +121,57 @@ def test_cli_outputs_are_safe(tmp_path):
     r = invoke(*args, "--overwrite")
     assert r.exit_code == 0, r.output
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.lock"))
+
+
+def _spectrum_check(data: str, hidden: int, tmp_path, max_samples: int | None = None):
+    """CLI analytic optimum on real images vs an independent numpy eigendecomposition of the data:
+    fixed mu^2 = 100 -> model eigenvalues = kappa where kappa < 100 (kept, up to N_h), 100 otherwise;
+    learned global mu^2 -> n_D / sum of the N_v - N_h smallest variances (the closed-form ML value)."""
+    extra = [] if max_samples is None else ["--max-samples", str(max_samples)]
+    x = load_data(data, max_samples=max_samples).flat()
+    var = np.sort(np.linalg.eigvalsh(x.T @ x / len(x)))[::-1]
+    nv = var.size
+    r = invoke("rbm", "train", "--data", data, *extra, "--hidden", str(nv), "--mu2", "100", "--method", "analytic",
+               "--out", str(tmp_path / "f.pt"), "--json")
+    assert r.exit_code == 0, r.output
+    ev = np.array(json.loads(r.stdout)["model_eigenvalues"])
+    zero = var <= 1e-12 * var[0]  # exact zero modes (rounding level, possibly negative)
+    kappa = np.sort(np.where(zero, np.inf, 1.0 / np.where(zero, 1.0, var)))
+    below = kappa < 100
+    assert np.allclose(ev[: below.sum()], kappa[below], rtol=1e-6)
+    assert np.allclose(ev[below.sum():], 100.0, rtol=1e-9)
+    r = invoke("rbm", "train", "--data", data, *extra, "--hidden", str(hidden), "--method", "analytic",
+               "--out", str(tmp_path / "g.pt"), "--json")
+    assert r.exit_code == 0, r.output
+    dropped = np.where(zero, 0.0, var)[hidden:]
+    assert json.loads(r.stdout)["mu2"] == pytest.approx(dropped.size / dropped.sum(), rel=1e-8)
+
+
+def test_digits_optimum_matches_the_data_spectrum(tmp_path):
+    _spectrum_check("digits", 16, tmp_path)
+
+
+@pytest.mark.slow
+def test_mnist_optimum_matches_the_data_spectrum(tmp_path):
+    """Acceptance on the 5,000 real MNIST images: N_h = N_v = 784 at mu^2 = 100, and learned
+    global mu^2 for N_h = 64 (closed form of the analytic method; exact gradient training on
+    784-pixel data is stiff, see docs/rbm.md)."""
+    _spectrum_check("mnist", 64, tmp_path)
+
+
+@pytest.mark.slow
+def test_exact_gradient_training_on_digits_approaches_the_closed_form_mu2():
+    """Default converge recipe on real 8x8 digits, learned global mu^2, N_h = 16: after 1,500
+    L-BFGS iterations mu^2 is within 1e-2 of the closed-form 67.26 (measured: ~1e-3; the run is
+    stiff and not converged to --tol, see docs/rbm.md). Catches a wrong mu gradient (it would
+    converge elsewhere) or a trainer that stops moving."""
+    import torch
+
+    from lftml.rbm import GaussianRBM, Target, TrainConfig, train
+    from lftml.rbm.constructions import optimal_weights_from_correlator
+
+    t = Target.from_data(load_data("digits").x)
+    m = GaussianRBM(64, 16, mu2=9.0, mu2_mode="global", generator=torch.Generator().manual_seed(0), lattice_shape=(8, 8))
+    train(m, t, TrainConfig(method="exact", n_updates=1500, log_every=500))
+    _, mu2 = optimal_weights_from_correlator(t.second_moment, 16)
+    assert float(m.mu2.detach()) == pytest.approx(mu2, rel=1e-2)

@@ -76,3 +76,32 @@ def test_pcd_training_learns_a_teacher_bernoulli_rbm():
     kl, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
     assert untrained > 1.0
     assert kl < 5 * se + 0.01, (kl, se)
+
+
+def test_cli_bernoulli_hidden_units_train_and_likelihood(tmp_path):
+    """rbm train --hidden-units bernoulli: PCD on data, log-likelihood per image with log Z by
+    enumeration; rbm likelihood re-scores the same held-out split to the same number; Gaussian-only
+    commands refuse the file with one line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from lftml.cli.main import app
+
+    runner = CliRunner()
+    x = np.random.default_rng(0).normal(size=(300, 5))
+    np.save(tmp_path / "x.npy", x)
+    r = runner.invoke(app, ["rbm", "train", "--data", str(tmp_path / "x.npy"), "--hidden-units", "bernoulli", "--hidden", "4",
+                            "--mu2", "1", "--updates", "100", "--heldout", "0.2", "--out", str(tmp_path / "b.pt"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    ho = out["heldout_loglik_per_image"]
+    assert ho["log_z_method"] == "enumeration" and ho["n"] == 60
+    r = runner.invoke(app, ["rbm", "likelihood", str(tmp_path / "b.pt"), "--data", str(tmp_path / "x.npy"), "--heldout", "0.2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["mean"] == pytest.approx(ho["mean"], rel=1e-12)
+    r = runner.invoke(app, ["rbm", "spectrum", str(tmp_path / "b.pt")])
+    assert r.exit_code == 2 and "Bernoulli" in r.stderr
+    r = runner.invoke(app, ["rbm", "train", "--data", str(tmp_path / "x.npy"), "--hidden-units", "bernoulli", "--hidden", "4",
+                            "--out", str(tmp_path / "c.pt")])
+    assert r.exit_code == 2 and "--mu2" in r.stderr

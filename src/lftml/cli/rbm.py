@@ -67,7 +67,8 @@ def train(
     mu2: Optional[float] = typer.Option(None, "--mu2", help="Fixed RBM mass mu^2 (excludes --learn-mu2)."),
     learn_mu2: Optional[str] = typer.Option(None, "--learn-mu2", help="global or site (default global, from --mu0)."),
     mu0: float = typer.Option(3.0, "--mu0", help="Initial mu = sqrt(mu^2) when mu^2 is learned (reference: 3)."),
-    method: str = typer.Option("exact", "--method", help="exact (closed-form ML gradient), pcd, cd, or analytic (the closed-form ML optimum, no updates)."),
+    method: Optional[str] = typer.Option(None, "--method", help="exact (closed-form ML gradient; the default), pcd, cd, or analytic (the closed-form ML optimum, no updates); Bernoulli hidden units: pcd (default) or cd."),
+    hidden_units: str = typer.Option("gaussian", "--hidden-units", help="gaussian (Gaussian RBM) or bernoulli (hidden h = +-1: a scalar-Bernoulli RBM, trained by PCD/CD on data, fixed --mu2)."),
     recipe: str = typer.Option("converge", "--recipe", help="converge (exact: L-BFGS until max|grad <log p>| < --tol) or reference (the paper's fixed momentum-SGD schedule)."),
     tol: float = typer.Option(1e-6, "--tol", help="converge recipe: stop when the largest gradient component of <log p> is below this."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="reference (momentum SGD of the reference code), sgd, adam or lbfgs [reference recipe, pcd, cd]."),
@@ -103,6 +104,15 @@ def train(
     from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
 
     _device(device)
+    if hidden_units not in ("gaussian", "bernoulli"):
+        raise LftmlError(f"--hidden-units must be gaussian or bernoulli, got {hidden_units!r}")
+    if hidden_units == "bernoulli":
+        _train_bernoulli(data=data, hidden=hidden, mu2=mu2, method=method or "pcd", updates=updates, lr=lr, momentum=momentum,
+                         k=k, pcd_chains=pcd_chains if pcd_chains is not None else chains, batch_size=batch_size,
+                         heldout=heldout, max_samples=max_samples, center=center, seed=seed, out=out,
+                         overwrite=overwrite, as_json=as_json, learn_mu2=learn_mu2, shape=shape, init=init)
+        return
+    method = method or "exact"
     if chains is not None:
         _deprecated("--chains", "--pcd-chains")
         if pcd_chains is None:
@@ -159,6 +169,65 @@ def train(
             typer.echo(f"log-likelihood per image ({label}, {v['n']} images, exact closed form): {fmt_err(v['mean'], v['error'])}")
     if "heldout_gap" in summary:
         typer.echo(f"train - held-out gap: {summary['heldout_gap']:.4g}")
+
+
+def _train_bernoulli(*, data, hidden, mu2, method, updates, lr, momentum, k, pcd_chains, batch_size, heldout, max_samples,
+                     center, seed, out, overwrite, as_json, learn_mu2, shape, init) -> None:
+    """``rbm train --hidden-units bernoulli``: PCD/CD on data with a fixed mass; reports the
+    log-likelihood per image (exact log Z by enumeration for N_h <= 20, AIS with its error above)."""
+    import numpy as np
+    import torch
+
+    from lftml.rbm.bernoulli import ScalarBernoulliRBM
+    from lftml.rbm.bernoulli_training import BernoulliTrainConfig, induced_couplings, train_bernoulli
+    from lftml.rbm.io import save_bernoulli_model
+    from lftml.rbm.workflows import bernoulli_loglik, build_target, stream_generators
+    from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
+
+    if data is None or shape is not None:
+        raise LftmlError("--hidden-units bernoulli trains on data: give --data mnist|digits|PATH (no --shape/--m2)")
+    if mu2 is None or learn_mu2 is not None or init is not None:
+        raise LftmlError("--hidden-units bernoulli needs a fixed --mu2 (no --learn-mu2, no --init)")
+    if hidden is None:
+        raise LftmlError("give the number of hidden nodes with --hidden")
+    if method not in ("pcd", "cd"):
+        raise LftmlError(f"--hidden-units bernoulli trains with --method pcd or cd, got {method!r}")
+    data_path = Path(data) if Path(data).exists() else None
+    check_output(out, overwrite=overwrite, inputs=[data_path])
+    tgt, held = build_target("data", None, None, data, heldout=heldout, split_seed=seed, max_samples=max_samples, center=center)
+    cfg = BernoulliTrainConfig(method=method, n_updates=updates, lr=0.01 if lr is None else lr,
+                               momentum=0.5 if momentum is None else momentum, k=k,
+                               n_chains=100 if pcd_chains is None else pcd_chains, batch_size=batch_size)
+    gens, seeds = stream_generators(seed)
+    W0 = 0.01 * torch.randn((tgt.n_visible, hidden), generator=gens["init"], dtype=torch.float64)
+    model = ScalarBernoulliRBM(W0, mu2=mu2)
+    try:
+        with OutputLock(out, "model"), interrupts_as_keyboard_interrupt():
+            hist = train_bernoulli(model, tgt.data, cfg, sampling_generator=gens["sampling"], data_generator=gens["data"])
+            save_bernoulli_model(out, model, lattice_shape=tgt.lattice_shape, history=hist,
+                                 meta={"seed": seed, "stream_seeds": seeds, "train_config": cfg.__dict__})
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was written (Bernoulli training keeps no checkpoint); rerun the command", err=True)
+        raise typer.Exit(130) from None
+    c = induced_couplings(ScalarBernoulliRBM(model.W, mu2=model.mu2))
+    summary = {"hidden_units": "bernoulli", "n_visible": model.n_visible, "n_hidden": model.n_hidden, "mu2": float(mu2),
+               "method": method, "n_updates": updates, "out": str(out), "seed": seed,
+               "coupling_two_max": c["norm_two"], "coupling_four_max": c["norm_four"],
+               "train_loglik_per_image": bernoulli_loglik(model, tgt.data.numpy(), seed=seed)}
+    if held is not None:
+        summary["heldout_loglik_per_image"] = bernoulli_loglik(model, np.asarray(held.x), seed=seed)
+        summary["heldout_gap"] = summary["train_loglik_per_image"]["mean"] - summary["heldout_loglik_per_image"]["mean"]
+    if as_json:
+        emit_json(summary)
+        return
+    typer.echo(f"trained scalar-Bernoulli RBM ({method}, {updates} updates) -> {out}")
+    typer.echo(f"induced couplings: max |(W W^T)_ij| = {c['norm_two']:.4g} (2-point, next to mu^2 = {mu2:g}), "
+               f"max_i |2 sum_a W_ia^4| = {c['norm_four']:.4g} (4-point)")
+    for key, label in (("train_loglik_per_image", "train"), ("heldout_loglik_per_image", "held-out")):
+        if key in summary:
+            v = summary[key]
+            typer.echo(f"log-likelihood per image ({label}, {v['n']} images, log Z by {v['log_z_method']}): "
+                       f"{fmt_err(v['mean'], v['error'])}")
 
 
 @app.command()
@@ -300,21 +369,28 @@ def likelihood(
     seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Exact log-likelihood per image log p(phi) of data under a Gaussian RBM (closed form), mean and error."""
-    from lftml.rbm.workflows import build_target, heldout_loglik
-    from lftml.rbm.io import load_model
+    """Log-likelihood per image log p(phi) of data: Gaussian RBM in closed form; scalar-Bernoulli RBM
+    with log Z by enumeration (N_h <= 20) or AIS (its error included)."""
+    from lftml.rbm.workflows import bernoulli_loglik, build_target, heldout_loglik
+    from lftml.rbm.io import load_any_model
 
     require_file(model, "model file")
-    m, _ = load_model(model)
+    m, rec = load_any_model(model)
     tgt, held = build_target("data", None, None, data, heldout=heldout, split_seed=seed, max_samples=max_samples, center=center)
     x = held.x if held is not None else tgt.data.numpy()
     if int(x.reshape(x.shape[0], -1).shape[1]) != m.n_visible:
         raise LftmlError(f"--data has {x.reshape(x.shape[0], -1).shape[1]} sites per sample but the model has N_v = {m.n_visible}")
-    res = heldout_loglik(m, x)
-    res.update({"model": str(model), "data": data, "part": "held-out" if held is not None else "all",
-                "n_hidden": m.n_hidden, "mu2": m.mu2_value()})
+    if rec["kind"] == "bernoulli":
+        res = bernoulli_loglik(m, x, seed=seed)
+        res.update({"model": str(model), "data": data, "part": "held-out" if held is not None else "all",
+                    "n_hidden": m.n_hidden, "hidden_units": "bernoulli"})
+    else:
+        res = heldout_loglik(m, x)
+        res.update({"model": str(model), "data": data, "part": "held-out" if held is not None else "all",
+                    "n_hidden": m.n_hidden, "mu2": m.mu2_value(), "hidden_units": "gaussian"})
     if as_json:
         emit_json(res)
         return
-    typer.echo(f"log p per image ({res['part']}, {res['n']} samples, exact closed form): {fmt_err(res['mean'], res['error'])} "
+    how = "exact closed form" if rec["kind"] == "gaussian" else f"log Z by {res['log_z_method']}"
+    typer.echo(f"log p per image ({res['part']}, {res['n']} samples, {how}): {fmt_err(res['mean'], res['error'])} "
                f"({res['per_site']:.5g} per site)")

@@ -49,8 +49,13 @@ def test_reference_recipe_keeps_the_papers_fixed_schedule(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["n_updates"] == 200 and out["recipe"] == "reference" and abs(out["mu2"] - 8.0) > 1e-2
-    r = invoke("rbm", "train", "--shape", "10", "--m2", "4", "--hidden", "9", "--lr", "0.1", "--out", str(tmp_path / "x.pt"))
+    r = invoke("rbm", "train", "--shape", "10", "--m2", "4", "--hidden", "9", "--recipe", "converge", "--lr", "0.1",
+               "--out", str(tmp_path / "x.pt"))
     assert r.exit_code == 2 and "--recipe reference" in r.stderr
+    # schedule options without --recipe (the old README command): that schedule, with one warning line
+    r = invoke("rbm", "train", "--shape", "10", "--m2", "4", "--hidden", "9", "--lr", "0.1", "--updates", "20",
+               "--out", str(tmp_path / "y.pt"), "--json")
+    assert r.exit_code == 0 and "--recipe reference is used" in r.stderr and json.loads(r.stdout)["n_updates"] == 20
 
 
 def test_huge_learning_rate_is_a_one_line_divergence_error(tmp_path):

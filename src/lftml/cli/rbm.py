@@ -69,7 +69,7 @@ def train(
     mu0: float = typer.Option(3.0, "--mu0", help="Initial mu = sqrt(mu^2) when mu^2 is learned (reference: 3)."),
     method: Optional[str] = typer.Option(None, "--method", help="exact (closed-form ML gradient; the default), pcd, cd, or analytic (the closed-form ML optimum, no updates); Bernoulli hidden units: pcd (default) or cd."),
     hidden_units: str = typer.Option("gaussian", "--hidden-units", help="gaussian (Gaussian RBM) or bernoulli (hidden h = +-1: a scalar-Bernoulli RBM, trained by PCD/CD on data, fixed --mu2)."),
-    recipe: str = typer.Option("converge", "--recipe", help="converge (exact: L-BFGS until max|grad <log p>| < --tol) or reference (the paper's fixed momentum-SGD schedule)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="converge (default for exact: L-BFGS until max|grad <log p>| < --tol) or reference (the paper's fixed momentum-SGD schedule)."),
     tol: float = typer.Option(1e-6, "--tol", help="converge recipe: stop when the largest gradient component of <log p> is below this."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="reference (momentum SGD of the reference code), sgd, adam or lbfgs [reference recipe, pcd, cd]."),
     updates: int = typer.Option(1000, "--updates", help="Parameter updates (converge recipe: the maximum)."),
@@ -126,10 +126,15 @@ def train(
     check_output(out, overwrite=overwrite, inputs=[data_path, init])
     explicit = {n: v for n, v in dict(optimizer=optimizer, lr=lr, momentum=momentum, l2=l2, lr_decay=lr_decay,
                                       decay_every=decay_every).items() if v is not None}
+    names = ", ".join("--" + n.replace("_", "-") for n in explicit)
     if method == "exact" and recipe == "converge" and explicit:
-        names = ", ".join("--" + n.replace("_", "-") for n in explicit)
-        raise LftmlError(f"{names} set the fixed schedule of --recipe reference (or pcd/cd); the default exact recipe "
-                         f"(L-BFGS to --tol) takes none: add --recipe reference")
+        raise LftmlError(f"{names} set the fixed schedule of --recipe reference (or pcd/cd); --recipe converge "
+                         f"(L-BFGS to --tol) takes none: drop them or use --recipe reference")
+    if method == "exact" and recipe is None and explicit:
+        typer.echo(f"warning: {names} set a fixed schedule, so --recipe reference is used; the default exact recipe "
+                   f"converges by itself (drop them)", err=True)
+        recipe = "reference"
+    recipe = recipe or "converge"
     if init is not None:
         require_file(init, "--init model file")
     tgt, held = build_target(target, parse_shape(shape) if shape is not None else None, m2, data, heldout=heldout,

@@ -67,7 +67,7 @@ def test_damaged_foreign_and_missing_model_files_give_file_format_error(tmp_path
 def test_cli_train_spectrum_sample_json(tmp_path):
     model = tmp_path / "model.pt"
     r = invoke("rbm", "train", "--target", "free", "--shape", "10", "--m2", "4", "--hidden", "8", "--learn-mu2", "global",
-               "--method", "exact", "--optimizer", "adam", "--lr", "0.02", "--lr-decay", "0.95", "--l2", "0",
+               "--method", "exact", "--recipe", "reference", "--optimizer", "adam", "--lr", "0.02", "--lr-decay", "0.95", "--l2", "0",
                "--updates", "1500", "--log-every", "100", "--seed", "3", "--out", str(model), "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
@@ -200,8 +200,8 @@ def test_cli_sample_refuses_to_overwrite_an_existing_ensemble(tmp_path):
     assert r.exit_code == 0, r.output
     out = tmp_path / "e.h5"
     out.write_bytes(b"keep me")
-    r = invoke("rbm", "sample", str(model), "--n", "5", "--out", str(out))
-    assert r.exit_code == 2 and "already exists" in r.stderr
+    r = invoke("rbm", "sample", str(model), "--n-configs", "5", "--out", str(out))
+    assert r.exit_code == 2 and "exists; pass --overwrite" in r.stderr
     assert out.read_bytes() == b"keep me"
 
 

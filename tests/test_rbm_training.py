@@ -70,7 +70,7 @@ def test_reference_optimiser_reproduces_the_reference_update_rule():
     """Hand-written reference scheme: v = b v + (1-b) dW; W += lr v - lr l2 W; mu += lr dmu;
     lr *= 0.92 every 64 updates; momentum only on W."""
     target = Target.from_theory(THEORY)
-    cfg = TrainConfig(method="exact", n_updates=130, log_every=130)
+    cfg = TrainConfig(method="exact", n_updates=130, log_every=130, recipe="reference")
     model = fresh(8, seed=4)
     ref = fresh(8, seed=4)
     train(model, target, cfg)
@@ -105,7 +105,7 @@ def test_pcd_agrees_with_exact_training_under_the_same_schedule_within_chain_tol
     is the only difference. 5 sigma per eigenvalue (10 eigenvalues)."""
     target = Target.from_theory(THEORY)
     nh = 8
-    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=0.1)
+    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=0.1, recipe="reference")
     cfg_pcd = TrainConfig(method="pcd", log_every=1000, mu_lr_scale=0.1)
     m_exact, m_pcd = fresh(nh, seed=2), fresh(nh, seed=2)
     train(m_exact, target, cfg_exact)
@@ -122,7 +122,7 @@ def test_pcd_agrees_with_exact_training_under_the_same_schedule_within_chain_tol
 def test_pcd_tracks_exact_training_for_all_hidden_sizes(nh, mu_lr_scale):
     """Reference defaults (mu_lr_scale = 1) and slower mu: PCD - exact within 5 sigma_PCD."""
     target = Target.from_theory(THEORY)
-    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=mu_lr_scale)
+    cfg_exact = TrainConfig(method="exact", log_every=1000, mu_lr_scale=mu_lr_scale, recipe="reference")
     cfg_pcd = TrainConfig(method="pcd", log_every=1000, mu_lr_scale=mu_lr_scale)
     m_exact, m_pcd = fresh(nh, seed=5), fresh(nh, seed=5)
     train(m_exact, target, cfg_exact)
@@ -160,9 +160,9 @@ def test_training_is_reproducible_from_seeds():
 
 
 def test_learning_curves_are_logged():
-    hist = train(fresh(6), Target.from_theory(THEORY), TrainConfig(n_updates=20, log_every=5))
+    hist = train(fresh(6), Target.from_theory(THEORY), TrainConfig(n_updates=20, log_every=5, recipe="reference"))
     assert hist["update"] == [0, 5, 10, 15, 20]
-    assert set(hist) == {"update", "loglik", "kl", "mu2", "lr"}
+    assert set(hist) == {"update", "loglik", "kl", "mu2", "lr", "n_updates"} and hist["n_updates"] == 20
     assert all(np.isfinite(hist["kl"]))
 
 
@@ -185,7 +185,7 @@ def test_training_bad_input():
 def test_exact_training_rejects_steps_that_break_positivity():
     """A huge learning rate would make K indefinite; the step is undone and lr halved."""
     model = fresh(10)
-    hist = train(model, Target.from_theory(THEORY), TrainConfig(n_updates=30, lr=1.0, optimizer="adam", log_every=30))
+    hist = train(model, Target.from_theory(THEORY), TrainConfig(n_updates=30, lr=1.0, optimizer="adam", log_every=30, recipe="reference"))
     model.check_positive_definite()
     assert hist["lr"][-1] < 1.0
 
@@ -194,7 +194,7 @@ def test_step_rejection_works_when_the_learning_curve_is_logged_every_update():
     """CLI default --log-every 1: the bad step must be undone before the learning curve is recorded
     (which needs a positive-definite K), not reported as a divergence."""
     model = fresh(10)
-    hist = train(model, Target.from_theory(THEORY), TrainConfig(n_updates=30, lr=1.0, optimizer="adam", log_every=1))
+    hist = train(model, Target.from_theory(THEORY), TrainConfig(n_updates=30, lr=1.0, optimizer="adam", log_every=1, recipe="reference"))
     model.check_positive_definite()
     assert hist["lr"][-1] < 1.0 and len(hist["kl"]) == 31 and all(np.isfinite(hist["kl"]))
 
@@ -204,7 +204,7 @@ def test_runaway_to_infinite_parameters_is_a_clear_error(method):
     """Plain SGD at lr 5 drives mu to ~1e224 while K stays 'positive definite' for cholesky_ex
     (which accepts infinite entries): a one-line LftmlError, not NaN models or a LinAlgError later."""
     model = fresh(8)
-    cfg = TrainConfig(method=method, n_updates=300, lr=5.0, optimizer="sgd", log_every=1)
+    cfg = TrainConfig(method=method, n_updates=300, lr=5.0, optimizer="sgd", log_every=1, recipe="reference")
     with pytest.raises(LftmlError, match="diverged"):
         train(model, Target.from_theory(THEORY), cfg, sampling_generator=torch.Generator().manual_seed(0))
 
@@ -252,7 +252,7 @@ def _two_stage_pcd(nh: int, seed: int) -> tuple[GaussianRBM, TrainConfig]:
     target = Target.from_theory(THEORY)
     model = fresh(nh, seed=10 + seed)
     g = torch.Generator().manual_seed(seed)
-    warm = dict(PRECISE_EXACT, method="pcd", mu_lr_scale=0.1)
+    warm = dict(method="pcd", optimizer="adam", lr=0.02, lr_decay=0.95, decay_every=64, l2=0.0, mu_lr_scale=0.1)
     train(model, target, TrainConfig(n_updates=1500, log_every=1500, **warm), sampling_generator=g)
     anneal = TrainConfig(method="pcd", n_updates=1000, l2=0.0, log_every=1000, mu_lr_scale=0.1)
     train(model, target, anneal, sampling_generator=g)

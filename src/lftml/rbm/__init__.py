@@ -5,7 +5,10 @@
 * :func:`train` -- exact maximum likelihood, PCD and CD-k (:class:`TrainConfig`, :class:`Target`);
 * analytic constructions (Cholesky, diagonalisation, the ML optimum with N_h <= N_v);
 * spectral analysis (the RBM as an ultraviolet regulator);
-* :class:`ScalarBernoulliRBM` -- continuous visible, hidden +-1 (interactions of all orders);
+* :class:`ScalarBernoulliRBM` -- continuous visible, hidden +-1 (interactions of all orders), trained
+  by :func:`lftml.rbm.bernoulli_training.train_bernoulli`, log Z by enumeration or AIS;
+* :class:`lftml.rbm.phi4.Phi4VisibleRBM` -- lam phi^4/4! on the visible nodes (exact conditional sampler);
+* data sets: :mod:`lftml.datasets`; MNIST figures: ``python -m lftml.rbm.mnist OUTDIR``;
 * save/load of models (:func:`save_model`, :func:`load_model`).
 """
 

@@ -26,12 +26,12 @@ from lftml.theories import FreeScalar
 
 __all__ = ["make_figures", "PRECISE_EXACT"]
 
-#: Optimiser settings that converge exact training to the ML optimum (see docs/rbm.md).
-PRECISE_EXACT = dict(method="exact", optimizer="adam", lr=0.02, lr_decay=0.95, decay_every=64, l2=0.0)
+#: Exact training to the ML optimum: the default converge recipe (L-BFGS until max|grad| < 1e-6).
+PRECISE_EXACT = dict(method="exact", recipe="converge")
 
 
-#: The same for the 8x8 lattice (64 sites: smaller Adam steps, initial mu^2 = 12.25 > lambda_max = 9).
-PRECISE_EXACT_2D = dict(method="exact", optimizer="adam", lr=0.01, lr_decay=0.97, decay_every=64, l2=0.0)
+#: The same for the 8x8 lattice.
+PRECISE_EXACT_2D = dict(method="exact", recipe="converge")
 
 
 def _trained(

@@ -10,7 +10,6 @@ missing, damaged or foreign file.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from lftml.errors import FileFormatError, LftmlError
 from lftml.rbm.gaussian import GaussianRBM
 
-__all__ = ["save_model", "load_model", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_model", "load_model", "save_bernoulli_model", "load_any_model", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "lftml.rbm.GaussianRBM"
 FORMAT_VERSION = 1
@@ -67,14 +66,10 @@ def save_model(
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.exists():
         raise LftmlError(f"directory {directory} does not exist; create it or choose another --out")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    from lftml.safeio import atomic_output
+
+    with atomic_output(path, suffix=".pt.tmp") as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -94,6 +89,8 @@ def load_model(path: str | os.PathLike) -> tuple[GaussianRBM, dict[str, Any]]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # damaged zip, pickle, text file, ...
         raise FileFormatError(f"{path} is not a readable lftml RBM model file (damaged or foreign: {type(exc).__name__})") from None
+    if isinstance(obj, dict) and obj.get("format") == "lftml.rbm.ScalarBernoulliRBM":
+        raise FileFormatError(f"{path} is a scalar-Bernoulli RBM: this command handles Gaussian RBMs (use lftml rbm likelihood)")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise FileFormatError(f"{path} is not an lftml RBM model file (expected format {FORMAT!r})")
     if obj.get("format_version") != FORMAT_VERSION:
@@ -131,3 +128,45 @@ def load_model(path: str | os.PathLike) -> tuple[GaussianRBM, dict[str, Any]]:
     except (KeyError, TypeError, LftmlError) as exc:
         raise FileFormatError(f"{path} is a damaged lftml RBM model file ({exc})") from None
     return model, {"target": target, "history": obj.get("history", {}), "meta": obj.get("meta", {})}
+
+
+BERNOULLI_FORMAT = "lftml.rbm.ScalarBernoulliRBM"
+
+
+def save_bernoulli_model(path: str | os.PathLike, model: Any, *, lattice_shape: tuple[int, ...] | None = None,
+                         history: dict | None = None, meta: dict | None = None) -> Path:
+    """Write a :class:`~lftml.rbm.bernoulli.ScalarBernoulliRBM` (W, mu^2, eta, lattice shape) atomically."""
+    from lftml.safeio import atomic_output
+
+    path = Path(path)
+    obj = {"format": BERNOULLI_FORMAT, "format_version": 1,
+           "state": {"W": model.W.clone(), "mu2": model.mu2.clone(), "eta": model.eta.clone()},
+           "lattice_shape": list(lattice_shape or (model.n_visible,)), "history": history or {}, "meta": meta or {}}
+    with atomic_output(path, suffix=".pt.tmp") as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def load_any_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """A Gaussian RBM (:func:`load_model`) or a scalar-Bernoulli RBM file; ``record["kind"]`` is
+    ``"gaussian"`` or ``"bernoulli"`` (the latter with ``lattice_shape``)."""
+    from lftml.rbm.bernoulli import ScalarBernoulliRBM
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        obj = None
+    if isinstance(obj, dict) and obj.get("format") == BERNOULLI_FORMAT:
+        try:
+            st = obj["state"]
+            m = ScalarBernoulliRBM(st["W"], mu2=st["mu2"], eta=st["eta"])
+        except (KeyError, TypeError, LftmlError) as exc:
+            raise FileFormatError(f"{path} is a damaged lftml Bernoulli RBM file ({exc})") from None
+        return m, {"kind": "bernoulli", "lattice_shape": tuple(obj.get("lattice_shape", [m.n_visible])),
+                   "history": obj.get("history", {}), "meta": obj.get("meta", {})}
+    model, rec = load_model(path)
+    rec["kind"] = "gaussian"
+    return model, rec

@@ -11,27 +11,24 @@ safe (bounded) but the inverse spectrum kappa is ultraviolet divergent (tiny cor
 eigenvalues, e.g. MNIST border pixels that never light up, give kappa -> infinity). An RBM with
 mass mu^2 reproduces ``min(kappa, mu^2)``: the regulated spectrum.
 
-Data files: :func:`load_mnist` reads the user's local MNIST (IDX, IDX.gz or .npz); lftml ships no
-MNIST and downloads nothing. :func:`synthetic_digits` makes a small digits-like stand-in.
+Data files are read by :mod:`lftml.datasets` (built-in real MNIST and sklearn digits, IDX, npz,
+arrays, ensembles); :func:`synthetic_digits` makes a small digits-like stand-in.
 """
 
 from __future__ import annotations
 
-import gzip
-import os
-import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lftml.errors import FileFormatError, LftmlError
+from lftml.errors import LftmlError
 from lftml.rbm.gaussian import GaussianRBM
 
 __all__ = [
     "spectral_analysis",
     "data_correlator_spectrum",
+    "count_zero_modes",
     "regulated_spectrum",
     "load_mnist",
     "synthetic_digits",
@@ -70,26 +67,49 @@ def spectral_analysis(model: GaussianRBM, target: Any = None) -> dict[str, Any]:
     return out
 
 
-def data_correlator_spectrum(data: np.ndarray | torch.Tensor, connected: bool = False) -> dict[str, np.ndarray]:
+def count_zero_modes(data: np.ndarray, connected: bool = False) -> dict[str, int]:
+    """Exact zero modes of the data correlator, counted without eigenvalues: ``constant_pixels``
+    (identically zero for ``<phi phi^T>``; constant at any value for the connected correlator) plus
+    the ``rank_deficit`` of the remaining columns (``n_free - rank``, rank from an SVD of the
+    data matrix, which also catches ``n_samples < N_v``). ``zero_modes`` is their sum."""
+    x = np.asarray(data, dtype=np.float64).reshape(np.shape(data)[0], -1)
+    const = np.ptp(x, axis=0) == 0 if connected else np.all(x == 0, axis=0)
+    free = x[:, ~const]
+    if connected:
+        free = free - free.mean(0)
+    rank = int(np.linalg.matrix_rank(free)) if free.size else 0
+    n_free = int(free.shape[1])
+    return {"constant_pixels": int(const.sum()), "rank_deficit": n_free - rank, "zero_modes": int(const.sum()) + n_free - rank,
+            "rank": rank}
+
+
+def data_correlator_spectrum(data: np.ndarray | torch.Tensor, connected: bool = False) -> dict[str, Any]:
     """Spectrum of the data two-point function ``C_ij = <phi_i phi_j>`` (``connected=True``
     subtracts <phi_i><phi_j>) for data ``(n_samples, N_v)`` or ``(n_samples, *shape)``.
 
-    Returns ``correlator_eigenvalues`` (1/kappa, descending, >= 0) and ``kappa`` (ascending,
-    ``inf`` for exact zero modes): the inverse spectrum, UV divergent for image data."""
+    Returns ``correlator_eigenvalues`` (1/kappa, descending, >= 0; the exact zero modes set to 0),
+    ``kappa`` (ascending, ``inf`` for the exact zero modes: the UV divergence) and the zero-mode
+    count of :func:`count_zero_modes` (``zero_modes``, ``constant_pixels``, ``rank_deficit``).
+    The zero modes are counted exactly (constant pixels + rank of the data matrix), not by an
+    eigenvalue threshold; the eigenvalues set to zero are the ``zero_modes`` smallest, which
+    numerically are at rounding level (~1e-16 relative)."""
     x = np.asarray(data.detach().numpy() if isinstance(data, torch.Tensor) else data, dtype=np.float64)
     if x.ndim < 2 or x.shape[0] < 2:
         raise LftmlError(f"data must be (n_samples, N_v) with n_samples >= 2, got shape {x.shape}")
     x = x.reshape(x.shape[0], -1)
     if not np.all(np.isfinite(x)):
         raise LftmlError("data contain NaN or infinite values")
+    zm = count_zero_modes(x, connected)
     if connected:
         x = x - x.mean(0)
     C = x.T @ x / x.shape[0]
     ev = np.clip(np.linalg.eigvalsh(C)[::-1], 0.0, None)
-    tiny = ev.max() * 1e-14 if ev.max() > 0 else 0.0
+    nz = zm["zero_modes"]
+    if nz:
+        ev[ev.size - nz:] = 0.0
     with np.errstate(divide="ignore"):
-        kappa = np.where(ev > tiny, 1.0 / np.maximum(ev, tiny if tiny > 0 else 1.0), np.inf)
-    return {"correlator_eigenvalues": ev, "kappa": np.sort(kappa)}
+        kappa = np.where(ev > 0, 1.0 / np.where(ev > 0, ev, 1.0), np.inf)
+    return {"correlator_eigenvalues": ev, "kappa": np.sort(kappa), **zm}
 
 
 def regulated_spectrum(kappa: np.ndarray, n_hidden: int, mu2: float) -> np.ndarray:
@@ -103,57 +123,8 @@ def regulated_spectrum(kappa: np.ndarray, n_hidden: int, mu2: float) -> np.ndarr
 
 
 # ---------------------------------------------------------------------------------- data files
-def _read_idx(raw: bytes, path: Path) -> np.ndarray:
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise FileFormatError(f"{path} is not an IDX file (bad magic number)")
-    dtype_code, ndim = raw[2], raw[3]
-    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if dtype_code not in dtypes or ndim < 1:
-        raise FileFormatError(f"{path}: unsupported IDX data type {dtype_code:#x} or ndim {ndim}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise FileFormatError(f"{path} is truncated (IDX header)")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
-    dt = np.dtype(dtypes[dtype_code])
-    n = int(np.prod(dims))
-    if len(raw) < header + n * dt.itemsize:
-        raise FileFormatError(f"{path} is truncated: expected {n} values of shape {dims}")
-    return np.frombuffer(raw, dtype=dt, count=n, offset=header).reshape(dims)
-
-
-def load_mnist(path: str | os.PathLike, *, scale: bool = True, max_samples: int | None = None) -> np.ndarray:
-    """Images ``(n, 28, 28)`` float64 from a local MNIST file: IDX (``train-images-idx3-ubyte``,
-    optionally ``.gz``) or ``.npz`` (key ``x_train``, ``images`` or ``arr_0``). ``scale`` maps
-    pixel values 0..255 to [0, 1]. lftml does not download MNIST: pass the file you have."""
-    path = Path(path)
-    if not path.exists():
-        raise FileFormatError(
-            f"MNIST file {path} does not exist: lftml does not download MNIST; give the path of a local "
-            f"train-images-idx3-ubyte[.gz] or an .npz with x_train"
-        )
-    try:
-        if path.suffix == ".npz":
-            with np.load(path) as z:
-                key = next((k for k in ("x_train", "images", "arr_0") if k in z.files), None)
-                if key is None:
-                    raise FileFormatError(f"{path} has no x_train/images/arr_0 array (found {z.files})")
-                images = np.asarray(z[key])
-        else:
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rb") as f:
-                images = _read_idx(f.read(), path)
-    except FileFormatError:
-        raise
-    except (OSError, ValueError, EOFError) as exc:
-        raise FileFormatError(f"{path} is not a readable MNIST file ({exc})") from None
-    if images.ndim == 2 and images.shape[1] == 784:
-        images = images.reshape(-1, 28, 28)
-    if images.ndim != 3:
-        raise FileFormatError(f"{path}: expected images (n, 28, 28), got shape {images.shape}")
-    images = images.astype(np.float64)
-    if scale and images.max() > 1.0:
-        images = images / 255.0
-    return images[:max_samples] if max_samples else images
+# The MNIST loader moved to lftml.datasets (one module for every data set); kept importable here.
+from lftml.datasets import load_mnist  # noqa: E402,F401
 
 
 def synthetic_digits(n: int, generator: np.random.Generator, size: int = 28) -> np.ndarray:

@@ -36,9 +36,24 @@ from lftml.rbm.gaussian import GaussianRBM, gaussian_log_likelihood, moment_grad
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Target", "TrainConfig", "ReferenceSGD", "train", "pcd_tolerance", "METHODS"]
+__all__ = ["Target", "TrainConfig", "ReferenceSGD", "train", "pcd_tolerance", "METHODS", "RECIPES", "TrainingDiverged"]
+
+
+class TrainingDiverged(LftmlError):
+    """Training ran away (K indefinite, infinite parameters, or runaway growth of -<log p>)."""
+
+
+#: Runaway guard (schedule training): the exact <log p> may not fall more than this many times
+#: max(1, |<log p>_0|) below its initial value -- ML training raises it; a fall by a factor 1e3 is a
+#: learning rate far too large (the issue's --lr 1e6 reached KL = 7e240 with a finite loss).
+RUNAWAY_FACTOR = 1e3
 
 METHODS: tuple[str, ...] = ("exact", "pcd", "cd", "analytic")
+#: ``converge``: method exact runs L-BFGS on the exact <log p> until the largest gradient component
+#: is below ``grad_tol`` (``n_updates`` is then a maximum); ``reference``: the fixed schedule of the
+#: reference code (momentum SGD, lr decay), for reproducing its learning curves. PCD/CD (stochastic)
+#: always use the schedule.
+RECIPES: tuple[str, ...] = ("converge", "reference")
 #: Up to this many visible sites training runs single-threaded (restored afterwards).
 SMALL_PROBLEM = 128
 
@@ -145,8 +160,14 @@ class TrainConfig:
     optimizer: str = "reference"  # "reference" | "sgd" | "adam" | "lbfgs" (or pass optimizer_factory)
     log_every: int = 1
     mu_lr_scale: float = 1.0  # learning rate of mu (and eta) relative to W's; 1 in the reference code
+    recipe: str = "converge"  # "converge" (exact: L-BFGS to grad_tol) | "reference" (the paper's fixed schedule)
+    grad_tol: float = 1e-6  # converge recipe: stop when max |d<log p>/d theta| < grad_tol
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise LftmlError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if not (self.grad_tol > 0 and math.isfinite(self.grad_tol)):
+            raise LftmlError(f"grad_tol (--tol) must be a positive number, got {self.grad_tol}")
         if self.method not in METHODS:
             raise LftmlError(f"method must be one of {METHODS}, got {self.method!r}")
         for name in ("n_updates", "k", "n_chains", "batch_size", "decay_every", "log_every"):
@@ -261,6 +282,8 @@ def train(
     method = config.method
     if method == "analytic":
         return _set_analytic_optimum(model, target)
+    if method == "exact" and config.recipe == "converge" and optimizer_factory is None:
+        return _train_exact_converge(model, target, config, progress=progress, callback=callback)
     stochastic = method in ("pcd", "cd")
     if stochastic and sampling_generator is None:
         raise LftmlError(f"method {method!r} needs a sampling generator")
@@ -303,13 +326,20 @@ def train(
         try:
             ll, kl = _kl_and_loglik(model, target)
         except LftmlError:
-            raise LftmlError(
+            raise TrainingDiverged(
                 f"training diverged at update {step}: K stopped being positive definite; lower the learning rate (now {config.lr})"
             ) from None
         if not math.isfinite(ll):  # cholesky_ex accepts infinite entries: catch runaway parameters here
-            raise LftmlError(
+            raise TrainingDiverged(
                 f"training diverged at update {step}: the parameters became infinite or NaN; lower the learning rate (now {config.lr})"
             )
+        if history["loglik"]:
+            ll0 = history["loglik"][0]
+            if ll < ll0 - RUNAWAY_FACTOR * max(1.0, abs(ll0)):
+                raise TrainingDiverged(
+                    f"training diverged at update {step}: <log p> fell from {ll0:.4g} to {ll:.4g} (runaway growth); "
+                    f"lower the learning rate (now {config.lr})"
+                )
         history["update"].append(step)
         history["loglik"].append(ll)
         history["kl"].append(kl)
@@ -368,7 +398,7 @@ def train(
                     break
                 rejections += 1
                 if rejections > MAX_REJECTIONS:
-                    raise LftmlError(
+                    raise TrainingDiverged(
                         f"training diverged at update {step}: K stopped being positive definite; lower the learning rate"
                     )
                 with torch.no_grad():
@@ -388,11 +418,231 @@ def train(
     for p in params.values():
         p.grad = None
     log.info("trained %s for %d updates: loglik %.6g", method, config.n_updates, history["loglik"][-1])
+    history["n_updates"] = config.n_updates
+    return history
+
+
+def _pack(model: GaussianRBM) -> np.ndarray:
+    return np.concatenate([p.detach().numpy().ravel() for p in model.trainable_parameters().values()])
+
+
+def _unpack_into(model: GaussianRBM, theta: np.ndarray) -> None:
+    i = 0
+    with torch.no_grad():
+        for p in model.trainable_parameters().values():
+            n = p.numel()
+            p.copy_(torch.as_tensor(theta[i: i + n].reshape(tuple(p.shape)), dtype=p.dtype))
+            i += n
+
+
+def _exact_objective(model: GaussianRBM, target: Target):
+    """``f(theta) -> (-<log p>_target, -grad)`` in numpy for the packed trainable parameters
+    (order of ``trainable_parameters``: W, then mu, then eta); the gradient is that of
+    :func:`moment_gradients` with exact model moments. Outside the positive-definite region
+    ``f = +inf`` (the line search backs off)."""
+    import scipy.linalg as sl
+
+    C = target.second_moment.numpy()
+    m = target.mean.numpy()
+    nv, nh, s2 = model.n_visible, model.n_hidden, model.sigma_h**2
+    names = list(model.trainable_parameters())
+    mode = model.mu2_mode
+    mu2_fixed = None if model._mu2_fixed is None else np.broadcast_to(model._mu2_fixed.numpy(), (nv,))
+    eta_fixed = model.eta.detach().numpy().copy()
+    const = -0.5 * nv * math.log(2 * math.pi)
+
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        i = nv * nh
+        W = theta[:i].reshape(nv, nh)
+        if "mu" in names:
+            nmu = nv if mode == "site" else 1
+            mu = theta[i: i + nmu]
+            i += nmu
+            mu2v = np.broadcast_to(mu * mu, (nv,))
+        else:
+            mu2v = mu2_fixed
+        eta = theta[i: i + nh] if "eta" in names else eta_fixed
+        K = np.diag(mu2v) - s2 * (W @ W.T)
+        try:
+            cf = sl.cho_factor(K, lower=True, check_finite=True)
+        except (np.linalg.LinAlgError, ValueError):
+            return float("inf"), np.zeros_like(theta)
+        J = W @ eta
+        a = sl.cho_solve(cf, J)
+        ll = -0.5 * float(np.sum(K * C)) + float(J @ m) - 0.5 * float(J @ a) + float(np.log(np.diag(cf[0])).sum()) + const
+        Kinv = sl.cho_solve(cf, np.eye(nv))
+        G = C - Kinv - np.outer(a, a)
+        dm = m - a
+        grads = [s2 * (G @ W) + np.outer(dm, eta)]
+        if "mu" in names:
+            d = np.diag(G)
+            dmu2 = -0.5 * d if mode == "site" else np.array([-0.5 * d.sum()])
+            grads.append(2.0 * mu * dmu2)
+        if "eta" in names:
+            grads.append(W.T @ dm)
+        g = np.concatenate([x.ravel() for x in grads])
+        return -ll, -g
+
+    return f
+
+
+def _lbfgs(f: Callable, x: np.ndarray, maxiter: int, gtol: float, on_iter: Callable[[int, np.ndarray, np.ndarray], None],
+           memory: int = 50) -> tuple[np.ndarray, np.ndarray, int]:
+    """Minimise ``f`` (returns value, gradient) by L-BFGS (two-loop recursion, ``memory`` pairs) with
+    Armijo backtracking from the full step; an infinite value (K indefinite) is a rejected trial, so
+    every iterate stays positive definite. Stops when ``max|g| < gtol``, after ``maxiter``
+    iterations, or when no step decreases ``f`` (at the optimum to rounding). Returns
+    ``(x, g, iterations)``."""
+    fx, g = f(x)
+    hist: list[tuple[np.ndarray, np.ndarray, float]] = []
+    it = 0
+    while it < maxiter and float(np.abs(g).max()) >= gtol:
+        q = g.copy()
+        alphas = []
+        for s_, y_, rho in reversed(hist):
+            a_ = rho * float(s_ @ q)
+            q -= a_ * y_
+            alphas.append(a_)
+        if hist:
+            s_, y_, _ = hist[-1]
+            q *= float(s_ @ y_) / float(y_ @ y_)
+        else:
+            q /= max(1.0, float(np.abs(g).max()))
+        for (s_, y_, rho), a_ in zip(hist, reversed(alphas)):
+            q += s_ * (a_ - rho * float(y_ @ q))
+        d = -q
+        gd = float(g @ d)
+        if not gd < 0:
+            hist.clear()
+            d = -g / max(1.0, float(np.abs(g).max()))
+            gd = float(g @ d)
+        t = 1.0
+        for _ in range(60):
+            xn = x + t * d
+            fn, gn = f(xn)
+            if np.isfinite(fn) and fn <= fx + 1e-4 * t * gd:
+                break
+            t *= 0.5
+        else:
+            break
+        if fn >= fx and t < 1e-12:
+            break
+        s_, y_ = xn - x, gn - g
+        sy = float(s_ @ y_)
+        if sy > 1e-12 * math.sqrt(float(s_ @ s_) * float(y_ @ y_)):
+            hist.append((s_, y_, 1.0 / sy))
+            if len(hist) > memory:
+                hist.pop(0)
+        x, fx, g = xn, fn, gn
+        it += 1
+        on_iter(it, x, g)
+    return x, g, it
+
+
+def _escape_saddle(model: GaussianRBM, target: Target, theta: np.ndarray, tol: float) -> np.ndarray | None:
+    """Second-order check at a stationary point: with ``G = <phi phi^T>_target - <phi phi^T>_model``,
+    a maximum of <log p> needs ``v^T G v <= 0`` along every direction a *dead* hidden unit (a null
+    right-singular direction of W) could grow into, since L changes by ``sigma_h^2 eps^2 v^T G v``
+    there. If W has such a direction and ``lambda_max(G) > tol``, return the parameters with that
+    unit pointed along G's top eigenvector (amplitude from the second-order gain); else None."""
+    _unpack_into(model, theta)
+    with torch.no_grad():
+        W = model.W.numpy()
+        try:
+            M2 = model.second_moment().numpy()
+        except LftmlError:
+            return None
+    G = target.second_moment.numpy() - M2
+    lam, vec = np.linalg.eigh(0.5 * (G + G.T))
+    if lam[-1] <= tol:
+        return None
+    U, S, Vt = np.linalg.svd(W, full_matrices=True)
+    smax = float(S.max()) if S.size else 0.0
+    n_dead = int(np.sum(S < 1e-3 * smax)) + max(0, W.shape[1] - W.shape[0]) if smax > 0 else W.shape[1]
+    if n_dead == 0:
+        return None
+    v = Vt[-1]  # the right-singular direction of the smallest singular value (dead unit)
+    mu2 = float(model.mu2_vector().detach().min())
+    eps = 0.1 * math.sqrt(mu2) / model.sigma_h
+    Wn = W + eps * np.outer(vec[:, -1], v)
+    with torch.no_grad():
+        K = np.diag(model.mu2_vector().detach().numpy()) - model.sigma_h**2 * Wn @ Wn.T
+    if np.linalg.eigvalsh(K)[0] <= 0:
+        return None
+    out = theta.copy()
+    out[: W.size] = Wn.ravel()
+    log.info("exact training: left a saddle with a dead hidden unit (lambda_max(G) = %.3g)", lam[-1])
+    return out
+
+
+def _train_exact_converge(
+    model: GaussianRBM, target: Target, config: TrainConfig, *, progress: bool = False,
+    callback: Callable[[int, GaussianRBM], None] | None = None,
+) -> dict[str, list]:
+    """Recipe ``converge`` for method exact: L-BFGS (memory 50, Armijo backtracking that rejects
+    indefinite K, :func:`_lbfgs`) on the exact -<log p>_target with its closed-form gradient, no
+    weight decay (pure maximum likelihood), until ``max |d<log p>/d theta| < grad_tol``. One update
+    = one L-BFGS iteration; ``n_updates`` is the maximum. Not converged within ``n_updates``:
+    ``history["converged"]`` is False and a warning is logged."""
+    model.check_positive_definite()
+    f = _exact_objective(model, target)
+    theta = _pack(model)
+    history: dict[str, Any] = {"update": [], "loglik": [], "kl": [], "mu2": [], "lr": [], "grad_max": []}
+
+    def record(step: int, th: np.ndarray, gmax: float) -> None:
+        _unpack_into(model, th)
+        ll, kl = _kl_and_loglik(model, target)
+        history["update"].append(step)
+        history["loglik"].append(ll)
+        history["kl"].append(kl)
+        history["mu2"].append(float(model.mu2.detach().mean()))
+        history["lr"].append(None)
+        history["grad_max"].append(gmax)
+        if callback is not None:
+            callback(step, model)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.n_updates, desc="rbm exact (L-BFGS)", leave=False)
+
+    def on_iter(it: int, x: np.ndarray, g: np.ndarray) -> None:
+        if bar is not None:
+            bar.update(1)
+        if it % config.log_every == 0:
+            record(it, x, float(np.abs(g).max()))
+
+    _, g = f(theta)
+    record(0, theta, float(np.abs(g).max()) if g.size else 0.0)
+    theta, g, done = _lbfgs(f, theta, config.n_updates, config.grad_tol, on_iter)
+    for _ in range(model.n_hidden):  # leave saddles with a dead hidden unit (see _escape_saddle)
+        kicked = _escape_saddle(model, target, theta, config.grad_tol)
+        if kicked is None or done >= config.n_updates:
+            break
+        def on_iter2(it: int, x: np.ndarray, g_: np.ndarray, _o: int = done) -> None:
+            on_iter(it + _o, x, g_)
+        theta, g, more = _lbfgs(f, kicked, config.n_updates - done, config.grad_tol, on_iter2)
+        done += more
+    if bar is not None:
+        bar.close()
+    gmax = float(np.abs(g).max()) if g.size else 0.0
+    _unpack_into(model, theta)
+    converged = gmax < config.grad_tol
+    if history["update"][-1] != done:
+        record(done, theta, gmax)
+    if not converged:
+        log.warning("exact training stopped after %d iterations without reaching max|grad| < %g (now %.3g); "
+                    "raise --updates", done, config.grad_tol, gmax)
+    history["converged"] = bool(converged)
+    history["n_updates"] = int(done)
+    history["grad_tol"] = float(config.grad_tol)
     return history
 
 
 class _NotPositiveDefinite(Exception):
     pass
+
 
 
 #: Maximum number of rejected exact-training steps before giving up.
@@ -417,13 +667,15 @@ def _set_analytic_optimum(model: GaussianRBM, target: Target) -> dict[str, list]
         model.eta.zero_()
         if model.mu is not None:
             model.mu.copy_(torch.tensor(math.sqrt(mu2), dtype=model.dtype))
-    history: dict[str, list] = {"update": [0], "loglik": [], "kl": [], "mu2": [mu2], "lr": [0.0]}
+    history: dict[str, Any] = {"update": [0], "loglik": [], "kl": [], "mu2": [mu2], "lr": [0.0]}
     try:
         ll, kl = _kl_and_loglik(model, target)
     except LftmlError:
         ll, kl = float("nan"), None
     history["loglik"].append(ll)
     history["kl"].append(kl)
+    history["n_updates"] = 0  # closed form: no iterations
+    history["converged"] = True
     return history
 
 

@@ -22,7 +22,8 @@ from lftml.rbm.io import load_model, save_model
 from lftml.rbm.spectrum import spectral_analysis
 from lftml.rbm.training import Target, TrainConfig, train
 
-__all__ = ["stream_generators", "build_target", "run_training", "spectrum_report", "sample_to_ensemble"]
+__all__ = ["stream_generators", "build_target", "check_bounded_likelihood", "run_training", "heldout_loglik",
+           "spectrum_report", "sample_to_ensemble"]
 
 
 def stream_generators(seed: int, names: Sequence[str] = ("init", "sampling", "data")) -> tuple[dict[str, torch.Generator], dict[str, int]]:
@@ -32,55 +33,68 @@ def stream_generators(seed: int, names: Sequence[str] = ("init", "sampling", "da
     return {n: torch.Generator().manual_seed(s) for n, s in seeds.items()}, seeds
 
 
-def _load_data_file(path: Path) -> np.ndarray:
-    from lftml.rbm.spectrum import load_mnist
+def build_target(kind: str | None, shape: Sequence[int] | None = None, m2: float | None = None,
+                 data: str | os.PathLike | None = None, *, heldout: float = 0.0, split_seed: int = 0,
+                 max_samples: int | None = None, center: bool = False) -> tuple[Target, Any]:
+    """``free``: exact free-field target on ``shape`` with ``m2``; ``data``: samples from
+    :func:`lftml.datasets.load_data` (``mnist``, ``digits`` or a file). ``kind=None`` means
+    ``data`` when ``data`` is given, else ``free``. With ``heldout > 0`` that fraction of the samples
+    is split off (seeded) and returned as the second element (a :class:`lftml.datasets.Dataset`,
+    else None); the target is built from the rest."""
+    from lftml.datasets import heldout_split, load_data
 
-    if not path.exists():
-        raise LftmlError(f"data file {path} does not exist")
-    suffix = "".join(path.suffixes[-2:])
-    if path.suffix == ".npy":
-        return np.load(path)
-    if path.suffix in (".h5", ".hdf5"):
-        from lftml.ensemble import Ensemble
-
-        with Ensemble.open(path) as ens:
-            c = ens.load_configs()
-        return c.reshape(-1, *c.shape[2:])
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            for key in ("data", "configs", "x_train", "images", "arr_0"):
-                if key in z.files:
-                    return np.asarray(z[key])
-        raise LftmlError(f"{path} has none of the arrays data/configs/x_train/images/arr_0")
-    if "idx" in path.name or suffix.endswith(".gz"):
-        return load_mnist(path)
-    raise LftmlError(f"unknown data file type {path.name}: use .npy, .npz, an lftml ensemble .h5 or MNIST IDX")
-
-
-def build_target(kind: str, shape: Sequence[int] | None = None, m2: float | None = None, data: Path | None = None) -> Target:
-    """``free``: exact free-field target on ``shape`` with ``m2``; ``data``/``mnist``: samples from a file."""
+    if kind is None:
+        kind = "data" if data is not None else "free"
     if kind == "free":
         from lftml.lattice import Lattice
         from lftml.theories import FreeScalar
 
         if shape is None or m2 is None:
-            raise LftmlError("--target free needs --shape and --m2, e.g. --shape 10 --m2 4")
+            raise LftmlError("the free-field target needs --shape and --m2, e.g. --shape 10 --m2 4 (or --data mnist|digits|PATH)")
         if data is not None:
-            raise LftmlError("--data is only used with --target data or mnist")
-        return Target.from_theory(FreeScalar(Lattice(shape), float(m2)))
+            raise LftmlError("--data selects a data target; drop --target free (or --data)")
+        if heldout:
+            raise LftmlError("--heldout needs data (--data); the free-field target is exact")
+        return Target.from_theory(FreeScalar(Lattice(shape), float(m2))), None
     if kind in ("data", "mnist"):
         if data is None:
-            raise LftmlError(f"--target {kind} needs --data PATH (lftml does not download MNIST)")
+            raise LftmlError("a data target needs --data mnist|digits|PATH")
         if shape is not None or m2 is not None:
-            raise LftmlError(f"--shape and --m2 only apply to --target free (--target {kind} takes the shape from --data)")
-        if kind == "mnist":
-            from lftml.rbm.spectrum import load_mnist
+            raise LftmlError("--shape and --m2 only apply to --target free (a data target takes the shape from --data)")
+        ds = load_data(data, max_samples=max_samples, center=center, subset_seed=split_seed)
+        held = None
+        if heldout:
+            ds, held = heldout_split(ds, heldout, split_seed)
+        t = Target.from_data(ds.x)
+        t.theory = None
+        return t, held
+    raise LftmlError(f"unknown --target {kind!r}: use free, or give --data mnist|digits|PATH")
 
-            arr = load_mnist(data)
-        else:
-            arr = _load_data_file(Path(data))
-        return Target.from_data(arr)
-    raise LftmlError(f"unknown --target {kind!r}: use free, data or mnist")
+
+def check_bounded_likelihood(target: Target, n_hidden: int, mu2_mode: str) -> None:
+    """Refuse a learned mass whose likelihood is unbounded: data with exact zero modes (zero
+    variance directions) give ``<log p> -> +inf`` as mu^2 -> inf when every mode the hidden layer
+    cannot keep has zero variance (global mu^2, N_h >= N_v - zero modes) or a site never varies
+    (per-site mu^2 and a constant-zero pixel)."""
+    if target.data is None or mu2_mode == "fixed":
+        return
+    from lftml.rbm.spectrum import count_zero_modes
+
+    zm = count_zero_modes(target.data.numpy())
+    n_v = target.n_visible
+    fix = ("give a fixed mass instead (--mu2 VALUE, e.g. --mu2 100 as in the talk: it caps mu^2), or drop the "
+           "constant pixels (lftml.datasets.drop_constant_pixels)")
+    if mu2_mode == "global" and zm["zero_modes"] > 0 and n_hidden >= n_v - zm["zero_modes"]:
+        raise LftmlError(
+            f"the likelihood is unbounded: the data have {zm['zero_modes']} exact zero modes ({zm['constant_pixels']} constant "
+            f"pixels + rank deficit {zm['rank_deficit']}), so with N_h = {n_hidden} >= N_v - {zm['zero_modes']} = "
+            f"{n_v - zm['zero_modes']} a learned mu^2 grows without bound; use --hidden < {n_v - zm['zero_modes']}, or {fix}"
+        )
+    if mu2_mode == "site" and zm["constant_pixels"] > 0:
+        raise LftmlError(
+            f"the likelihood is unbounded: {zm['constant_pixels']} pixels never vary, and a learned per-site mu_i^2 of such a "
+            f"pixel grows without bound; use --learn-mu2 global, or {fix}"
+        )
 
 
 def run_training(
@@ -112,6 +126,7 @@ def run_training(
         learn_mu2 = "global"
     if n_hidden is None:
         raise LftmlError("give the number of hidden nodes with --hidden")
+    check_bounded_likelihood(target, int(n_hidden), "fixed" if mu2 is not None else str(learn_mu2))
     if mu0 <= 0:
         raise LftmlError(f"--mu0 must be positive (initial mu = sqrt(mu^2)), got {mu0}")
     gens, seeds = stream_generators(seed)
@@ -135,14 +150,9 @@ def run_training(
             f"raise --mu2/--mu0 or lower --init-std"
         ) from None
     t0 = time.perf_counter()
-    history = train(
-        model,
-        target,
-        config,
-        sampling_generator=gens["sampling"],
-        data_generator=gens["data"],
-        progress=progress,
-    )
+    meta0 = {"seed": int(seed), "stream_seeds": seeds, "train_config": config.to_dict(),
+             "init": {"mu0": mu0, "init_std": init_std, "mu2": mu2, "learn_mu2": learn_mu2}}
+    history = _train_interruptible(model, target, config, gens, progress, out, meta0)
     wall = time.perf_counter() - t0
     meta = {
         "seed": int(seed),
@@ -156,9 +166,71 @@ def run_training(
     if out is not None:
         save_model(out, model, target=target, history=history, meta=meta)
     summary = spectral_analysis(model, target)
-    summary.update({"out": None if out is None else str(out), "method": config.method, "n_updates": config.n_updates,
-                    "seed": int(seed), "wall_time_s": wall})
+    summary.update({"out": None if out is None else str(out), "method": config.method, "seed": int(seed), "wall_time_s": wall},
+                   **_training_outcome(history, config))
     return model, summary
+
+
+def _training_outcome(history: dict, config: TrainConfig) -> dict[str, Any]:
+    """``n_updates`` actually made (None for the closed-form ``analytic``), ``converged`` and the
+    final ``grad_max`` for the converge recipe, and the recipe used."""
+    if config.method == "analytic":
+        return {"n_updates": None, "recipe": None, "converged": True}
+    out: dict[str, Any] = {"n_updates": int(history.get("n_updates", config.n_updates)),
+                           "recipe": config.recipe if config.method == "exact" else "reference"}
+    if "converged" in history:
+        out["converged"] = bool(history["converged"])
+        out["grad_max"] = history["grad_max"][-1] if history.get("grad_max") else None
+        out["grad_tol"] = config.grad_tol
+    return out
+
+
+def heldout_loglik(model: GaussianRBM, x: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Exact log-likelihood per image of samples ``x`` under the model (Gaussian RBM: closed form,
+    ``log p(phi)`` normalised), its mean over the images and the standard error of the mean (images
+    are independent draws, so no autocorrelation enters)."""
+    xt = torch.as_tensor(np.asarray(x), dtype=model.dtype).reshape(np.shape(x)[0], -1)
+    with torch.no_grad():
+        lp = model.log_prob(xt).numpy()
+    n = lp.size
+    return {"mean": float(lp.mean()), "error": float(lp.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"), "n": int(n),
+            "per_site": float(lp.mean() / model.n_visible)}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during training; ``message`` says what was kept and how to continue."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _train_interruptible(model: GaussianRBM, target: Target, config: TrainConfig, gens: dict, progress: bool,
+                         out: Path | None, meta: dict) -> dict:
+    """:func:`train` with a snapshot of the parameters at every learning-curve point; on an
+    interrupt the last snapshot (a consistent, positive-definite model) is written to ``out``,
+    marked ``meta["interrupted_at_update"]``, and :class:`TrainingInterrupted` says how to go on."""
+    snap: dict[str, Any] = {"step": 0, "state": {k: v.detach().clone() for k, v in model.trainable_parameters().items()}}
+
+    def keep(step: int, m: GaussianRBM) -> None:
+        snap["step"] = step
+        snap["state"] = {k: v.detach().clone() for k, v in m.trainable_parameters().items()}
+
+    try:
+        return train(model, target, config, sampling_generator=gens["sampling"], data_generator=gens["data"],
+                     progress=progress, callback=keep)
+    except KeyboardInterrupt:
+        with torch.no_grad():
+            for k, v in model.trainable_parameters().items():
+                v.copy_(snap["state"][k])
+        if out is None or snap["step"] == 0:
+            raise TrainingInterrupted(f"interrupted at update {snap['step']}: nothing was written"
+                                      + ("" if out is None else f" ({out} untouched)")) from None
+        save_model(out, model, target=target, history={}, meta={**meta, "interrupted_at_update": snap["step"]})
+        raise TrainingInterrupted(
+            f"interrupted: the model after update {snap['step']} was written to {out} (marked interrupted); "
+            f"continue with: lftml rbm train ... --init {out} --out NEW.pt"
+        ) from None
 
 
 def _continue_training(
@@ -173,14 +245,14 @@ def _continue_training(
     target.check_model(model)
     gens, seeds = stream_generators(seed)
     t0 = time.perf_counter()
-    history = train(model, target, config, sampling_generator=gens["sampling"], data_generator=gens["data"],
-                    progress=progress)
+    meta0 = {"seed": int(seed), "stream_seeds": seeds, "train_config": config.to_dict(), "init_from": str(init_from)}
+    history = _train_interruptible(model, target, config, gens, progress, out, meta0)
     wall = time.perf_counter() - t0
     previous = rec["history"] or {}
     if previous:  # one learning curve across stages (update numbers continue)
         offset = previous["update"][-1] if previous.get("update") else 0
-        history = {k: list(previous.get(k, [])) + (
-            [u + offset for u in v[1:]] if k == "update" else list(v[1:])) for k, v in history.items()}
+        history = {k: (list(previous.get(k, [])) + ([u + offset for u in v[1:]] if k == "update" else list(v[1:])))
+                   if isinstance(v, list) else v for k, v in history.items()}
     meta = {
         "seed": int(seed), "stream_seeds": seeds, "train_config": config.to_dict(), "init_from": str(init_from),
         "previous_meta": rec["meta"], "lftml_version": lftml.__version__,
@@ -189,8 +261,8 @@ def _continue_training(
     if out is not None:
         save_model(out, model, target=target, history=history, meta=meta)
     summary = spectral_analysis(model, target)
-    summary.update({"out": None if out is None else str(out), "method": config.method, "n_updates": config.n_updates,
-                    "seed": int(seed), "wall_time_s": wall, "init_from": str(init_from)})
+    summary.update({"out": None if out is None else str(out), "method": config.method,
+                    "seed": int(seed), "wall_time_s": wall, "init_from": str(init_from)}, **_training_outcome(history, config))
     return model, summary
 
 
@@ -216,13 +288,11 @@ def sample_to_ensemble(
     ``(n_configs, n_chains, *lattice_shape)`` (``method``: ``gibbs`` chains or ``exact`` i.i.d.)."""
     from lftml.ensemble import write_ensemble
 
-    if Path(out).exists():  # as the engine's samplers and `lftml cl run`: never overwrite an ensemble silently
-        raise LftmlError(f"{out} already exists; choose another --out or remove it first")
     model, rec = load_model(model_path)
     if method not in ("gibbs", "exact"):
         raise LftmlError(f"--method must be gibbs or exact, got {method!r}")
     if n_configs < 1 or n_chains < 1:
-        raise LftmlError(f"--n and --chains must be >= 1, got {n_configs}, {n_chains}")
+        raise LftmlError(f"--n-configs and --chains must be >= 1, got {n_configs}, {n_chains}")
     model.check_positive_definite()
     gens, seeds = stream_generators(seed, ("sampling",))
     g = gens["sampling"]
@@ -256,7 +326,65 @@ def sample_to_ensemble(
         "wall_time_s": wall,
     }
     from lftml.observables import measure_history
+    from lftml.safeio import atomic_output
 
-    write_ensemble(out, configs.numpy(), metadata=metadata, theory=theory, observables=measure_history(configs.numpy(), theory))
+    with atomic_output(out, suffix=".h5") as tmp:
+        write_ensemble(tmp, configs.numpy(), metadata=metadata, theory=theory,
+                       observables=measure_history(configs.numpy(), theory))
     return {"out": str(out), "n_configs": n_configs, "n_chains": n_chains, "lattice_shape": list(model.lattice_shape),
             "method": method, "seed": int(seed), "wall_time_s": wall}
+
+
+def digit_grid(model_path: Path | GaussianRBM, png: Path, *, n_images: int = 36, n_sweeps: int = 1000, seed: int = 0,
+               n_cols: int | None = None, method: str = "gibbs", title: str | None = None) -> dict[str, Any]:
+    """Digits from a trained model: ``n_images`` independent block-Gibbs chains started from
+    uniform noise in [0, 1], ``n_sweeps`` sweeps each (``method="exact"``: i.i.d. draws from
+    p(phi) instead), the visible field (clipped to [0, 1] for display) tiled into one grid image
+    ``png``. The model's lattice must be 2d (images). Block Gibbs relaxes a mode of kernel
+    eigenvalue k with rate ~ k/mu^2 per sweep, so the infrared modes of an image model with
+    mu^2 = 100 need O(mu^2/k_min) sweeps."""
+    from lftml.plots import pyplot, save_figure
+    from lftml.rbm.plots import plot_digit_grid
+
+    model = model_path if isinstance(model_path, GaussianRBM) else load_model(model_path)[0]
+    if len(model.lattice_shape) != 2:
+        raise LftmlError(f"--grid draws images: the model's lattice {model.lattice_shape} is not 2d")
+    if n_images < 1 or n_sweeps < 1:
+        raise LftmlError(f"--grid-size and --therm must be >= 1 for --grid, got {n_images}, {n_sweeps}")
+    gens, seeds = stream_generators(seed, ("grid",))
+    g = gens["grid"]
+    if method == "exact":
+        x = model.sample_exact(n_images, g).reshape(n_images, *model.lattice_shape).numpy()
+    elif method == "gibbs":
+        x0 = torch.rand((n_images, model.n_visible), generator=g, dtype=model.dtype)
+        x = model.gibbs(x0, n_sweeps, g).reshape(n_images, *model.lattice_shape).numpy()
+    else:
+        raise LftmlError(f"--method must be gibbs or exact, got {method!r}")
+    cols = n_cols or int(np.ceil(np.sqrt(n_images)))
+    fig, ax = pyplot().subplots(figsize=(0.6 * cols + 0.4, 0.6 * (-(-n_images // cols)) + 0.6))
+    if title is None:
+        title = f"$N_h = {model.n_hidden}$, $\\mu^2 = {float(np.mean(model.mu2_value())):.4g}$"
+    plot_digit_grid(ax, x, n_cols=cols, title=title)
+    save_figure(fig, png)
+    return {"png": str(png), "n_images": n_images, "n_sweeps": n_sweeps if method == "gibbs" else 0, "method": method, "seed": int(seed), "stream_seeds": seeds,
+            "pixel_mean": float(x.mean()), "pixel_range": [float(x.min()), float(x.max())]}
+
+
+def bernoulli_loglik(model: Any, x: np.ndarray, *, seed: int = 0, ais_runs: int = 1000, ais_betas: int = 1000) -> dict[str, Any]:
+    """Log-likelihood per image of a scalar-Bernoulli RBM: ``-F(phi) - log Z`` with log Z exact by
+    enumeration of the 2^N_h hidden states for N_h <= 20, else by AIS (its error reported as
+    ``log_z_error`` and added to ``error`` in quadrature, since it shifts every image alike)."""
+    from lftml.rbm.bernoulli_training import ais_log_partition
+
+    xt = torch.as_tensor(np.asarray(x), dtype=model.W.dtype).reshape(len(x), -1)
+    if model.n_hidden <= 20:
+        log_z, log_z_err, how = model.log_partition(), 0.0, "enumeration"
+    else:
+        g = stream_generators(seed, ("ais",))[0]["ais"]
+        log_z, log_z_err = ais_log_partition(model, ais_runs, ais_betas, g)
+        how = "ais"
+    with torch.no_grad():
+        lp = (-model.free_energy(xt)).numpy() - log_z
+    se = float(lp.std(ddof=1) / np.sqrt(lp.size)) if lp.size > 1 else float("nan")
+    return {"mean": float(lp.mean()), "error": float(np.hypot(se, log_z_err)), "n": int(lp.size), "log_z": float(log_z),
+            "log_z_error": float(log_z_err), "log_z_method": how, "per_site": float(lp.mean() / model.n_visible)}

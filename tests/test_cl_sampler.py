@@ -84,8 +84,9 @@ def test_drift_reference_is_frozen_when_the_first_chain_starts_measuring():
 
 def test_criterion_of_the_discretised_process_is_zero_where_the_continuum_one_has_its_exact_bias():
     """Gaussian model, Euler at eps = 0.1: <L_c z^2> = 2 - 2 sigma <z^2>_eps (exact, non-zero) while
-    <L_eps O> = 0 at any eps. Catches: a wrong antithetic estimator (factor 2, missing -2 O(z)), the
-    criterion noise taken from the dynamics stream, and a diagnosis that calls step-size bias wrong."""
+    <L_eps O> = 0 at any eps. Catches: L_c (or another scheme's update) used in place of the simulated
+    kernel (its bias is resolved here), a missing -2 O(z) term, and a diagnosis that calls step-size
+    bias wrong convergence."""
     sigma, eps = 1 + 1j, 0.1
     s = ComplexLangevin(step_size=eps, scheme="euler", thermalisation_time=5.0, bin_time=0.5, n_bins=200)
     run = run_complex_langevin(GaussianModel(sigma), s, 128, seed=8)
@@ -100,3 +101,18 @@ def test_criterion_of_the_discretised_process_is_zero_where_the_continuum_one_ha
     d = diagnose(run)
     assert not d["suspicious"], d["reasons"]
     assert d["step_size_bias"] and "step-size bias" in d["notes"][0]
+
+
+def test_antithetic_estimator_equals_its_closed_form_per_sample():
+    """Euler, S = sigma z^2/2, O = z^2: z'(+-xi) = (1 - eps sigma) z +- sqrt(2 eps) xi, so the estimator is
+    exactly z^2 ((1 - eps sigma)^2 - 1)/eps + 2 xi^2 per sample. Catches a factor 2, a wrong sign of the
+    antithetic partner, a missing -2 O(z) and a missing sqrt(2) in the noise."""
+    sigma, eps = 1 + 1j, 0.07
+    model = GaussianModel(sigma)
+    sampler = ComplexLangevinSampler(model, ComplexLangevin(step_size=eps, bin_time=1.0))
+    g = torch.Generator().manual_seed(3)
+    z = torch.complex(torch.randn(64, 1, generator=g, dtype=torch.float64), torch.randn(64, 1, generator=g, dtype=torch.float64))
+    xi = torch.randn(64, 1, generator=g, dtype=torch.float64)
+    d = sampler.discrete_criterion(z, model.drift(z), torch.full((64,), eps, dtype=torch.float64), xi)
+    expected = z[:, 0] ** 2 * ((1 - eps * sigma) ** 2 - 1) / eps + 2 * xi[:, 0] ** 2
+    assert torch.allclose(d["z2"], expected, rtol=1e-12, atol=1e-12)

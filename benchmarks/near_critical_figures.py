@@ -23,7 +23,7 @@ def binder_axes(ax, data: dict):
     for L, e in data["binder_jackknife"].items():
         ax.errorbar(kappas, e["value"], yerr=e["error"], marker="o", ms=3, capsize=2, label=f"L = {L}")
     for c in data.get("crossings", []):
-        if np.isfinite(c["kappa"]):
+        if np.isfinite(c["kappa"]) and c.get("method", "spline") == "spline":
             ax.errorbar([c["kappa"]], [c["U"]], xerr=[c["kappa_error"]], yerr=[c["U_error"]], color="k", marker="x")
     ax.axhline(0.61069, color="grey", ls="--", lw=0.8, label="2d Ising U* = 0.6107")
     ax.set_xlabel("kappa")
@@ -75,10 +75,10 @@ def binder_table(data: dict) -> str:
              "|---|" + "---|" * len(data["kappas"])]
     for L, e in data["binder_jackknife"].items():
         lines.append(f"| {L} | " + " | ".join(format_value_error(v, s) for v, s in zip(e["value"], e["error"])) + " |")
-    lines += ["", "| crossing | kappa* | U* |", "|---|---|---|"]
+    lines += ["", "| crossing | interpolation | kappa* | U* |", "|---|---|---|---|"]
     for c in data.get("crossings", []):
-        lines.append(f"| {c['L1']}/{c['L2']} | {format_value_error(c['kappa'], c['kappa_error'])} | "
-                     f"{format_value_error(c['U'], c['U_error'])} |")
+        lines.append(f"| {c['L1']}/{c['L2']} | {c.get('method', 'linear')} | "
+                     f"{format_value_error(c['kappa'], c['kappa_error'])} | {format_value_error(c['U'], c['U_error'])} |")
     return "\n".join(lines)
 
 

@@ -1,8 +1,10 @@
 """Run a sampler: initial fields, thermalisation (with optional HMC step-size adaptation),
 measurements every ``every`` updates, an ensemble file with provenance, and bit-identical resume.
 
-Random streams: ``SeedSequence(seed)`` with spawn key (0, i) seeds chain i's initial field and
-(1, i) its sampling stream, so chain i is the same Markov chain whatever ``n_chains`` is.
+Random streams (:mod:`lftml.samplers.rng`): chain i's initial field draws from Philox stream
+purpose 0 and its updates from purpose 1, keyed by the seed, so chain i is the same Markov chain
+whatever ``n_chains`` is. The stream's name is recorded in the metadata (``rng_stream``); a file
+without it was written with the legacy per-chain ``torch.Generator`` stream and is resumed with it.
 
 Resume: the file's checkpoint holds the field, every generator state, the (frozen) step size and
 the update counters at the last committed measurement. Continuing from it replays exactly the
@@ -28,7 +30,7 @@ from lftml.safeio import interrupts_as_keyboard_interrupt
 from lftml.observables import measure
 from lftml.samplers.hmc import HMC
 from lftml.samplers.langevin import Langevin
-from lftml.samplers.rng import ChainRNG
+from lftml.samplers.rng import LEGACY_STREAM, STREAM, chain_rng, stream_of
 from lftml.samplers.stability import max_stable_step, omega2_max
 from lftml.theories.base import Theory
 
@@ -119,11 +121,11 @@ def hot_start_width(theory: Theory) -> float:
     return min(1.0, 1.0 / math.sqrt(2.0 * c2)) if c2 > 0 else 1.0
 
 
-def initial_field(theory: Theory, config: RunConfig, device: torch.device) -> torch.Tensor:
+def initial_field(theory: Theory, config: RunConfig, device: torch.device, stream: str = STREAM) -> torch.Tensor:
     """Hot start: phi ~ N(0, w^2) per site with ``w = hot_start_width(theory)``. Cold start: the ordered
     field ``s * v`` with ``v`` the mean-field minimum (0 in the symmetric phase) and a random global sign
     ``s`` per chain, so broken-phase chains start in both vacua and not in domain-wall states."""
-    rng = ChainRNG.from_seed(config.seed, config.n_chains, purpose=0, device=device)
+    rng = chain_rng(stream, config.seed, config.n_chains, purpose=0, device=device)
     shape = theory.lattice.shape
     if config.start == "hot":
         return hot_start_width(theory) * rng.normal(shape, dtype=config.torch_dtype)
@@ -164,14 +166,17 @@ def _records(info: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy()[None] for k, v in info.items()}
 
 
-def _metadata(kind: str, theory: Theory, sampler: Sampler, config: RunConfig) -> dict[str, Any]:
-    return {
+def _metadata(kind: str, theory: Theory, sampler: Sampler, config: RunConfig, stream: str = STREAM) -> dict[str, Any]:
+    meta = {
         "kind": kind,
         "theory": theory.to_dict(),
         "sampler": sampler.settings(),
         "run": config.to_dict(),
         "seed": config.seed,
     }
+    if stream != LEGACY_STREAM:  # files of the legacy stream never carried the name (absence means legacy)
+        meta["rng_stream"] = stream
+    return meta
 
 
 def _check_resume_compatible(path: Path, meta_new: dict[str, Any]) -> dict[str, Any]:
@@ -215,8 +220,9 @@ def run(
     theory = sampler.theory
     device = resolve_device(config.device)
     kind = kind or ("hmc" if isinstance(sampler, HMC) else "langevin")
-    meta = _metadata(kind, theory, sampler, config)
-    rng = ChainRNG.from_seed(config.seed, config.n_chains, purpose=1, device=device)
+    stream = STREAM
+    meta = _metadata(kind, theory, sampler, config, stream)
+    rng = chain_rng(stream, config.seed, config.n_chains, purpose=1, device=device)
     adapter = _Adapter(sampler, config.target_acceptance) if (config.adapt and isinstance(sampler, HMC)) else None
     updates_done = 0  # updates after thermalisation
     therm_done = 0
@@ -225,7 +231,8 @@ def run(
     out_path = Path(out) if out is not None else None
 
     if out_path is not None and resume and out_path.exists():
-        _check_resume_compatible(out_path, meta)
+        stream = stream_of(_check_resume_compatible(out_path, meta))  # resume with the file's own stream
+        rng = chain_rng(stream, config.seed, config.n_chains, purpose=1, device=device)
         ck = read_checkpoint(out_path)
         writer = EnsembleWriter.resume(out_path, theory, flush_every=flush_every, flush_seconds=flush_seconds)
         if ck is not None:
@@ -251,7 +258,7 @@ def run(
             flush_every=flush_every, flush_seconds=flush_seconds,
         )
     if phi is None:
-        phi = initial_field(theory, config, device)
+        phi = initial_field(theory, config, device, stream)
     state = sampler.init(phi)
     if writer is not None and isinstance(sampler, HMC) and writer.n_configs == 0:
         writer.update_metadata(md_backend="fused" if sampler.uses_fused(state.phi) else "eager")

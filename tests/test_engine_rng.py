@@ -224,3 +224,32 @@ def test_unknown_stream_is_refused_in_one_line(tmp_path):
     assert res.exit_code == 2 and "unknown random stream 'xoshiro/v9'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("shape,integrator,jitter,traj,n_steps", [
+    ((12, 10), "omelyan", 0.1, 2.0, 3), ((5, 4, 3), "leapfrog", 0.0, 2.0, 3), ((9,), "omelyan", 0.2, 2.2, 2)])
+def test_inline_fused_step_equals_predrawn_path(shape, integrator, jitter, traj, n_steps, monkeypatch):
+    """The fast path (one numba call per trajectory drawing jitter, momenta and the accept uniform inline
+    from the counter) reproduces the pre-drawn path bit for bit: fields, actions, every record and the
+    counters. Catches a different draw order (e.g. accept uniform before the momenta), a jitter block
+    drawn when jitter is 0, a counter not advanced, or an accepted/rejected field swapped."""
+    from lftml.samplers import fused
+
+    if not fused.available():
+        pytest.skip("numba not installed")
+    theory = Phi4.hopping(Lattice(shape), 0.26, 0.022)
+    hmc = HMC.from_trajectory(theory, traj, n_steps, integrator, backend="fused", step_jitter=jitter)  # large steps: rejections
+    phi = 0.5 * R.ChainRNG.from_seed(0, 4, purpose=0).normal(shape)
+    a, b = hmc.init(phi), hmc.init(phi)
+    ra, rb = R.ChainRNG.from_seed(1, 4), R.ChainRNG.from_seed(1, 4)
+    n_acc = 0
+    for _ in range(12):
+        a, ia = hmc.step(a, ra)
+        with monkeypatch.context() as m:
+            m.setattr(fused, "draws_inline", lambda *args: False)
+            b, ib = hmc.step(b, rb)
+        assert torch.equal(a.phi, b.phi) and torch.equal(a.action, b.action)
+        assert set(ia) == set(ib) and all(torch.equal(ia[k], ib[k]) for k in ia)
+        n_acc += int(ia["accepted"].sum())
+    assert np.array_equal(ra.get_state(), rb.get_state())
+    assert 0 < n_acc < 48  # both branches of accept/reject were exercised

@@ -121,6 +121,11 @@ class HMC:
     def step(self, state: HMCState, rng: ChainRNG) -> tuple[HMCState, dict[str, torch.Tensor]]:
         """One trajectory with Metropolis accept/reject per chain."""
         phi0 = state.phi
+        if self.uses_fused(phi0) and fused.draws_inline(phi0, rng):
+            # the whole trajectory in one compiled call, random numbers drawn inline (the same numbers as below)
+            phi1, s1, dH, accept = fused.hmc_step(self.theory, phi0, state.action, rng, self.step_size, self.step_jitter,
+                                                  self.n_steps, self.integrator)
+            return HMCState(phi1, s1), self._info(dH, accept)
         eps: float | torch.Tensor = self.step_size
         if self.step_jitter:
             # per-chain step eps (1 + j (2u - 1)), u ~ U(0,1): a random trajectory length breaks the
@@ -146,10 +151,14 @@ class HMC:
         accept = torch.log(u) < -dH_safe
         mask = accept.view(-1, *([1] * (phi0.ndim - 1)))
         new = HMCState(torch.where(mask, phi1, phi0), torch.where(accept, s1, state.action))
-        info = {
+        return new, self._info(dH, accept)
+
+    @staticmethod
+    def _info(dH: torch.Tensor, accept: torch.Tensor) -> dict[str, torch.Tensor]:
+        dH_safe = torch.nan_to_num(dH, nan=math.inf)
+        return {
             "dH": dH,
             "accepted": accept,
             "acceptance_probability": torch.clamp(torch.exp(-dH_safe), max=1.0),
             "exp_minus_dH": torch.exp(-dH),
         }
-        return new, info

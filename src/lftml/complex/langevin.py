@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
+from lftml.samplers.rng import torch_generator
 
 __all__ = [
     "ComplexLangevin",
@@ -187,13 +188,13 @@ def run_complex_langevin(
 ) -> CLRun:
     """Run ``n_chains`` complex Langevin chains of ``model`` (see module docstring for the conventions).
 
-    ``generator``: the noise stream (default: ``torch.Generator().manual_seed(seed)``; the seed is
+    ``generator``: the noise stream (default: ``torch_generator(seed, "noise")``; the seed is
     recorded in the result either way). Raises :class:`ComplexLangevinRunaway` on divergence.
     """
     if n_chains < 1:
         raise LftmlError(f"need at least one chain, got {n_chains}")
     if generator is None:
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch_generator(seed, "noise")
     s = settings
     z = (model.initial(n_chains) if initial is None else initial.clone()).to(torch.complex128)
     field_shape = tuple(z.shape[1:])

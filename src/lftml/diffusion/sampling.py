@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
+from lftml.samplers.rng import torch_generator
 from lftml.diffusion.sde import VESDE
 
 __all__ = ["SAMPLERS", "SampleResult", "time_grid", "sample", "generate", "write_generated"]
@@ -171,7 +172,7 @@ def generate(
         raise LftmlError(f"--batch-size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    g = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(int(seed))
+    g = torch_generator(seed, "sampling", dev)
     out = []
     snaps: list[tuple[float, np.ndarray]] = []
     bar = None

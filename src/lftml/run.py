@@ -1,8 +1,10 @@
 """Run a sampler: initial fields, thermalisation (with optional HMC step-size adaptation),
 measurements every ``every`` updates, an ensemble file with provenance, and bit-identical resume.
 
-Random streams: ``SeedSequence(seed)`` with spawn key (0, i) seeds chain i's initial field and
-(1, i) its sampling stream, so chain i is the same Markov chain whatever ``n_chains`` is.
+Random streams (:mod:`lftml.samplers.rng`): chain i's initial field draws from Philox stream
+purpose 0 and its updates from purpose 1, keyed by the seed, so chain i is the same Markov chain
+whatever ``n_chains`` is. The stream's name is recorded in the metadata (``rng_stream``); a file
+without it was written with the legacy per-chain ``torch.Generator`` stream and is resumed with it.
 
 Resume: the file's checkpoint holds the field, every generator state, the (frozen) step size and
 the update counters at the last committed measurement. Continuing from it replays exactly the
@@ -30,7 +32,7 @@ from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interr
 from lftml.observables import measure
 from lftml.samplers.hmc import HMC, HMCState
 from lftml.samplers.langevin import Langevin
-from lftml.samplers.rng import ChainRNG
+from lftml.samplers.rng import LEGACY_STREAM, STREAM, chain_rng, stream_of
 from lftml.theories.base import Theory
 
 log = logging.getLogger(__name__)
@@ -143,11 +145,11 @@ def hot_start_width(theory: Theory) -> float:
     return min(1.0, 1.0 / math.sqrt(2.0 * c2)) if c2 > 0 else 1.0
 
 
-def initial_field(theory: Theory, config: RunConfig, device: torch.device) -> torch.Tensor:
+def initial_field(theory: Theory, config: RunConfig, device: torch.device, stream: str = STREAM) -> torch.Tensor:
     """Hot start: phi ~ N(0, w^2) per site with ``w = hot_start_width(theory)``. Cold start: the ordered
     field ``s * v`` with ``v`` the mean-field minimum (0 in the symmetric phase) and a random global sign
     ``s`` per chain, so broken-phase chains start in both vacua and not in domain-wall states."""
-    rng = ChainRNG.from_seed(config.seed, config.n_chains, purpose=0, device=device)
+    rng = chain_rng(stream, config.seed, config.n_chains, purpose=0, device=device)
     shape = theory.lattice.shape
     if config.start == "hot":
         return hot_start_width(theory) * rng.normal(shape, dtype=config.torch_dtype)
@@ -186,14 +188,17 @@ def _records(info: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy()[None] for k, v in info.items()}
 
 
-def _metadata(kind: str, theory: Theory, sampler: Sampler, config: RunConfig) -> dict[str, Any]:
-    return {
+def _metadata(kind: str, theory: Theory, sampler: Sampler, config: RunConfig, stream: str = STREAM) -> dict[str, Any]:
+    meta = {
         "kind": kind,
         "theory": theory.to_dict(),
         "sampler": sampler.settings(),
         "run": config.to_dict(),
         "seed": config.seed,
     }
+    if stream != LEGACY_STREAM:  # files of the legacy stream never carried the name (absence means legacy)
+        meta["rng_stream"] = stream
+    return meta
 
 
 def stored_metadata(path: str | Path) -> dict[str, Any]:
@@ -263,7 +268,7 @@ def run(
     theory = sampler.theory
     device = resolve_device(config.device)
     kind = kind or ("hmc" if isinstance(sampler, HMC) else "langevin")
-    meta = _metadata(kind, theory, sampler, config)
+    meta = _metadata(kind, theory, sampler, config, STREAM)
     if out is None:
         return _run(sampler, config, None, meta, device, resume=False, overwrite=False, progress=progress, kind=kind,
                     flush_every=flush_every, flush_seconds=flush_seconds)
@@ -285,7 +290,8 @@ def _run(sampler: Sampler, config: RunConfig, out_path: Path | None, meta: dict[
          flush_seconds: float) -> RunResult:
     """:func:`run` once the output is checked and locked."""
     theory = sampler.theory
-    rng = ChainRNG.from_seed(config.seed, config.n_chains, purpose=1, device=device)
+    stream = STREAM
+    rng = chain_rng(stream, config.seed, config.n_chains, purpose=1, device=device)
     adapter = _Adapter(sampler, config.target_acceptance) if (config.adapt and isinstance(sampler, HMC)) else None
     updates_done = 0  # updates after thermalisation
     therm_done = 0
@@ -295,6 +301,9 @@ def _run(sampler: Sampler, config: RunConfig, out_path: Path | None, meta: dict[
 
     if out_path is not None and resume and out_path.exists():
         stored = _check_resume_compatible(out_path, meta)
+        stream = stream_of(stored)  # resume with the file's own stream
+        rng = chain_rng(stream, config.seed, config.n_chains, purpose=1, device=device)
+        meta = _metadata(kind, theory, sampler, config, stream)
         ck = read_checkpoint(out_path)
         if ck is not None and int(ck["n_configs"]) > config.n_configs:
             raise LftmlError(
@@ -327,7 +336,7 @@ def _run(sampler: Sampler, config: RunConfig, out_path: Path | None, meta: dict[
             flush_every=flush_every, flush_seconds=flush_seconds,
         )
     if phi is None:
-        phi = initial_field(theory, config, device)
+        phi = initial_field(theory, config, device, stream)
     state = sampler.init(phi)
     if isinstance(state, HMCState):  # a resumed run continues the cluster-move schedule where it stopped
         state = replace(state, n_updates=therm_done + updates_done)

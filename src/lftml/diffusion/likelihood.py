@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
+from lftml.samplers.rng import torch_generator
 from lftml.diffusion.sde import VESDE
 
 __all__ = [
@@ -255,7 +256,7 @@ def model_log_likelihood(model, phi: np.ndarray | torch.Tensor, *, settings: Lik
     """``log q(phi)`` (engine units, density of phi) for configurations ``(n, *lattice_shape)``."""
     phi = torch.as_tensor(np.asarray(phi), dtype=torch.float64)
     model.check_input(phi)
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch_generator(seed, "likelihood")
     out = []
     it = range(0, phi.shape[0], batch_size)
     if progress:
@@ -273,7 +274,7 @@ def model_sample_with_log_likelihood(model, n: int, *, settings: LikelihoodSetti
                                      seed: int = 0, batch_size: int = 64, device="cpu",
                                      progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """``n`` PF-ODE samples (engine units, float64) with their ``log q(phi)``, and the wall time."""
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch_generator(seed, "sampling")
     xs, lqs = [], []
     t0 = time.perf_counter()
     it = range(0, n, batch_size)

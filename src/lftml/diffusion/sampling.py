@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
+from lftml.samplers.rng import torch_generator
 from lftml.diffusion.sde import VESDE
 
 __all__ = ["SAMPLERS", "SampleResult", "time_grid", "sample", "generate", "write_generated"]
@@ -228,7 +229,7 @@ def generate(
         theory = theory_from_dict(model.theory)
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    g = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(int(seed))
+    g = torch_generator(seed, "sampling", dev)
     out, lws = [], []
     snaps: list[tuple[float, np.ndarray]] = []
     bar = None

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lftml.lattice import Lattice
 from lftml.rbm.constructions import optimal_spectrum
@@ -22,6 +21,7 @@ from lftml.rbm.gaussian import GaussianRBM
 from lftml.rbm.plots import plot_data_spectrum, plot_learning_curve, plot_spectrum
 from lftml.rbm.spectrum import data_correlator_spectrum, regulated_spectrum, synthetic_digits
 from lftml.rbm.training import Target, TrainConfig, train
+from lftml.samplers.rng import torch_generator
 from lftml.theories import FreeScalar
 
 __all__ = ["make_figures", "PRECISE_EXACT"]
@@ -38,7 +38,7 @@ def _trained(
     target: Target, n_hidden: int, seed: int, mu2: float | None, n_updates: int, log_every: int = 10,
     recipe: dict | None = None, mu2_init: float = 9.0,
 ):
-    g = torch.Generator().manual_seed(seed)
+    g = torch_generator(seed, "init")
     model = GaussianRBM(
         target.n_visible,
         n_hidden,

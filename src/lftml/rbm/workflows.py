@@ -1,7 +1,7 @@
 """End-to-end RBM workflows behind ``lftml rbm train|spectrum|sample`` (one call each).
 
-Seeds: one integer ``seed`` is split with ``numpy.random.SeedSequence(seed).spawn(3)`` into the
-model-init, sampling (Gibbs chains) and data-order streams; the seed and the derived stream seeds
+Seeds: one integer ``seed`` gives the model-init, sampling (Gibbs chains) and data-order streams through
+:func:`lftml.samplers.rng.torch_generator` (one purpose each); the seed and the derived stream seeds
 are stored in the model file / ensemble metadata.
 """
 
@@ -17,6 +17,7 @@ import torch
 
 import lftml
 from lftml.errors import LftmlError
+from lftml.samplers.rng import derive_seed, torch_generator
 from lftml.rbm.gaussian import GaussianRBM
 from lftml.rbm.io import load_model, save_model
 from lftml.rbm.spectrum import spectral_analysis
@@ -27,10 +28,9 @@ __all__ = ["stream_generators", "build_target", "check_bounded_likelihood", "run
 
 
 def stream_generators(seed: int, names: Sequence[str] = ("init", "sampling", "data")) -> tuple[dict[str, torch.Generator], dict[str, int]]:
-    """Independent torch generators per stream from one seed (SeedSequence.spawn)."""
-    children = np.random.SeedSequence(int(seed)).spawn(len(names))
-    seeds = {n: int(c.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for n, c in zip(names, children)}
-    return {n: torch.Generator().manual_seed(s) for n, s in seeds.items()}, seeds
+    """Independent torch generators per stream from one seed (:func:`lftml.samplers.rng.torch_generator`)."""
+    seeds = {n: derive_seed(seed, n) for n in names}
+    return {n: torch_generator(seed, n) for n in names}, seeds
 
 
 def build_target(kind: str | None, shape: Sequence[int] | None = None, m2: float | None = None,

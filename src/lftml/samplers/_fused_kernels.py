@@ -9,9 +9,12 @@ partial sums.
 from __future__ import annotations
 
 import logging
+import math
 
 import numba
 import numpy as np
+
+from lftml.samplers import _philox_kernels as _pk  # numba's cache keys on this file only: touch it when editing that one
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +190,85 @@ def trajectory(phi0, pi, phi1, k0, k1, s1, rows, L, ops, coefs, cf, c64):
                 drift(x, p, coefs[c, i])
         k1[c] = half_sum_sq(p)
         s1[c] = action(x, tmp, rows, L, c64[0], c64[1], c64[2])
+
+
+@_jit
+def hmc_step(phi0, s0, phi1, s1, pi, dH, acc, rows, L, ops, base, step, jitter, cf, c64, k0, k1, chains, counters):
+    """One complete HMC trajectory per chain, chain after chain, drawing its random numbers inline from
+    the Philox stream of :class:`lftml.samplers.rng.ChainRNG` in the order ``HMC.step`` draws them: one
+    block for the step-size jitter (if ``jitter``), ``ceil(V/2)`` blocks of Box-Muller momenta, one block
+    for the accept/reject uniform. float64 fields only.
+
+    phi0 ``(n, V)``, s0 ``(n,)``: start; outputs phi1, s1 (the accepted or the old field and action), pi
+    (end-point momenta), dH, acc (1 accepted, 0 not); base: the schedule's coefficients for eps = 1;
+    per chain ``eps = step (1 + jitter (2 u - 1))`` and ``coef_i = base_i eps``, as the eager path computes them."""
+    n, V = phi0.shape
+    R = rows.shape[0]
+    tmp = np.empty(L, dtype=phi0.dtype)
+    edge = np.empty(2 * R, dtype=phi0.dtype)
+    flat2d = rows.shape[1] == 2 and R >= 3 and L >= 3
+    nb = (V + 1) // 2
+    rk0 = np.empty(10, dtype=np.uint64)
+    rk1 = np.empty(10, dtype=np.uint64)
+    a0 = k0
+    a1 = k1
+    for r in range(10):
+        rk0[r] = a0
+        rk1[r] = a1
+        a0 = (a0 + _pk.W0) & _pk.MASK
+        a1 = (a1 + _pk.W1) & _pk.MASK
+    one = np.empty(1)
+    one_b = np.empty(1)
+    ua = np.empty(nb)
+    ub = np.empty(nb)
+    mf = np.empty(nb)
+    ef = np.empty(nb)
+    oa = np.empty(nb)
+    ob = np.empty(nb)
+    coefs = np.empty(ops.shape[0])
+    half = V // 2
+    for c in range(n):
+        ch = np.uint64(chains[c])
+        ctr = counters[c]
+        eps = step
+        if jitter != 0.0:
+            _pk._units(ctr, ch, rk0, rk1, one, one_b, one.view(np.uint64), one_b.view(np.uint64))
+            ctr = ctr + np.uint64(1)
+            eps = step * (1.0 + jitter * (2.0 * one[0] - 1.0))
+        for i in range(ops.shape[0]):
+            coefs[i] = base[i] * eps
+        _pk._units(ctr, ch, rk0, rk1, ua, ub, ua.view(np.uint64), ub.view(np.uint64))
+        ctr = ctr + np.uint64(nb)
+        _pk._split(ua.view(np.uint64), mf.view(np.uint64), ef.view(np.uint64))
+        _pk._box_muller(mf, ef, ub, oa, ob)
+        p = pi[c]
+        for j in range(half):
+            p[2 * j] = oa[j]
+            p[2 * j + 1] = ob[j]
+        if V % 2:
+            p[V - 1] = oa[nb - 1]
+        x = phi1[c]
+        x[:] = phi0[c]
+        kin0 = half_sum_sq(p)
+        for i in range(ops.shape[0]):
+            if ops[i] == 0:
+                if flat2d:
+                    kick2d(x, p, edge, rows, L, coefs[i], cf[0], cf[1], cf[2])
+                else:
+                    kick(x, p, tmp, rows, L, coefs[i], cf[0], cf[1], cf[2])
+            else:
+                drift(x, p, coefs[i])
+        kin1 = half_sum_sq(p)
+        s_new = action(x, tmp, rows, L, c64[0], c64[1], c64[2])
+        _pk._units(ctr, ch, rk0, rk1, one, one_b, one.view(np.uint64), one_b.view(np.uint64))
+        ctr = ctr + np.uint64(1)
+        d = (kin1 + s_new) - (kin0 + s0[c])
+        dH[c] = d
+        if math.log(one[0]) < -d:  # NaN: rejected
+            acc[c] = 1
+            s1[c] = s_new
+        else:
+            acc[c] = 0
+            s1[c] = s0[c]
+            x[:] = phi0[c]
+        counters[c] = ctr

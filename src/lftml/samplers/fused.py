@@ -22,6 +22,14 @@ accept/reject decision only if ``log(u)`` falls within that distance of ``-dH``.
 (:class:`~lftml.theories.FreeScalar` writes its force as ``Laplacian - m^2 phi``, which is the same
 function rounded differently, so there the fields agree to ~1e-14 relative.)
 
+With the Philox stream (:class:`lftml.samplers.rng.ChainRNG`) and float64 fields, ``HMC.step`` runs
+the whole trajectory in one call, :func:`hmc_step`: the jitter uniform, the Box-Muller momenta and the
+accept/reject uniform are generated inside the kernel from the chain's counter (the same numbers, in
+the same order, as the pre-drawn path draws them; tested bit for bit), the field is updated and the
+decision taken there, so no momentum array crosses into Python and no torch op runs per trajectory
+except the few that build ``info``. The legacy stream and float32 fields use :func:`integrate` with
+pre-drawn momenta.
+
 numba is optional: :func:`available` says whether it can be imported (without importing it);
 the kernels are compiled on first use (one compilation per dtype serves every integrator,
 lattice shape and dimension; about 5 s, see benchmarks/README.md) and cached on disk
@@ -199,6 +207,60 @@ def integrate(
     return out, torch.from_numpy(k0), torch.from_numpy(k1), torch.from_numpy(s1)
 
 
+def draws_inline(phi: torch.Tensor, rng: Any) -> bool:
+    """Whether :func:`hmc_step` can run: a float64 CPU field and a Philox :class:`~lftml.samplers.rng.ChainRNG`
+    (the kernel draws its numbers inline from that stream; the legacy stream and float32 fields take the
+    pre-drawn path of :func:`integrate`)."""
+    from lftml.samplers.rng import ChainRNG
+
+    return phi.dtype == torch.float64 and phi.device.type == "cpu" and type(rng) is ChainRNG and rng.device.type == "cpu"
+
+
+def hmc_step(
+    theory: Any, phi0: torch.Tensor, action0: torch.Tensor, rng: Any, step_size: float, step_jitter: float, n_steps: int,
+    integrator: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One complete HMC trajectory per chain in one compiled call (the fast path of ``HMC.step``): the
+    step-size jitter uniform, the Box-Muller momenta and the accept/reject uniform are drawn inline from
+    ``rng``'s Philox stream, block for block the numbers ``HMC.step`` draws on the pre-drawn path, so the
+    chains are the same; accept/reject uses numba's ``log`` (glibc) where the pre-drawn path uses torch's,
+    so a decision could differ only if ``log u`` fell within an ulp of ``-dH``.
+
+    Returns ``(phi1, action1, dH, accepted)``: the new fields (accepted end points or the old fields, a new
+    tensor), their action, ``dH`` and the boolean acceptance, per chain. ``rng``'s counters advance."""
+    shape = tuple(theory.lattice.shape)
+    n = phi0.shape[0]
+    if rng.n_chains != n or action0.shape != (n,):
+        raise ValueError(f"{n} fields, {tuple(action0.shape)} actions and a random stream of {rng.n_chains} chains")
+    x0 = phi0.detach().contiguous().numpy().reshape(n, -1)
+    s0 = np.ascontiguousarray(action0.detach().numpy(), dtype=np.float64)
+    x1 = np.empty_like(x0)
+    p = np.empty_like(x0)
+    s1, dH = np.empty(n), np.empty(n)
+    acc = np.empty(n, dtype=np.int8)
+    ops, base = schedule(integrator, 1.0, int(n_steps))
+    c_hop, c2, c4 = (float(c) for c in theory.coefficients)
+    _compiled().hmc_step(
+        x0, s0, x1, s1, p, dH, acc, row_neighbours(shape), int(shape[-1]), _ops_array(ops), _base_array(base),
+        float(step_size), float(step_jitter), np.array([c_hop, 2.0 * c2, 4.0 * c4]), np.array([c_hop, c2, c4]),
+        np.uint64(rng.key[0]), np.uint64(rng.key[1]), rng.chains, rng.counters,
+    )
+    return (torch.from_numpy(x1).view(phi0.shape), torch.from_numpy(s1), torch.from_numpy(dH),
+            torch.from_numpy(acc).to(torch.bool))
+
+
+@lru_cache(maxsize=64)
+def _ops_array(ops: tuple[int, ...]) -> np.ndarray:
+    a = np.array(ops, dtype=np.int8)
+    return a
+
+
+@lru_cache(maxsize=64)
+def _base_array(base: tuple[float, ...]) -> np.ndarray:
+    a = np.array(base, dtype=np.float64)
+    return a
+
+
 def action(theory: Any, phi: torch.Tensor) -> torch.Tensor:
     """``S(phi)`` per chain, ``(n_chains,)`` in float64, summed exactly as :func:`integrate` sums
     the end-point action (so a chain restarted from a stored field continues bit for bit)."""
@@ -227,6 +289,6 @@ def warm_up(dtype: torch.dtype = torch.float64) -> float:
 
 
 __all__ = [
-    "BACKENDS", "available", "supports", "unsupported_reason", "ready", "integrate", "action", "row_neighbours",
-    "schedule", "warm_up",
+    "BACKENDS", "available", "supports", "unsupported_reason", "ready", "integrate", "hmc_step", "draws_inline", "action",
+    "row_neighbours", "schedule", "warm_up",
 ]

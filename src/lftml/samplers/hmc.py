@@ -176,41 +176,41 @@ class HMC:
         return self.kinetic.energy(pi, self.theory.lattice.dims) + self.theory.action(phi.to(torch.float64))
 
     def step(self, state: HMCState, rng: ChainRNG) -> tuple[HMCState, dict[str, torch.Tensor]]:
-        """One trajectory with Metropolis accept/reject per chain."""
+        """One trajectory with Metropolis accept/reject per chain (then a cluster move when scheduled)."""
         phi0 = state.phi
-        eps: float | torch.Tensor = self.step_size
-        if self.step_jitter:
-            # per-chain step eps (1 + j (2u - 1)), u ~ U(0,1): a random trajectory length breaks the
-            # resonances of a fixed one (a mode rotated by a multiple of pi never changes; Mackenzie 1989)
-            u = rng.uniform(dtype=torch.float64).to(device=phi0.device, dtype=phi0.dtype)
-            eps = self.step_size * (1.0 + self.step_jitter * (2.0 * u - 1.0))
-        pi0 = self.kinetic.sample(rng, phi0.shape[1:], dtype=phi0.dtype)
-        if self.uses_fused(phi0):
-            phi1, k0, k1, s1 = fused.integrate(self.theory, phi0, pi0, eps, self.n_steps, self.integrator)
-            h0 = k0 + state.action
-            h1 = k1 + s1
-        else:
-            dims = self.theory.lattice.dims
-            h0 = self.kinetic.energy(pi0, dims) + state.action
-            if isinstance(eps, torch.Tensor):
-                eps = eps.view(-1, *([1] * (phi0.ndim - 1)))
-            velocity = None if self.unit_mass else self.kinetic.velocity
-            phi1, pi1 = INTEGRATORS[self.integrator](phi0, pi0, self.theory.force, eps, self.n_steps, velocity)
-            s1 = self.theory.action(phi1.to(torch.float64))
-            h1 = self.kinetic.energy(pi1, dims) + s1
-        dH = h1 - h0
-        u = rng.uniform(dtype=torch.float64).to(dH.device)
-        dH_safe = torch.nan_to_num(dH, nan=math.inf)
-        accept = torch.log(u) < -dH_safe
-        mask = accept.view(-1, *([1] * (phi0.ndim - 1)))
         n_updates = state.n_updates + 1
-        new = HMCState(torch.where(mask, phi1, phi0), torch.where(accept, s1, state.action), n_updates)
-        info = {
-            "dH": dH,
-            "accepted": accept,
-            "acceptance_probability": torch.clamp(torch.exp(-dH_safe), max=1.0),
-            "exp_minus_dH": torch.exp(-dH),
-        }
+        if self.uses_fused(phi0) and fused.draws_inline(phi0, rng):
+            # the whole trajectory in one compiled call, random numbers drawn inline (the same numbers as below)
+            phi1, s1, dH, accept = fused.hmc_step(self.theory, phi0, state.action, rng, self.step_size, self.step_jitter,
+                                                  self.n_steps, self.integrator)
+            new = HMCState(phi1, s1, n_updates)
+        else:
+            eps: float | torch.Tensor = self.step_size
+            if self.step_jitter:
+                # per-chain step eps (1 + j (2u - 1)), u ~ U(0,1): a random trajectory length breaks the
+                # resonances of a fixed one (a mode rotated by a multiple of pi never changes; Mackenzie 1989)
+                u = rng.uniform(dtype=torch.float64).to(device=phi0.device, dtype=phi0.dtype)
+                eps = self.step_size * (1.0 + self.step_jitter * (2.0 * u - 1.0))
+            pi0 = self.kinetic.sample(rng, phi0.shape[1:], dtype=phi0.dtype)
+            if self.uses_fused(phi0):
+                phi1, k0, k1, s1 = fused.integrate(self.theory, phi0, pi0, eps, self.n_steps, self.integrator)
+                h0 = k0 + state.action
+                h1 = k1 + s1
+            else:
+                dims = self.theory.lattice.dims
+                h0 = self.kinetic.energy(pi0, dims) + state.action
+                if isinstance(eps, torch.Tensor):
+                    eps = eps.view(-1, *([1] * (phi0.ndim - 1)))
+                velocity = None if self.unit_mass else self.kinetic.velocity
+                phi1, pi1 = INTEGRATORS[self.integrator](phi0, pi0, self.theory.force, eps, self.n_steps, velocity)
+                s1 = self.theory.action(phi1.to(torch.float64))
+                h1 = self.kinetic.energy(pi1, dims) + s1
+            dH = h1 - h0
+            u = rng.uniform(dtype=torch.float64).to(dH.device)
+            accept = torch.log(u) < -torch.nan_to_num(dH, nan=math.inf)
+            mask = accept.view(-1, *([1] * (phi0.ndim - 1)))
+            new = HMCState(torch.where(mask, phi1, phi0), torch.where(accept, s1, state.action), n_updates)
+        info = self._info(dH, accept)
         if self.cluster is not None:
             if n_updates % int(self.cluster_every) == 0:
                 phi2, cinfo = self.cluster.flip(new.phi, rng)
@@ -220,3 +220,13 @@ class HMC:
                 cinfo = {"cluster_size": zeros, "flipped_fraction": zeros}
             info.update(cinfo)
         return new, info
+
+    @staticmethod
+    def _info(dH: torch.Tensor, accept: torch.Tensor) -> dict[str, torch.Tensor]:
+        dH_safe = torch.nan_to_num(dH, nan=math.inf)
+        return {
+            "dH": dH,
+            "accepted": accept,
+            "acceptance_probability": torch.clamp(torch.exp(-dH_safe), max=1.0),
+            "exp_minus_dH": torch.exp(-dH),
+        }

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 
 from conftest import run_cli

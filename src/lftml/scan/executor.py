@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -35,11 +36,7 @@ NO_DASK = ("dask is not installed: the points run in this process one after anot
 
 
 def dask_available() -> bool:
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("distributed") is not None
 
 
 @dataclass
@@ -52,10 +49,8 @@ class Backend:
 
 
 def _dashboard(client: Any) -> str | None:
-    try:
-        import bokeh  # noqa: F401
-    except ImportError:
-        return None  # distributed serves no dashboard without bokeh
+    if not _has_bokeh():
+        return None  # distributed serves no dashboard pages without bokeh
     return getattr(client, "dashboard_link", None)
 
 
@@ -132,11 +127,7 @@ def open_executor(
 
 
 def _has_bokeh() -> bool:
-    try:
-        import bokeh  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("bokeh") is not None
 
 
 def _is_dask(executor: Any) -> bool:

@@ -177,6 +177,16 @@ def test_two_scans_on_one_folder_are_refused(tmp_path):
     assert not list(out.glob("*.h5"))
 
 
+def test_the_kappa_c_example_is_a_valid_scan(tmp_path):
+    """examples/kappa_c_scan.toml parses and every one of its 33 points validates (nothing runs)."""
+    from lftml.scan import plan_scan
+
+    spec = load_scan(Path(__file__).resolve().parents[1] / "examples" / "kappa_c_scan.toml")
+    planned = plan_scan(spec, tmp_path)
+    assert len(planned) == 33 and planned[0][1]["lam"] == 0.022 and planned[-1][1]["shape"] == [32, 32]
+    assert sorted({r["kappa"] for _, r in planned})[5] == 0.27
+
+
 def test_grid_ranges_and_names():
     """{start, stop, num} is an inclusive linspace with clean decimals; names keep axis order."""
     spec = parse_scan({"grid": {"kappa": {"start": 0.26, "stop": 0.28, "num": 5}, "seed": [1, 2]},
@@ -201,9 +211,9 @@ def test_kill_minus_9_of_a_worker_mid_scan_gives_the_undisturbed_files(tmp_path)
     point over with a fresh file name, or a scan that hangs or fails on a lost worker."""
     from distributed import Client, LocalCluster
 
-    n = 1500
-    text = (MINIMAL.replace("[[8, 8], [12, 12]]", "[[8, 8], [10, 10]]").replace("n_configs = 40", f"n_configs = {n}")
-            + "checkpoint_every = 100\n")
+    n = 800
+    text = (MINIMAL.replace("[[8, 8], [12, 12]]", "[[6, 6], [8, 8]]").replace("n_configs = 40", f"n_configs = {n}")
+            + "checkpoint_every = 50\n")
     out = tmp_path / "DIR"
     killed: list[int] = []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, Client(lc) as client:
@@ -214,11 +224,11 @@ def test_kill_minus_9_of_a_worker_mid_scan_gives_the_undisturbed_files(tmp_path)
             while time.time() < deadline and not killed:
                 for f in out.glob("*.h5"):
                     try:
-                        with h5py.File(f, "r") as h:
+                        with h5py.File(f, "r", locking=False) as h:  # a locking reader would make the writer's flush fail
                             have = int(h.attrs["n_configs"])
                     except (OSError, KeyError):
                         continue
-                    if 100 <= have < n:
+                    if 50 <= have < n:
                         for pid, keys in _processing_pids(client, pids).items():
                             if any(f.stem in str(k) for k in keys):
                                 os.kill(pid, signal.SIGKILL)
@@ -235,9 +245,9 @@ def test_kill_minus_9_of_a_worker_mid_scan_gives_the_undisturbed_files(tmp_path)
     index = json.loads((out / "index.json").read_text())
     assert any(p.get("resumed") for p in index["points"].values())
     for kappa in (0.25, 0.27):
-        for L in (8, 10):
+        for L in (6, 8):
             assert_same_ensemble(out / f"kappa={kappa}_shape={L}x{L}.h5",
-                                 _reference(tmp_path, kappa, L, "--checkpoint-every", "100", n_configs=n))
+                                 _reference(tmp_path, kappa, L, "--checkpoint-every", "50", n_configs=n))
 
 
 @pytest.mark.slow
@@ -246,9 +256,9 @@ def test_sigint_stops_the_scan_and_a_rerun_resumes_bit_identically(tmp_path):
     exit 130, one line saying how to continue, the index marks the point interrupted; the rerun
     finishes and every file equals `lftml hmc` undisturbed. Catches a lost or half-written point, a
     lock left behind that blocks the rerun, or a rerun that restarts the interrupted point afresh."""
-    n = 3000
+    n = 1000
     text = (MINIMAL.replace("[[8, 8], [12, 12]]", "[[8, 8]]").replace("n_configs = 40", f"n_configs = {n}")
-            + "checkpoint_every = 100\n")
+            + "checkpoint_every = 50\n")
     scan = _write(tmp_path, text)
     out = tmp_path / "DIR"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -258,8 +268,8 @@ def test_sigint_stops_the_scan_and_a_rerun_resumes_bit_identically(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
-            with h5py.File(first, "r") as h:
-                if int(h.attrs["n_configs"]) >= 100:
+            with h5py.File(first, "r", locking=False) as h:
+                if int(h.attrs["n_configs"]) >= 50:
                     break
         except (OSError, KeyError):
             pass
@@ -277,4 +287,4 @@ def test_sigint_stops_the_scan_and_a_rerun_resumes_bit_identically(tmp_path):
     assert res["n_ran"] == 2
     for kappa in (0.25, 0.27):
         assert_same_ensemble(out / f"kappa={kappa}_shape=8x8.h5",
-                             _reference(tmp_path, kappa, 8, "--checkpoint-every", "100", n_configs=n))
+                             _reference(tmp_path, kappa, 8, "--checkpoint-every", "50", n_configs=n))

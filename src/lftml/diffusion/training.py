@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from lftml.errors import FileFormatError, LftmlError
+from lftml.diffusion import distributed
 from lftml.diffusion.losses import dsm_loss
 from lftml.diffusion.model import DataScaling, ScoreModel, save_model
 from lftml.diffusion.nets import UNet, UNetConfig, preset
@@ -215,7 +216,8 @@ def train(
     if not np.all(np.isfinite(x_np)):
         raise LftmlError("training data contain NaN or infinite values; check the ensemble file")
     lattice_shape = tuple(x_np.shape[1:])
-    dev = resolve_device(device)
+    ctx = distributed.context(resolve_device(device))  # torchrun: DDP over ranks; else one process
+    dev = ctx.device(resolve_device(device))
     cfg_net = net_config or preset(config.preset, ndim=len(lattice_shape))
     cfg_net.check_lattice(lattice_shape)
     sde = VESDE(config.sigma, config.eps)
@@ -265,7 +267,7 @@ def train(
         start_step = int(ck["step"])
         model.info["wall_seconds_before_resume"] = float(ck.get("wall_seconds", 0.0))
         log.info("resuming from %s at step %d", ckpt, start_step)
-    elif ckpt.exists() and not resume:
+    elif ckpt.exists() and not resume and ctx.is_writer:
         ckpt.unlink()
 
     n = x_all.shape[0]
@@ -276,6 +278,8 @@ def train(
         perm, pos = torch.randperm(n, generator=g_data), 0
 
     def save_ckpt(step: int, wall: float) -> None:
+        if not ctx.is_writer:
+            return
         _save_checkpoint(ckpt, {
             "format": CHECKPOINT_FORMAT, "step": step, "net": model.net.state_dict(), "ema": ema,
             "optimizer": opt.state_dict(), "g_data": g_data.get_state(), "g_noise": g_noise.get_state(),
@@ -286,7 +290,7 @@ def train(
 
     end_step = config.steps if max_steps_this_call is None else min(config.steps, start_step + max_steps_this_call)
     bar = None
-    if progress:
+    if progress and ctx.is_writer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
@@ -311,8 +315,8 @@ def train(
                 xb = torch.roll(xb, shifts=shifts, dims=lattice_dims)
             for grp in opt.param_groups:
                 grp["lr"] = _lr_at(step, config)
-            loss = dsm_loss(model, xb, sde, g_noise, config.t_sampling)
-            lv = float(loss.detach())
+            loss = (ctx.dsm_loss if ctx.distributed else dsm_loss)(model, xb, sde, g_noise, config.t_sampling)
+            lv = ctx.loss_value(loss)
             if not math.isfinite(lv):
                 where = (f"the last good checkpoint {ckpt} (step {last_good}) is kept" if last_good is not None
                          else "no checkpoint had been written yet")
@@ -322,6 +326,7 @@ def train(
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            ctx.all_reduce_grads(model.net)
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.net.parameters(), config.grad_clip)
             opt.step()
@@ -355,6 +360,9 @@ def train(
     model.net.load_state_dict(ema)
     model.net.to(memory_format=torch.contiguous_format)
     model.eval()
+    if not ctx.is_writer:  # the same model on every rank; rank 0 writes it
+        ctx.barrier()
+        return TrainResult(model, np.asarray(losses, dtype=float), len(losses), wall, out, ckpt, None, start_step)
     save_model(model, out)
     arr = np.asarray(losses, dtype=float)
     csv = out.with_name(out.stem + "_loss.csv")
@@ -370,4 +378,5 @@ def train(
     except Exception as exc:  # plotting must never lose a trained model
         log.warning("could not write the loss-curve PNG: %s", exc)
         png = None
+    ctx.barrier()
     return TrainResult(model, arr, done, wall, out, ckpt, png, start_step)

@@ -66,6 +66,7 @@ def assert_same_ensemble(a: Path, b: Path) -> None:
 
 
 def test_minimal_scan_on_local_cluster_matches_lftml_hmc_point_by_point(tmp_path):
+    pytest.importorskip("distributed")
     """The issue's minimal TOML, as written, on a 2-worker LocalCluster: 4 files named by their grid
     values, each bit-identical to `lftml hmc` run by hand. Catches: a point run with the wrong seed
     (e.g. seed + point index), a grid value lost or swapped between points, a default that differs
@@ -177,6 +178,26 @@ def test_two_scans_on_one_folder_are_refused(tmp_path):
     assert not list(out.glob("*.h5"))
 
 
+def test_without_dask_the_points_run_in_process_and_the_user_is_told(tmp_path, monkeypatch, caplog):
+    """No Dask installed: --cluster local still runs every point (in this process) and one warning
+    says how to get parallelism; --cluster slurm without dask-jobqueue is one line, nothing written."""
+    import logging
+
+    from lftml.scan import executor
+
+    monkeypatch.setattr(executor, "dask_available", lambda: False)
+    text = MINIMAL.replace("kappa = [0.25, 0.27]", "kappa = [0.25]").replace("[[8, 8], [12, 12]]", "[[6, 6]]")
+    spec = parse_scan(__import__("tomllib").loads(text))
+    with caplog.at_level(logging.WARNING, logger="lftml.scan.executor"):
+        res = run_scan(spec, tmp_path / "DIR", cluster="local")
+    assert res.n_ran == 1 and "one point after another" in res.backend
+    assert any("pip install 'lftml[dask]'" in r.getMessage() for r in caplog.records)
+    if __import__("importlib").util.find_spec("dask_jobqueue") is None:
+        with pytest.raises(LftmlError, match="dask-jobqueue"):
+            run_scan(spec, tmp_path / "D2", cluster="slurm")
+        assert not (tmp_path / "D2").exists()
+
+
 def test_the_kappa_c_example_is_a_valid_scan(tmp_path):
     """examples/kappa_c_scan.toml parses and every one of its 33 points validates (nothing runs)."""
     from lftml.scan import plan_scan
@@ -209,6 +230,7 @@ def test_kill_minus_9_of_a_worker_mid_scan_gives_the_undisturbed_files(tmp_path)
     restarted worker, which resumes the file: every file equals `lftml hmc` run undisturbed.
     Catches a retry that appends to a partial file without its checkpoint (duplicated rows), starts a
     point over with a fresh file name, or a scan that hangs or fails on a lost worker."""
+    pytest.importorskip("distributed")
     from distributed import Client, LocalCluster
 
     n = 800

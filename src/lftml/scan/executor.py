@@ -28,7 +28,7 @@ from lftml.errors import LftmlError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_executor", "execute", "Backend", "CLUSTERS", "dask_available"]
+__all__ = ["open_executor", "check_backend", "execute", "Backend", "CLUSTERS", "dask_available"]
 
 CLUSTERS = ("local", "serial", "slurm", "pbs")
 NO_DASK = ("dask is not installed: the points run in this process one after another; "
@@ -52,6 +52,26 @@ def _dashboard(client: Any) -> str | None:
     if not _has_bokeh():
         return None  # distributed serves no dashboard pages without bokeh
     return getattr(client, "dashboard_link", None)
+
+
+def check_backend(cluster: str | None = "local", *, workers: int | None = None, scheduler: str | None = None,
+                  cluster_table: Mapping[str, Any] | None = None) -> str:
+    """Validate the executor options before anything is written; return the cluster kind."""
+    table = dict(cluster_table or {})
+    kind = cluster or table.get("type") or "local"
+    if kind not in CLUSTERS:
+        raise LftmlError(f"--cluster {kind!r} is unknown; use one of {', '.join(CLUSTERS)}")
+    if workers is not None and workers < 1:
+        raise LftmlError(f"--workers must be >= 1, got {workers}")
+    if scheduler is not None and not dask_available():
+        raise LftmlError("--scheduler needs Dask: pip install 'lftml[dask]'")
+    if kind in ("slurm", "pbs") and importlib.util.find_spec("dask_jobqueue") is None:
+        raise LftmlError(f"--cluster {kind} (or [cluster] type = \"{kind}\") needs dask-jobqueue: "
+                         "pip install 'lftml[dask]' dask-jobqueue")
+    unknown = set(table) - {"type", "jobs"} if kind in ("local", "serial") else set()
+    if unknown:
+        raise LftmlError(f"[cluster] {sorted(unknown)[0]} is a dask-jobqueue setting; it needs type = \"slurm\" or \"pbs\"")
+    return kind
 
 
 @contextlib.contextmanager

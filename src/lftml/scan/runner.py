@@ -11,7 +11,7 @@ from typing import Any, Callable
 import lftml
 from lftml.errors import LftmlError
 from lftml.safeio import OutputLock, interrupts_as_keyboard_interrupt
-from lftml.scan.executor import Backend, execute, open_executor
+from lftml.scan.executor import Backend, check_backend, execute, open_executor
 from lftml.scan.grid import ScanSpec
 from lftml.scan.index import FORMAT, INDEX, read_index, write_config, write_index
 from lftml.scan.tasks import PointTask, expected_metadata, file_state, prepare_point, run_point
@@ -105,6 +105,8 @@ def run_scan(
     if not out.exists() and not parent.is_dir():
         raise LftmlError(f"--out {out}: folder {parent} does not exist; create it first")
     planned = plan_scan(spec, out)
+    if executor is None:
+        check_backend(cluster, workers=workers, scheduler=scheduler, cluster_table=spec.cluster)
     created = not out.exists()
     if created:
         try:

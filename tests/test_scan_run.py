@@ -192,6 +192,13 @@ def test_without_dask_the_points_run_in_process_and_the_user_is_told(tmp_path, m
         res = run_scan(spec, tmp_path / "DIR", cluster="local")
     assert res.n_ran == 1 and "one point after another" in res.backend
     assert any("pip install 'lftml[dask]'" in r.getMessage() for r in caplog.records)
+    # any concurrent.futures.Executor runs the same tasks (threads here; processes work the same way)
+    from concurrent.futures import ThreadPoolExecutor
+
+    two = parse_scan(__import__("tomllib").loads(text.replace("kappa = [0.25]", "kappa = [0.25, 0.26]")))
+    with ThreadPoolExecutor(2) as pool:
+        res2 = run_scan(two, tmp_path / "DIR", executor=pool)
+    assert res2.n_skipped == 1 and res2.n_ran == 1 and res2.backend == "the given executor"
     if __import__("importlib").util.find_spec("dask_jobqueue") is None:
         with pytest.raises(LftmlError, match="dask-jobqueue"):
             run_scan(spec, tmp_path / "D2", cluster="slurm")

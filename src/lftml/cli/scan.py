@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(500, "--bootstrap", help="Bootstrap samples over chains for the crossing errors."),
         discard: int = typer.Option(0, help="Leading configurations to drop in every file."),
         seed: int = SEED_OPTION,
-        plot: bool = typer.Option(True, "--plot/--no-plot", help="Write binder.png, collapse.png, abs_magnetisation.png."),
+        figures: bool = typer.Option(True, "--figures/--no-figures", help="Write binder.png, collapse.png, abs_magnetisation.png."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing analysis files."),
         as_json: bool = JSON_OPTION,
     ) -> None:
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         if discard < 0:
             raise LftmlError(f"--discard must be >= 0, got {discard}")
         res = analyze_scan(directory, out=out, gamma_nu=gamma_nu, nu=nu, kappa_c=kappa_c, n_bootstrap=bootstrap,
-                           discard=discard, seed=seed, plot=plot, overwrite=overwrite)
+                           discard=discard, seed=seed, plot=figures, overwrite=overwrite)
         if as_json:
             emit_json(res)
             return

@@ -27,8 +27,7 @@ def _noop(x: int) -> int:
 
 
 def _warm() -> int:
-    import lftml.cli.main  # noqa: F401
-    from lftml.scan.tasks import click_command
+    from lftml.scan.grid import click_command
 
     click_command("hmc")
     return os.getpid()

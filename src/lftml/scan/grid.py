@@ -17,6 +17,7 @@ by its grid values (``kappa=0.25_shape=8x8.h5``), so the name is stable across r
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -43,26 +44,21 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
 }
 
 
-def command_options(command: str = "hmc") -> dict[str, Any]:
-    """The click options of ``lftml COMMAND`` by parameter name (``n_configs``, ``md_steps``, ...)."""
+@functools.lru_cache(maxsize=None)
+def click_command(command: str = "hmc"):
+    """The registered click command object of ``lftml COMMAND`` (what the shell runs; built once)."""
     import typer.main
 
     from lftml.cli.main import app
 
     if command not in COMMANDS:
         raise LftmlError(f"[scan] command = {command!r} is not supported; use one of {', '.join(COMMANDS)}")
-    group = typer.main.get_command(app)
-    cmd = group.commands[command]  # type: ignore[attr-defined]
-    return {p.name: p for p in cmd.params if p.name is not None}
-
-
-def click_command(command: str = "hmc"):
-    """The registered click command object of ``lftml COMMAND`` (what the shell runs)."""
-    import typer.main
-
-    from lftml.cli.main import app
-
     return typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+
+
+def command_options(command: str = "hmc") -> dict[str, Any]:
+    """The click options of ``lftml COMMAND`` by parameter name (``n_configs``, ``md_steps``, ...)."""
+    return {p.name: p for p in click_command(command).params if p.name is not None}
 
 
 def _format_value(value: Any) -> str:

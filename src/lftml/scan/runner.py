@@ -134,10 +134,11 @@ def run_scan(
                   "fixed_resolved": _common(planned), "points": [t.name for t, _ in planned]}
         write_config(out, config)
         points = index["points"]
+        parameters = {p.name: p.parameters for p in spec.points()}
         for task, resolved in planned:
             entry = points.get(task.name, {})
             points[task.name] = {
-                "file": Path(task.path).name, "parameters": _plain(next(p.parameters for p in spec.points() if p.name == task.name)),
+                "file": Path(task.path).name, "parameters": _plain(parameters[task.name]),
                 "options": resolved, "command": task.command_line(), "status": statuses[task.name],
                 "n_configs": entry.get("n_configs"), **{k: entry[k] for k in ("acceptance", "wall_time_s") if k in entry},
             }
@@ -155,8 +156,10 @@ def run_scan(
         bar = tqdm(total=len(planned), initial=skipped, unit="point", desc="scan", disable=None if progress else True,
                    smoothing=0.1)
 
+        last_write = time.monotonic()
+
         def on_result(task: PointTask, result: Any, error: BaseException | None) -> None:
-            nonlocal ran
+            nonlocal ran, last_write
             entry = points[task.name]
             if error is not None:
                 msg = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -169,8 +172,11 @@ def run_scan(
                     if result.get(k) is not None:
                         entry[k] = result[k]
                 ran += int(bool(result.get("ran")))
-            write_index(out, index)
             bar.update(1)
+            if error is not None or time.monotonic() - last_write > 2.0:
+                # at most every 2 s (a 1,000-point index is ~1 MB): the files are the truth for "done"
+                write_index(out, index)
+                last_write = time.monotonic()
 
         try:
             with interrupts_as_keyboard_interrupt():
@@ -184,7 +190,7 @@ def run_scan(
                         if on_backend is not None:
                             on_backend(be)
                         execute(run_point, todo, be.executor, on_result, key=lambda t: t.name)
-        except KeyboardInterrupt:
+        except BaseException:
             for task in todo:
                 if points[task.name]["status"] not in ("done", "failed"):
                     st = file_state(task.path) if Path(task.path).exists() else None
@@ -193,6 +199,8 @@ def run_scan(
                         points[task.name]["n_configs"] = st["n_configs"]
             write_index(out, index)
             raise
+        else:
+            write_index(out, index)
         finally:
             bar.close()
     finally:

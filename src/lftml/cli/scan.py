@@ -15,12 +15,12 @@ from lftml.errors import LftmlError
 def register(app: typer.Typer) -> None:
     @app.command()
     def scan(
-        path: Path = typer.Argument(..., help="Scan file (TOML: [grid] axes, [fixed] lftml hmc options)."),
+        path: Path = typer.Argument(..., help="Scan file (TOML: \\[grid] axes, \\[fixed] lftml hmc options)."),
         out: Path = typer.Option(..., "--out", help="Output folder: one ensemble per point, index.json, scan.toml."),
         workers: Optional[int] = typer.Option(None, help="Worker processes of --cluster local (default: the machine's cores)."),
         cluster: Optional[str] = typer.Option(
             None, help="local (embedded Dask LocalCluster, default), serial (this process), slurm or pbs (dask-jobqueue; "
-                       "settings from the [cluster] table)."),
+                       "settings from the \\[cluster] table)."),
         scheduler: Optional[str] = typer.Option(None, help="Address of a running Dask scheduler, e.g. tcp://host:8786."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar over points (default: when stderr is a terminal)."),
         as_json: bool = JSON_OPTION,

@@ -87,8 +87,14 @@ def test_interacting_bose_gas_silver_blaze_below_onset_and_density_above():
         _, est = _run(model, 0.01, 16, seed=300 + i, time=40.0, n_bins=40, adaptive=True)
         results[mu] = est
     p0, p8 = results[0.0]["phi2"], results[0.8]["phi2"]
-    assert abs(p8.value.real - p0.value.real) < 0.03 * p0.value.real
+    n8, n14 = results[0.8]["density"], results[1.4]["density"]
+    # no exact number exists for lam = 1: the checks are error-derived statements of the physics.
+    # mu = 0: the theory is real, the density vanishes by symmetry
     assert results[0.0]["density"].zscore(0j) < K
-    assert abs(results[0.8]["density"].value.real) < 0.03
-    assert results[1.4]["density"].value.real > 1.0
-    assert results[1.4]["density"].value.real > 50 * abs(results[0.8]["density"].value.real)
+    # below onset <|phi|^2> moves only by the N_t = 4 thermal effect (+2% at mu = 0.8 in the long run of
+    # docs/complex_langevin.md): the change is below 3% of <|phi|^2> with a margin of K sigma
+    diff, err = p8.value.real - p0.value.real, (p8.error.real**2 + p0.error.real**2) ** 0.5
+    assert abs(diff) + K * err < 0.03 * p0.value.real, (p0, p8)
+    # above onset the density is larger than below by many sigma, and by more than 50x
+    assert n14.value.real - n8.value.real > K * (n14.error.real**2 + n8.error.real**2) ** 0.5
+    assert n14.value.real - K * n14.error.real > 50 * (abs(n8.value.real) + K * n8.error.real)

@@ -124,9 +124,12 @@ def test_cl_unparsable_sigma_exit_code_in_a_real_process():
 def test_cl_run_refuses_to_overwrite_an_existing_output(cli, tmp_path):
     out = tmp_path / "exists.h5"
     out.write_bytes(b"keep me")
-    res = cli("cl", "run", "--model", "gaussian", "--steps", "10", "--out", str(out))
-    assert res.exit_code == 2 and "already exists" in res.stderr
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--chains", "2", "--out", str(out))
+    assert res.exit_code == 2 and "exists; pass --overwrite" in res.stderr and res.stderr.count("\n") == 1
     assert out.read_bytes() == b"keep me"
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--chains", "2", "--out", str(out), "--overwrite", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert Ensemble.open(out).metadata["kind"] == "complex_langevin"
 
 
 def test_cl_run_too_few_steps_names_the_flag(cli):
@@ -134,3 +137,28 @@ def test_cl_run_too_few_steps_names_the_flag(cli):
     assert res.exit_code == 2
     err = res.stderr.strip()
     assert err.startswith("error:") and "--steps" in err and "\n" not in err, err
+
+
+def test_cl_run_device_is_resolved_and_recorded(cli):
+    """--device auto (the default) resolves to a real device and is recorded; an unknown or absent device
+    is one line before any work."""
+    import torch
+
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--chains", "2", "--json", check=True)
+    assert res.json()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--chains", "2", "--device", "tpu9")
+    assert res.exit_code == 2 and "unknown device" in res.stderr and res.stderr.count("\n") == 1
+    if not torch.cuda.is_available():
+        res = cli("cl", "run", "--model", "gaussian", "--steps", "40", "--device", "cuda")
+        assert res.exit_code == 2 and "no CUDA device" in res.stderr
+
+
+def test_cl_run_options_follow_the_vocabulary(cli):
+    """docs/cli.md: lower-case options, --plot/--out/--overwrite/--resume/--device/--progress/--chains."""
+    import re
+
+    text = cli("cl", "run", "--help").stdout
+    for flag in ("--plot", "--out", "--overwrite", "--resume", "--device", "--progress", "--no-progress", "--chains",
+                 "--steps", "--therm", "--seed", "--json"):
+        assert flag in text, flag
+    assert not re.findall(r"--[A-Z]", text)

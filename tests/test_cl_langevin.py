@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from lftml.complex.analysis import complex_estimate
 from lftml.complex.diagnostics import diagnose
@@ -67,6 +66,7 @@ def test_quartic_sigma_1_plus_i_converges_to_exact_moments_and_is_not_flagged():
     assert diag["imag_max"] < 1.0
 
 
+@pytest.mark.slow
 def test_quartic_sigma_minus_1_plus_4i_is_flagged_by_the_diagnostics():
     model = QuarticModel(-1 + 4j, 1.0)
     run = run_complex_langevin(model, _settings(step_size=0.01, adaptive=True, n_bins=60), 128, seed=4)
@@ -74,9 +74,10 @@ def test_quartic_sigma_minus_1_plus_4i_is_flagged_by_the_diagnostics():
     assert diag["suspicious"]
     assert diag["drift_tail_exponent"] is not None and diag["drift_tail_exponent"] < 4.0
     # B(Y) is visibly non-zero at the cut-off enclosing 99% of the Langevin time
-    assert max(b["max_tail_zscore"] for b in diag["boundary_terms"].values()) > 4.0 or diag["criterion_max_zscore"] > 4.0
+    assert max(b["tail_zscore"] for b in diag["boundary_terms"].values()) > 4.0 or diag["criterion_max_zscore"] > 4.0
 
 
+@pytest.mark.slow
 def test_boundary_terms_of_a_correct_run_do_not_flag_it_at_high_statistics():
     """Regression: B(Y) at the 1% tail cut-off equals minus <L_c O> over the excluded tail, which is
     resolvable for Gaussian tails once the run is long; only a plateau over deeper cut-offs counts."""
@@ -84,7 +85,7 @@ def test_boundary_terms_of_a_correct_run_do_not_flag_it_at_high_statistics():
     diag = diagnose(run)
     assert not diag["suspicious"], diag["reasons"]
     # the premise: the single-cut-off rule would have flagged this correct run
-    assert max(b["max_tail_zscore"] for b in diag["boundary_terms"].values()) > 4.0
+    assert max(b["tail_zscore"] for b in diag["boundary_terms"].values()) > 4.0
 
 
 def test_quartic_sigma_minus_1_plus_4i_runs_away_with_fixed_step():
@@ -129,11 +130,9 @@ def test_runs_are_reproducible_from_the_seed_and_differ_between_seeds():
     a = run_complex_langevin(GaussianModel(1 + 1j), s, 8, seed=1)
     b = run_complex_langevin(GaussianModel(1 + 1j), s, 8, seed=1)
     c = run_complex_langevin(GaussianModel(1 + 1j), s, 8, seed=2)
-    g = run_complex_langevin(GaussianModel(1 + 1j), s, 8, seed=99, generator=torch.Generator().manual_seed(1))
     assert np.array_equal(a.bins["z2"], b.bins["z2"]) and np.array_equal(a.configs, b.configs)
     assert not np.array_equal(a.bins["z2"], c.bins["z2"])
-    assert np.array_equal(a.bins["z2"], g.bins["z2"])  # an explicit generator is used as given
-    assert a.seed == 1 and g.seed == 99
+    assert a.seed == 1 and c.seed == 2
 
 
 def test_settings_validation():

@@ -110,7 +110,10 @@ def test_generated_ensembles_show_the_training_target_not_exact_values(tmp_path)
     theory = FreeScalar(Lattice((6, 6)), 0.5)
     configs = theory.sample(40, torch.Generator().manual_seed(0)).reshape(20, 2, 6, 6)
     for kind, key, other in (("rbm", "target", "exact"), ("hmc", "exact", "target")):
-        path = write_ensemble(tmp_path / f"{kind}.h5", configs, metadata={"kind": kind}, theory=theory)
+        from lftml.observables import measure_history
+
+        path = write_ensemble(tmp_path / f"{kind}.h5", configs, metadata={"kind": kind}, theory=theory,
+                              observables=measure_history(configs, theory))
         result = analyze(path)
         assert key in result and other not in result
         assert result[key]["susceptibility"] == pytest.approx(2.0)

@@ -267,15 +267,19 @@ def test_step_size_adaptation_reaches_target_acceptance_then_freezes_and_chain_i
 
 
 def test_deep_double_well_without_stiff_quadratic_mode_is_accepted_and_sampled():
-    """lambda > 1/2 + d kappa makes every quadratic curvature at phi = 0 negative (omega_max^2 <= 0);
-    the linear stability bound is then infinite rather than NaN, and HMC runs (found by the
-    diffusion tests: every step size used to be refused with 'needs a step < 0')."""
+    """lambda > 1/2 + d kappa makes every quadratic curvature at phi = 0 negative; the stiffness then
+    sits at the mean-field vacuum, whose Hessian 8 d c_hop - 4 c_2 at p = (pi, pi) = 12.8 now bounds the
+    step (issue 11; it used to be infinite, and before that NaN: 'needs a step < 0'). HMC below the
+    bound runs and accepts."""
     from lftml.samplers import Langevin
     from lftml.samplers.stability import langevin_max_step
 
     theory = Phi4.hopping(Lattice((6, 6)), 0.15, 1.5)
-    assert omega2_max(theory) <= 0
-    assert max_stable_step("omelyan", omega2_max(theory)) == math.inf and langevin_max_step(theory) == math.inf
+    c_hop, c2, _ = theory.coefficients
+    assert 2 * c2 + 4 * c_hop <= 0  # no stiff mode at phi = 0
+    assert omega2_max(theory) == pytest.approx(8 * 2 * c_hop - 4 * c2, rel=1e-12)
+    assert max_stable_step("leapfrog", omega2_max(theory)) == pytest.approx(2 / math.sqrt(12.8), rel=1e-9)
+    assert langevin_max_step(theory) == pytest.approx(2 / 12.8, rel=1e-12)
     result = run(HMC.from_trajectory(theory, 0.5, 10), RunConfig(n_chains=4, n_configs=50, n_therm=50, seed=1))
     assert result.acceptance > 0.5
     Langevin(theory, 0.01, "heun")  # accepted as well

@@ -15,11 +15,27 @@ file is opened, appended and closed for each flush, so the window in which a kil
 HDF5's own metadata is the few milliseconds of a flush. The checkpoint is double-buffered and only
 becomes current after its data are written. One-shot writers (:func:`write_ensemble`) write a
 temporary file and rename it, so they never leave a half-written file under the target name.
+
+Full disks and write errors: before a flush the writer reserves room for it (``posix_fallocate``
+beyond the file's end; HDF5 writes into the reserved tail and truncates it away on close), so a
+full disk is refused cleanly before HDF5 has written anything. Each flush writes rows and the new
+checkpoint, flushes and ``fsync``s them, and only then moves the committed counters and the
+checkpoint pointer: the counters never name rows that have not reached the disk. Any write error
+becomes one-line :class:`~lftml.errors.LftmlError`; the file stays at its last flushed state.
+
+Readers and writers open the file with HDF5's own file locking off: the writer is protected from a
+second writer by :class:`lftml.safeio.OutputLock`, and a reader of a live file (``lftml analyze``
+during a run) reads only the committed prefix and retries a read that raced with a flush, so it
+never blocks or kills the writer. The store keeps data: callers measure observables
+(:func:`lftml.observables.measure_history`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -33,8 +49,10 @@ import torch
 
 import lftml
 from lftml.errors import FileFormatError, LftmlError
-from lftml.observables import measure
+from lftml.safeio import write_error
 from lftml.theories.base import Theory, theory_from_dict
+
+log = logging.getLogger(__name__)
 
 FORMAT = "lftml-ensemble"
 FORMAT_VERSION = 1
@@ -102,15 +120,54 @@ def _chunks(shape_per_config: tuple[int, ...], itemsize: int) -> tuple[int, ...]
     return (1, c, *site_shape)
 
 
-def _open_checked(path: Path, mode: str) -> h5py.File:
+#: Extra bytes reserved per flush for HDF5's metadata (chunk index, object headers, free space).
+RESERVE_OVERHEAD_BYTES = 64 * 1024
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def h5open(path: str | os.PathLike, mode: str) -> h5py.File:
+    """``h5py.File`` with HDF5 file locking off (see the module docstring for why that is safe)."""
+    return h5py.File(path, mode, locking=False)
+
+
+def _not_hdf5_reason(path: Path) -> str:
+    """Why ``path`` cannot be opened, in words a user recognises (a model checkpoint, an empty file ...)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not head:
+        return "is empty"
+    if head[:2] == b"PK" or path.suffix in (".pt", ".pth"):
+        return "is not an HDF5 file (it looks like a PyTorch model file; lftml ensembles are .h5)"
+    if head[:6] == b"\x93NUMPY":
+        return "is not an HDF5 file (it is a NumPy .npy array)"
+    if head != _HDF5_SIGNATURE:
+        return "is not an HDF5 file"
+    return "is an HDF5 file that cannot be read; it is damaged (truncated or overwritten)"
+
+
+def open_checked(path: str | os.PathLike, mode: str) -> h5py.File:
+    """Open an lftml ensemble (``mode`` ``"r"`` or ``"a"``); one-line :class:`FileFormatError` otherwise."""
     path = Path(path)
     if not path.exists():
         raise FileFormatError(f"ensemble file {path} does not exist")
+    if path.is_dir():
+        raise FileFormatError(f"ensemble file {path} is a directory, expected a file")
     try:
-        f = h5py.File(path, mode)
-    except OSError as exc:
-        raise FileFormatError(f"{path} is not a readable HDF5 file ({exc.__class__.__name__}); is it damaged?") from None
-    if f.attrs.get("format") != FORMAT:
+        f = h5open(path, mode)
+    except OSError:
+        raise FileFormatError(f"{path} {_not_hdf5_reason(path)}") from None
+    except Exception as exc:  # h5py raises RuntimeError/ValueError on some damaged files
+        raise FileFormatError(f"{path} is a damaged HDF5 file ({type(exc).__name__})") from None
+    try:
+        fmt = f.attrs.get("format")
+    except Exception:
+        f.close()
+        raise FileFormatError(f"{path} is a damaged HDF5 file (its attributes cannot be read)") from None
+    if fmt != FORMAT:
         f.close()
         raise FileFormatError(f"{path} is an HDF5 file but not an lftml ensemble (no format='{FORMAT}' attribute)")
     version = int(f.attrs.get("format_version", -1))
@@ -118,6 +175,58 @@ def _open_checked(path: Path, mode: str) -> h5py.File:
         f.close()
         raise FileFormatError(f"{path} has ensemble format version {version}; this lftml reads up to {FORMAT_VERSION}")
     return f
+
+
+_open_checked = open_checked  # old private name, kept for callers not yet updated
+
+
+def reserve_space(path: str | os.PathLike, n_bytes: int) -> None:
+    """Make sure the file system holds ``n_bytes`` more for ``path`` (allocated beyond its end).
+
+    Raises one-line :class:`LftmlError` (e.g. "no space left on the device") before anything is
+    written. A no-op where the file system cannot preallocate."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    try:
+        os.posix_fallocate(fd, os.fstat(fd).st_size, max(int(n_bytes), 1))
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            return
+        raise write_error(exc, path) from None
+    except AttributeError:  # pragma: no cover - no posix_fallocate on this platform
+        return
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _abandon(f: h5py.File) -> None:
+    """Close an h5py file after a failed write without letting HDF5's close errors escape."""
+    with contextlib.suppress(Exception):
+        f.close()
+
+
+#: Target size of one chunk of an observable or record dataset (rows along Monte Carlo time).
+_SERIES_CHUNK_BYTES = 4 * 1024
+
+
+def _series_chunks(row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunks for an appendable per-configuration series: ~4 KiB, so a flush allocates little."""
+    row = max(int(np.prod(row_shape, dtype=np.int64)) * itemsize, 1)
+    return (max(1, min(1024, _SERIES_CHUNK_BYTES // row)), *row_shape)
+
+
+def _nbytes(parts: Any) -> int:
+    return int(sum(np.asarray(p).nbytes for p in parts))
 
 
 class EnsembleWriter:
@@ -140,7 +249,8 @@ class EnsembleWriter:
         self._uses_checkpoints = False
         self._last_flush = time.monotonic()
         self._extra_wall = 0.0
-        with _open_checked(self.path, "r") as f:
+        self._failed = False
+        with open_checked(self.path, "r") as f:
             self.n_chains = int(f.attrs["n_chains"])
             self.lattice_shape = tuple(int(s) for s in f.attrs["lattice_shape"])
             self.dtype = f["configs"].dtype
@@ -161,7 +271,10 @@ class EnsembleWriter:
         flush_every: int = 50,
         flush_seconds: float = 30.0,
     ) -> "EnsembleWriter":
-        """Create a new ensemble file (refuses to overwrite unless ``overwrite``)."""
+        """Create a new ensemble file (refuses to overwrite unless ``overwrite``).
+
+        The empty file is written under a temporary name and renamed: a failure (a full disk
+        included) leaves neither a temporary file nor a half-made ``path``."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise LftmlError(f"{path} already exists; pass --resume to extend it or choose another --out")
@@ -174,43 +287,62 @@ class EnsembleWriter:
         if theory is not None and "theory" not in meta:
             meta["theory"] = theory.to_dict()
         dtype = np.dtype(dtype)
-        tmp = path.with_name(path.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["metadata"] = json.dumps(meta, default=_json_default)
-            f.attrs["n_configs"] = 0
-            f.attrs["n_records"] = 0
-            f.attrs["n_chains"] = n_chains
-            f.attrs["lattice_shape"] = np.asarray(lattice_shape, dtype=np.int64)
-            f.attrs["checkpoint"] = ""
-            f.attrs["wall_time_s"] = 0.0
-            row = (n_chains, *lattice_shape)
-            f.create_dataset(
-                "configs", shape=(0, *row), maxshape=(None, *row), dtype=dtype, chunks=_chunks(row, dtype.itemsize)
-            )
-            f.create_group("observables")
-            f.create_group("records")
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with h5open(tmp, "w") as f:
+                f.attrs["format"] = FORMAT
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs["metadata"] = json.dumps(meta, default=_json_default)
+                f.attrs["n_configs"] = 0
+                f.attrs["n_records"] = 0
+                f.attrs["n_chains"] = n_chains
+                f.attrs["lattice_shape"] = np.asarray(lattice_shape, dtype=np.int64)
+                f.attrs["checkpoint"] = ""
+                f.attrs["wall_time_s"] = 0.0
+                row = (n_chains, *lattice_shape)
+                f.create_dataset(
+                    "configs", shape=(0, *row), maxshape=(None, *row), dtype=dtype, chunks=_chunks(row, dtype.itemsize)
+                )
+                f.create_group("observables")
+                f.create_group("records")
+            _fsync(tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:
+            raise write_error(exc, path) from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         return cls(path, theory, flush_every, flush_seconds)
 
     @classmethod
     def resume(
         cls, path: str | os.PathLike, theory: Theory | None = None, flush_every: int = 50, flush_seconds: float = 30.0
     ) -> "EnsembleWriter":
-        """Open an existing ensemble for appending; rows beyond the committed counters are dropped."""
+        """Open an existing ensemble for appending at its current checkpoint (or its counters when it
+        has none); rows beyond them are dropped. Nothing is written when there is nothing to drop, so
+        opening a valid file on a full disk cannot damage it."""
         path = Path(path)
-        with _open_checked(path, "a") as f:
-            n = int(f.attrs["n_configs"])
-            nr = int(f.attrs["n_records"])
-            if f["configs"].shape[0] != n:
-                f["configs"].resize(n, axis=0)
-            for name, ds in f["observables"].items():
-                if ds.shape[0] != n:
-                    ds.resize(n, axis=0)
-            for name, ds in f["records"].items():
-                if ds.shape[0] != nr:
-                    ds.resize(nr, axis=0)
+        with open_checked(path, "r") as f:
+            n, nr = int(f.attrs["n_configs"]), int(f.attrs["n_records"])
+            name = str(f.attrs.get("checkpoint", ""))
+            if name and name in f:
+                n = min(n, int(f[name].attrs.get("n_configs", n)))
+                nr = min(nr, int(f[name].attrs.get("n_records", nr)))
+            stale = (f["configs"].shape[0] != n or int(f.attrs["n_configs"]) != n
+                     or any(ds.shape[0] != n for ds in f["observables"].values())
+                     or any(ds.shape[0] != nr for ds in f["records"].values()))
+        if stale:
+            try:
+                with open_checked(path, "a") as f:
+                    f["configs"].resize(n, axis=0)
+                    for ds in f["observables"].values():
+                        ds.resize(n, axis=0)
+                    for ds in f["records"].values():
+                        ds.resize(nr, axis=0)
+                    f.attrs["n_configs"] = n
+                    f.attrs["n_records"] = nr
+            except (OSError, RuntimeError) as exc:
+                raise write_error(exc, path) from None
         return cls(path, theory, flush_every, flush_seconds)
 
     # ------------------------------------------------------------ appending
@@ -226,8 +358,8 @@ class EnsembleWriter:
         records: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Buffer ``configs`` of shape ``(n_new, n_chains, *lattice_shape)`` (or one ``(n_chains, ...)``
-        row) with their observables ``(n_new, n_chains, ...)``. With ``observables=None`` and a
-        theory, the standard observables of :func:`lftml.observables.measure` are computed."""
+        row) with their observables ``(n_new, n_chains, ...)``, measured by the caller
+        (:func:`lftml.observables.measure_history`); without ``observables`` none are stored."""
         c = configs.detach().cpu().numpy() if isinstance(configs, torch.Tensor) else np.asarray(configs)
         row = (self.n_chains, *self.lattice_shape)
         if c.shape == row:
@@ -236,9 +368,6 @@ class EnsembleWriter:
                 observables = {k: np.asarray(v)[None] for k, v in observables.items()}
         if c.shape[1:] != row:
             raise LftmlError(f"configurations of shape {c.shape[1:]} do not fit this ensemble's rows {row}")
-        if observables is None and self.theory is not None and not np.iscomplexobj(c):
-            per = [measure(torch.from_numpy(ci), self.theory) for ci in c]
-            observables = {k: np.stack([p[k] for p in per]) for k in per[0]}
         self._configs.append(c.astype(self.dtype, copy=False))
         for k, v in (observables or {}).items():
             v = np.asarray(v)
@@ -283,13 +412,47 @@ class EnsembleWriter:
     def add_wall_time(self, seconds: float) -> None:
         self._extra_wall += float(seconds)
 
+    def _pending_bytes(self) -> int:
+        n = _nbytes(self._configs) + sum(_nbytes(p) for p in self._obs.values()) + sum(_nbytes(p) for p in self._rec.values())
+        if self._checkpoint is not None:
+            n += sum(np.asarray(v).nbytes for v in self._checkpoint.values() if not isinstance(v, (bytes, str)))
+        # each dataset may start a new chunk in this flush; configs chunks hold one row
+        n_series = len(self._obs) + len(self._rec)
+        row = self.n_chains * int(np.prod(self.lattice_shape, dtype=np.int64)) * self.dtype.itemsize
+        return 2 * n + n_series * 2 * _SERIES_CHUNK_BYTES + row + RESERVE_OVERHEAD_BYTES
+
     def flush(self) -> None:
-        """Write buffered rows, then counters, then the checkpoint (crash-ordered)."""
-        with h5py.File(self.path, "a") as f:
+        """Write buffered rows and the checkpoint, ``fsync``, then move the counters (crash-ordered).
+
+        On any write error (a full disk, EIO) the file keeps its previous committed state, the
+        buffer is dropped and one-line :class:`LftmlError` is raised."""
+        if self._failed:
+            raise LftmlError(f"{self.path}: an earlier write failed; the file holds its last flushed state")
+        if not (self._configs or self._rec or self._checkpoint is not None or self._extra_wall):
+            return
+        try:
+            self._flush()
+        except LftmlError:
+            self._failed = True
+            self.discard_buffer()
+            raise
+        except (OSError, RuntimeError) as exc:
+            self._failed = True
+            self.discard_buffer()
+            log.debug("write to %s failed", self.path, exc_info=True)
+            raise write_error(exc, self.path) from None
+
+    def _flush(self) -> None:
+        n_new = sum(len(c) for c in self._configs)
+        reserve_space(self.path, self._pending_bytes())
+        f = h5open(self.path, "a")
+        try:
+            n0 = int(f.attrs["n_configs"])
+            nr0 = int(f.attrs["n_records"])
+            n_rec_new = 0
             if self._configs:
                 new = np.concatenate(self._configs)
                 ds = f["configs"]
-                n0 = int(f.attrs["n_configs"])
                 ds.resize(n0 + len(new), axis=0)
                 ds[n0:] = new
                 for k, parts in self._obs.items():
@@ -299,13 +462,12 @@ class EnsembleWriter:
                             raise LftmlError(f"observable {k} appears for the first time after {n0} configurations")
                         f["observables"].create_dataset(
                             k, shape=(0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]), dtype=arr.dtype,
-                            chunks=True,
+                            chunks=_series_chunks(arr.shape[1:], arr.dtype.itemsize),
                         )
                     o = f["observables"][k]
                     o.resize(n0 + len(arr), axis=0)
                     o[n0:] = arr
             if self._rec:
-                nr0 = int(f.attrs["n_records"])
                 lengths = set()
                 for k, parts in self._rec.items():
                     arr = np.concatenate(parts)
@@ -313,17 +475,16 @@ class EnsembleWriter:
                     if k not in f["records"]:
                         f["records"].create_dataset(
                             k, shape=(nr0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]), dtype=arr.dtype,
-                            chunks=True, fillvalue=np.nan if arr.dtype.kind == "f" else 0,
+                            chunks=_series_chunks(arr.shape[1:], arr.dtype.itemsize),
+                            fillvalue=np.nan if arr.dtype.kind == "f" else 0,
                         )
                     r = f["records"][k]
                     r.resize(nr0 + len(arr), axis=0)
                     r[nr0:] = arr
                 if len(lengths) != 1:
                     raise LftmlError(f"sampler records of unequal lengths {sorted(lengths)}")
-                f.attrs["n_records"] = nr0 + lengths.pop()
-            if self._configs:
-                f.attrs["n_configs"] = int(f.attrs["n_configs"]) + sum(len(c) for c in self._configs)
-            f.attrs["wall_time_s"] = float(f.attrs.get("wall_time_s", 0.0)) + self._extra_wall
+                n_rec_new = lengths.pop()
+            target = None
             if self._checkpoint is not None:
                 current = str(f.attrs.get("checkpoint", ""))
                 target = "checkpoint_b" if current == "checkpoint_a" else "checkpoint_a"
@@ -335,38 +496,60 @@ class EnsembleWriter:
                         g.attrs[k] = v
                     else:
                         g.create_dataset(k, data=np.asarray(v))
-                g.attrs["n_configs"] = int(f.attrs["n_configs"])
-                g.attrs["n_records"] = int(f.attrs["n_records"])
-                f.flush()
+                g.attrs["n_configs"] = n0 + n_new
+                g.attrs["n_records"] = nr0 + n_rec_new
+            f.flush()
+            _fsync(self.path)  # rows and checkpoint are on the disk before the counters name them
+            f.attrs["n_configs"] = n0 + n_new
+            f.attrs["n_records"] = nr0 + n_rec_new
+            f.attrs["wall_time_s"] = float(f.attrs.get("wall_time_s", 0.0)) + self._extra_wall
+            if target is not None:
                 f.attrs["checkpoint"] = target
-        self._n_committed += sum(len(c) for c in self._configs)
-        self._configs.clear()
-        self._obs.clear()
-        self._rec.clear()
-        self._checkpoint = None
+            f.close()
+        except BaseException:
+            _abandon(f)
+            raise
+        _fsync(self.path)
+        self._n_committed += n_new
+        self.discard_buffer()
         self._extra_wall = 0.0
         self._last_flush = time.monotonic()
 
     def update_metadata(self, **items: Any) -> None:
         """Merge ``items`` into the file's JSON metadata (written immediately)."""
-        with h5py.File(self.path, "a") as f:
-            meta = json.loads(f.attrs["metadata"])
-            meta.update(items)
-            f.attrs["metadata"] = json.dumps(meta, default=_json_default)
+        try:
+            reserve_space(self.path, RESERVE_OVERHEAD_BYTES)
+            with h5open(self.path, "a") as f:
+                meta = json.loads(f.attrs["metadata"])
+                meta.update(items)
+                f.attrs["metadata"] = json.dumps(meta, default=_json_default)
+        except (OSError, RuntimeError) as exc:
+            self._failed = True
+            raise write_error(exc, self.path) from None
+
+    @property
+    def failed(self) -> bool:
+        """True after a write error: the file holds its last flushed state and takes no more writes."""
+        return self._failed
 
     def close(self) -> None:
-        self.flush()
+        """Flush what is buffered (nothing after a failed write: the file keeps its last good state)."""
+        if not self._failed:
+            self.flush()
 
     def __enter__(self) -> "EnsembleWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None:
+            self.discard_buffer()
+            self._failed = True
         self.close()
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
     """The current checkpoint of an ensemble (None if it has none)."""
-    with _open_checked(Path(path), "r") as f:
+    with open_checked(Path(path), "r") as f:
         name = str(f.attrs.get("checkpoint", ""))
         if not name or name not in f:
             return None
@@ -385,23 +568,32 @@ def write_ensemble(
     observables: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write a whole ensemble ``(n_configs, n_chains, *shape)`` at once, atomically (temp + rename)."""
+    """Write a whole ensemble ``(n_configs, n_chains, *shape)`` at once, atomically (temp + rename).
+
+    ``observables`` ``{name: (n_configs, n_chains, ...)}`` are the caller's measurements
+    (:func:`lftml.observables.measure_history`); the store does not compute them. On any error the
+    temporary file is removed and ``path`` keeps its previous content."""
     path = Path(path)
     c = configs.detach().cpu().numpy() if isinstance(configs, torch.Tensor) else np.asarray(configs)
     if c.ndim < 3:
         raise LftmlError(f"configs must be (n_configs, n_chains, *lattice_shape), got shape {c.shape}")
     if not overwrite and path.exists():
         raise LftmlError(f"{path} already exists")
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        tmp.unlink()
-    w = EnsembleWriter.create(
-        tmp, lattice_shape=c.shape[2:], n_chains=c.shape[1], metadata=metadata, dtype=c.dtype, theory=theory,
-        overwrite=True, flush_every=max(len(c), 1), flush_seconds=1e9,
-    )
-    w.append(c, observables=observables)
-    w.close()
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        w = EnsembleWriter.create(
+            tmp, lattice_shape=c.shape[2:], n_chains=c.shape[1], metadata=metadata, dtype=c.dtype, theory=theory,
+            overwrite=True, flush_every=max(len(c), 1), flush_seconds=1e9,
+        )
+        w.append(c, observables=observables)
+        w.close()
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise write_error(exc, path) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     return path
 
 
@@ -420,15 +612,30 @@ class Ensemble:
     _file: h5py.File | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Ensemble":
+    def open(cls, path: str | os.PathLike, *, retries: int = 5) -> "Ensemble":
+        """Open for reading; only the committed prefix (``n_configs`` rows) counts. A read that races
+        with a live writer's flush is retried (``retries`` times, 0.2 s apart)."""
         path = Path(path)
-        f = _open_checked(path, "r")
+        for attempt in range(retries + 1):
+            try:
+                return cls._open_once(path)
+            except FileFormatError:
+                if attempt == retries or not path.exists():
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _open_once(cls, path: Path) -> "Ensemble":
+        f = open_checked(path, "r")
         try:
             n = int(f.attrs["n_configs"])
             nr = int(f.attrs["n_records"])
             metadata = json.loads(f.attrs["metadata"])
             obs = {k: ds[:n] for k, ds in f["observables"].items()}
             rec = {k: ds[:nr] for k, ds in f["records"].items()}
+            if any(len(v) != n for v in obs.values()) or f["configs"].shape[0] < n:
+                raise ValueError(f"fewer stored rows than the {n} configurations its header counts")
             ens = cls(
                 path=path,
                 metadata=metadata,
@@ -440,16 +647,16 @@ class Ensemble:
                 wall_time_s=float(f.attrs.get("wall_time_s", 0.0)),
                 _file=f,
             )
-        except (KeyError, ValueError) as exc:
-            f.close()
-            raise FileFormatError(f"{path} is a damaged lftml ensemble ({exc})") from None
+        except Exception as exc:
+            _abandon(f)
+            raise FileFormatError(f"{path} is a damaged lftml ensemble ({type(exc).__name__}: {exc})".split("\n")[0]) from None
         return ens
 
     @property
     def configs(self) -> h5py.Dataset:
         """Lazy ``(n_configs_on_disk, n_chains, *shape)`` dataset; only the first ``n_configs`` rows count."""
         if self._file is None or not self._file.id.valid:
-            self._file = _open_checked(self.path, "r")
+            self._file = open_checked(self.path, "r")
         return self._file["configs"]
 
     def load_configs(self, start: int = 0, stop: int | None = None) -> np.ndarray:

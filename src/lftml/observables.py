@@ -49,3 +49,10 @@ def measure(configs: torch.Tensor | np.ndarray, theory: Theory | None = None) ->
     if theory is not None:
         out["action_density"] = theory.action(phi.to(torch.float64)) / theory.lattice.volume
     return {k: v.detach().to(torch.float64).cpu().numpy() for k, v in out.items()}
+
+
+def measure_history(configs: torch.Tensor | np.ndarray, theory: Theory | None = None) -> dict[str, np.ndarray]:
+    """:func:`measure` for a history ``(n_configs, n_chains, *lattice_shape)``: each observable
+    ``(n_configs, n_chains, ...)``. What callers pass to :func:`lftml.ensemble.write_ensemble`."""
+    per = [measure(torch.as_tensor(np.asarray(c) if not isinstance(c, torch.Tensor) else c), theory) for c in configs]
+    return {k: np.stack([p[k] for p in per]) for k in per[0]} if per else {}

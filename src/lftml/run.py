@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lftml.ensemble import EnsembleWriter, _open_checked, read_checkpoint
+from lftml.devices import resolve_device
+from lftml.ensemble import EnsembleWriter, open_checked, read_checkpoint
 from lftml.errors import LftmlError
-from lftml.safeio import interrupts_as_keyboard_interrupt
+from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
 from lftml.observables import measure
-from lftml.samplers.hmc import HMC
+from lftml.samplers.hmc import HMC, HMCState
 from lftml.samplers.langevin import Langevin
 from lftml.samplers.rng import ChainRNG
-from lftml.samplers.stability import max_stable_step, omega2_max
 from lftml.theories.base import Theory
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,11 @@ class RunConfig:
         for name in ("n_chains", "every"):
             if int(getattr(self, name)) < 1:
                 raise LftmlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_configs", "n_therm"):
+        if int(self.n_configs) < 1:
+            raise LftmlError(f"n-configs must be >= 1 (configurations to store per chain), got {self.n_configs}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise LftmlError(f"seed must be a non-negative integer below 2^63, got {self.seed!r}")
+        for name in ("n_therm",):
             if int(getattr(self, name)) < 0:
                 raise LftmlError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.start not in ("hot", "cold"):
@@ -77,7 +82,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "n_chains": self.n_chains, "n_therm": self.n_therm, "every": self.every, "seed": self.seed,
+            "n_chains": self.n_chains, "n_configs": self.n_configs, "n_therm": self.n_therm, "every": self.every, "seed": self.seed,
             "start": self.start, "adapt": self.adapt, "target_acceptance": self.target_acceptance, "dtype": self.dtype,
         }
 
@@ -94,17 +99,36 @@ class RunResult:
     configs: torch.Tensor | None = None  # kept in memory when no output file is written
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; any other string is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+#: Copies of the field a sampler holds at once (field, momenta, forces, proposals, kernel buffers).
+FIELD_COPIES_IN_MEMORY = 12
+
+
+def _available_memory_bytes() -> int | None:
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise LftmlError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LftmlError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
-    return dev
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(theory: Theory, config: "RunConfig", device: torch.device) -> None:
+    """Refuse (one line, before any file is made) a run whose fields cannot fit in this machine's memory."""
+    itemsize = np.dtype(config.dtype).itemsize
+    need = FIELD_COPIES_IN_MEMORY * config.n_chains * math.prod(theory.lattice.shape) * itemsize
+    have = _available_memory_bytes() if device.type == "cpu" else (
+        torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None)
+    if have is not None and need > have:
+        raise LftmlError(
+            f"--shape {' '.join(map(str, theory.lattice.shape))} with --chains {config.n_chains} needs about "
+            f"{need / 2**30:.3g} GiB of memory, more than the {have / 2**30:.3g} GiB available; use a smaller "
+            "lattice or fewer chains"
+        )
 
 
 def hot_start_width(theory: Theory) -> float:
@@ -140,9 +164,7 @@ class _Adapter:
         self.target = target
         self.t = t
         self.log_eps = math.log(sampler.step_size) if log_eps is None else log_eps
-        self.eps_max = 0.98 * max_stable_step(sampler.integrator, omega2_max(sampler.theory)) / (
-            1.0 + sampler.step_jitter) if hasattr(
-            sampler.theory, "coefficients") else math.inf
+        self.eps_max = 0.98 * sampler.max_stable_step() / (1.0 + sampler.step_jitter)
 
     def update(self, sampler: HMC, acc_prob: float) -> HMC:
         self.t += 1
@@ -174,9 +196,18 @@ def _metadata(kind: str, theory: Theory, sampler: Sampler, config: RunConfig) ->
     }
 
 
+def stored_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of an existing ensemble file (its kind, theory, sampler and run settings)."""
+    with open_checked(path, "r") as f:
+        return json.loads(f.attrs["metadata"])
+
+
 def _check_resume_compatible(path: Path, meta_new: dict[str, Any]) -> dict[str, Any]:
-    with _open_checked(path, "r") as f:
-        meta = json.loads(f.attrs["metadata"])
+    meta = stored_metadata(path)
+    if meta.get("kind") != meta_new["kind"]:
+        raise LftmlError(
+            f"cannot resume {path} as a {meta_new['kind']} run: it is a {meta.get('kind') or 'unknown'} ensemble"
+        )
     problems = []
     if meta.get("theory") != meta_new["theory"]:
         problems.append(f"theory {meta.get('theory')} != {meta_new['theory']}")
@@ -193,6 +224,23 @@ def _check_resume_compatible(path: Path, meta_new: dict[str, Any]) -> dict[str, 
     if problems:
         raise LftmlError(f"cannot resume {path}: it was made with other settings ({'; '.join(problems)})")
     return meta
+
+
+def _record_backend(writer: EnsembleWriter, meta: dict[str, Any], backend: str, n_have: int) -> None:
+    """Record the MD backend truthfully: one name for a run made by one backend; a list of
+    ``{"backend", "from_config"}`` segments when a resume switched it (fused and eager agree to
+    round-off, not bit for bit)."""
+    if n_have == 0:
+        writer.update_metadata(md_backend=backend)
+        return
+    old = meta.get("md_backend")
+    if old is None or old == backend:
+        return
+    segments = meta.get("md_backends") or [{"backend": old, "from_config": 0}]
+    segments = [*segments, {"backend": backend, "from_config": n_have}]
+    writer.update_metadata(md_backend="+".join(dict.fromkeys(s["backend"] for s in segments)), md_backends=segments)
+    log.warning("%s was made with the %s MD backend up to configuration %d; continuing with %s (recorded in the file)",
+                writer.path, old, n_have, backend)
 
 
 def run(
@@ -216,17 +264,43 @@ def run(
     device = resolve_device(config.device)
     kind = kind or ("hmc" if isinstance(sampler, HMC) else "langevin")
     meta = _metadata(kind, theory, sampler, config)
+    if out is None:
+        return _run(sampler, config, None, meta, device, resume=False, overwrite=False, progress=progress, kind=kind,
+                    flush_every=flush_every, flush_seconds=flush_seconds)
+    if resume and overwrite:
+        raise LftmlError("--resume and --overwrite contradict each other: extend the file or replace it, not both")
+    if Path(out).is_file() and not (resume or overwrite):
+        raise LftmlError(f"--out {out} already exists; pass --resume to extend it or --overwrite to replace it "
+                         "(or choose another file)")
+    out_path = check_output(out, overwrite=overwrite, resume=resume)
+    if not (resume and out_path.exists()):
+        check_fits_in_memory(theory, config, device)
+    with OutputLock(out_path, what=f"{kind} run"):
+        return _run(sampler, config, out_path, meta, device, resume=resume, overwrite=overwrite, progress=progress,
+                    kind=kind, flush_every=flush_every, flush_seconds=flush_seconds)
+
+
+def _run(sampler: Sampler, config: RunConfig, out_path: Path | None, meta: dict[str, Any], device: torch.device, *,
+         resume: bool, overwrite: bool, progress: bool, kind: str, flush_every: int,
+         flush_seconds: float) -> RunResult:
+    """:func:`run` once the output is checked and locked."""
+    theory = sampler.theory
     rng = ChainRNG.from_seed(config.seed, config.n_chains, purpose=1, device=device)
     adapter = _Adapter(sampler, config.target_acceptance) if (config.adapt and isinstance(sampler, HMC)) else None
     updates_done = 0  # updates after thermalisation
     therm_done = 0
     writer: EnsembleWriter | None = None
     phi: torch.Tensor | None = None
-    out_path = Path(out) if out is not None else None
+    stored: dict[str, Any] = {}
 
     if out_path is not None and resume and out_path.exists():
-        _check_resume_compatible(out_path, meta)
+        stored = _check_resume_compatible(out_path, meta)
         ck = read_checkpoint(out_path)
+        if ck is not None and int(ck["n_configs"]) > config.n_configs:
+            raise LftmlError(
+                f"{out_path} already holds {int(ck['n_configs'])} configurations per chain, more than "
+                f"--n-configs {config.n_configs}; --resume only extends a run (pass a larger --n-configs)"
+            )
         writer = EnsembleWriter.resume(out_path, theory, flush_every=flush_every, flush_seconds=flush_seconds)
         if ck is not None:
             phi = torch.from_numpy(np.asarray(ck["phi"])).to(device=device, dtype=config.torch_dtype)
@@ -240,6 +314,8 @@ def run(
             if int(ck["n_configs"]) != writer.n_configs:
                 raise LftmlError(f"{out_path}: checkpoint and data disagree; the file is damaged")
             log.info("resuming %s at %d configurations", out_path, writer.n_configs)
+            if stored.get("run", {}).get("n_configs") != config.n_configs:
+                writer.update_metadata(run={**stored.get("run", {}), "n_configs": config.n_configs})
         elif writer.n_configs:
             raise LftmlError(f"{out_path} holds configurations but no checkpoint; it cannot be resumed")
     elif out_path is not None:
@@ -253,8 +329,10 @@ def run(
     if phi is None:
         phi = initial_field(theory, config, device)
     state = sampler.init(phi)
-    if writer is not None and isinstance(sampler, HMC) and writer.n_configs == 0:
-        writer.update_metadata(md_backend="fused" if sampler.uses_fused(state.phi) else "eager")
+    if isinstance(state, HMCState):  # a resumed run continues the cluster-move schedule where it stopped
+        state = replace(state, n_updates=therm_done + updates_done)
+    if writer is not None and isinstance(sampler, HMC) and writer.n_configs < config.n_configs:
+        _record_backend(writer, stored, "fused" if sampler.uses_fused(state.phi) else "eager", writer.n_configs)
 
     n_have = writer.n_configs if writer is not None else 0
     total = config.n_therm + config.n_configs * config.every
@@ -321,16 +399,22 @@ def run(
                 if progress and acc_n:
                     bar.set_postfix(acc=f"{acc_sum / acc_n:.3f}")
     except BaseException:
-        if writer is not None:
-            # rows buffered since the last flush have no checkpoint: drop them (a resume recomputes
-            # them bit for bit) and keep the file at its last consistent state
-            writer.discard_buffer()
-        raise
-    finally:
         bar.close()
         if writer is not None:
+            # rows buffered since the last flush have no checkpoint: drop them (a resume recomputes
+            # them bit for bit) and keep the file at its last consistent state; a failure to record
+            # the wall time must not hide the error that stopped the run
+            writer.discard_buffer()
             writer.add_wall_time(time.perf_counter() - t_last)
-            writer.close()
+            try:
+                writer.close()
+            except LftmlError as exc:
+                log.debug("closing %s after an error: %s", out_path, exc)
+        raise
+    bar.close()
+    if writer is not None:
+        writer.add_wall_time(time.perf_counter() - t_last)
+        writer.close()
     wall = time.perf_counter() - t_start
     stuck = np.flatnonzero(chain_acc == 0) if acc_n >= 20 else []
     if len(stuck) and acc_sum / acc_n >= 0.1:

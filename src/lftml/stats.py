@@ -73,15 +73,20 @@ class Estimate:
     tau_int_error: float
     window: int
     n_samples: int
+    note: str = ""
 
-    def to_dict(self) -> dict[str, float]:
-        """``{"value", "error", "tau_int", "tau_int_error"}`` as plain floats (JSON-ready)."""
-        return {
+    def to_dict(self) -> dict[str, float | str]:
+        """``{"value", "error", "tau_int", "tau_int_error"}`` as plain floats (JSON-ready), plus
+        ``"warning"`` when the estimate is flagged unreliable (see ``note``)."""
+        out: dict[str, float | str] = {
             "value": float(self.value),
             "error": float(self.error),
             "tau_int": float(self.tau_int),
             "tau_int_error": float(self.tau_int_error),
         }
+        if self.note:
+            out["warning"] = self.note
+        return out
 
     def __str__(self) -> str:
         return format_value_error(self.value, self.error)
@@ -222,11 +227,23 @@ def autocorrelation_function(data: object, max_lag: int | None = None) -> np.nda
 # ---------------------------------------------------------------------------- Gamma method
 
 
-def _gamma_analysis(deltas: np.ndarray, value: float, S: float, scale: float) -> Estimate:
-    """Wolff's Gamma method on fluctuations ``deltas`` ``(N, R)`` about the global mean."""
+def _gamma_analysis(deltas: np.ndarray, value: float, S: float, scale: float, name: str | None = None) -> Estimate:
+    """Wolff's Gamma method on fluctuations ``deltas`` ``(N, R)`` about the global mean.
+
+    ``name`` labels the observable in warnings and in ``Estimate.note``.
+
+    Anticorrelated data (``rho(1) < 0``, e.g. over-relaxation or ``exp(-dH)`` in a broken phase):
+    Wolff's criterion then stops at ``W = 1``, where ``1/2 + rho(1)`` can be <= 0 although the true
+    ``tau_int`` is positive (the alternating tail ``rho(2) + ...`` is cut off). There the window is
+    completed to an even lag and extended by pairs ``rho(W+1) + rho(W+2)`` while a pair is negative:
+    for alternating ``rho`` each even partial sum bounds the limit from above (conservative). If
+    ``C_F`` is still not positive, the naive error (``tau_int = 1/2``) is reported and flagged.
+    An error of 0 is returned only for a constant series.
+    """
     n, n_chains = deltas.shape
     n_total = n * n_chains
     w_max = n // 2
+    label = f" of {name}" if name else ""
     gamma = _autocovariance(deltas, w_max)
     if gamma[0] <= 0 or math.sqrt(gamma[0]) <= _CONSTANT_RTOL * scale:
         return Estimate(float(value), 0.0, 0.5, 0.0, 0, n_total)
@@ -243,28 +260,46 @@ def _gamma_analysis(deltas: np.ndarray, value: float, S: float, scale: float) ->
         )
         g = np.exp(-windows / tau_exp) - tau_exp / np.sqrt(windows * n_total)
     negative = np.flatnonzero(g < 0)
+    note = ""
     if negative.size:
         window = int(windows[negative[0]])
     else:
         window = w_max
+        note = "chains too short for their autocorrelation time (no window met Wolff's criterion); error unreliable"
         logger.warning(
-            "Gamma method: no window W <= %d satisfied Wolff's criterion; using W = %d. "
+            "Gamma method%s: no window W <= %d satisfied Wolff's criterion; using W = %d. "
             "The chains are too short for their autocorrelation time; errors are unreliable.",
+            label,
             w_max,
             w_max,
         )
+    if tau_of_w[window - 1] < 0.5 and w_max >= 2:  # anticorrelated: sum rho in (odd, even) pairs
+        window = min(window + window % 2, w_max - w_max % 2)
+        noise = 2.0 * math.sqrt(2.0 / n_total)  # ~2 sigma of a pair of estimated rho's
+        while window + 2 <= w_max and rho[window + 1] + rho[window + 2] < -noise and tau_of_w[window + 1] > 0:
+            window += 2
 
     # Bias correction (Wolff eq. 49) and final estimates.
     c_f = gamma[0] + 2.0 * gamma[1 : window + 1].sum()
     gamma = gamma + c_f / n_total
-    c_f = max(gamma[0] + 2.0 * gamma[1 : window + 1].sum(), 0.0)
+    c_f = gamma[0] + 2.0 * gamma[1 : window + 1].sum()
+    # C_F / Gamma(0) = 2 tau_int has a statistical error ~ sqrt(2 (2W + 1) / N): an anticorrelated
+    # sum that is not positive, or not resolved from 0, must not turn into a tiny (or zero) error
+    resolution = math.sqrt(2.0 * (2 * window + 1) / n_total) * gamma[0]
+    if not c_f > 0 or (c_f < resolution and rho[1] < 0):
+        note = "anticorrelated and tau_int not resolved from 0 (too few data); naive error (tau_int = 0.5) reported"
+        logger.warning("Gamma method%s: the autocorrelation sum is not resolved from zero; reporting the naive "
+                       "error (tau_int = 0.5), which is unreliable here", label)
+        c_f, window = gamma[0], 0
     tau_int = c_f / (2.0 * gamma[0])
     tau_int_error = 2.0 * tau_int * math.sqrt(abs(window + 0.5 - tau_int) / n_total)
+    if not note and tau_int + 2.0 * tau_int_error < 0.5:
+        note = f"anticorrelated data (tau_int = {tau_int:.3g} < 0.5): the error is below the naive one"
     error = math.sqrt(c_f / n_total)
-    return Estimate(float(value), error, float(tau_int), float(tau_int_error), window, n_total)
+    return Estimate(float(value), error, float(tau_int), float(tau_int_error), window, n_total, note)
 
 
-def gamma_method(data: object, S: float = 2.0) -> Estimate:
+def gamma_method(data: object, S: float = 2.0, *, name: str | None = None) -> Estimate:
     """Mean of a primary observable with its error by Wolff's Gamma method.
 
     ``data``: ``(n_configs,)`` or ``(n_configs, n_chains)`` (replicas of equal length).
@@ -273,12 +308,12 @@ def gamma_method(data: object, S: float = 2.0) -> Estimate:
     criterion with parameter ``S``; ``Gamma`` is bias-corrected (Wolff eq. 49).
     Returns ``Estimate`` with ``tau_int = 1/2 + sum_{t=1}^W rho(t)``,
     ``error = sqrt(2 tau_int Gamma(0) / N)`` and the Madras-Sokal ``tau_int_error``.
-    Constant data give error 0 and ``tau_int = 0.5``.
+    Constant data give error 0 and ``tau_int = 0.5``; ``name`` labels the observable in warnings.
     """
     S = _check_S(S)
-    arr = _as_history(data)
+    arr = _as_history(data, name or "data")
     mean = float(arr.flat[0]) if np.ptp(arr) == 0 else float(arr.mean())
-    return _gamma_analysis(arr - mean, mean, S, float(np.max(np.abs(arr))))
+    return _gamma_analysis(arr - mean, mean, S, float(np.max(np.abs(arr))), name)
 
 
 def _numerical_gradient(
@@ -301,6 +336,7 @@ def gamma_method_derived(
     *observables: object,
     S: float = 2.0,
     gradient: Callable[..., Sequence[float]] | None = None,
+    name: str | None = None,
 ) -> Estimate:
     """Derived quantity ``f(<A>, <B>, ...)`` with its Gamma-method error (Wolff sect. 3.1).
 
@@ -338,7 +374,7 @@ def gamma_method_derived(
         if g != 0:
             deltas += g * (a - m)
             scale += abs(g) * float(np.max(np.abs(a)))
-    return _gamma_analysis(deltas, value, S, scale)
+    return _gamma_analysis(deltas, value, S, scale, name)
 
 
 def integrated_autocorrelation_time(data: object, S: float = 2.0) -> tuple[float, float]:

@@ -20,6 +20,21 @@ import typer
 
 from lftml.errors import LftmlError
 
+try:  # recent typer vendors click as typer._click; older ones use click itself
+    from typer._click.core import ParameterSource
+    from typer._click.exceptions import UsageError
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - depends on the typer release
+    from click import get_current_context
+    from click.core import ParameterSource
+    from click.exceptions import UsageError
+
+__all__ = [
+    "JSON_OPTION", "SEED_OPTION", "MULTI_VALUE_OPTIONS", "ParameterSource", "UsageError", "emit_json", "fmt_err",
+    "get_current_context", "normalize_argv", "parse_shape", "require_file", "to_jsonable",
+]
+
+
 JSON_OPTION = typer.Option(False, "--json", help="Print one machine-readable JSON object instead of a table.")
 SEED_OPTION = typer.Option(0, "--seed", help="Seed of every random stream (recorded in the output).")
 
@@ -78,7 +93,9 @@ def normalize_argv(args: list[str]) -> list[str]:
         i += 1
         if tok in MULTI_VALUE_OPTIONS:
             vals = []
-            while i < len(args) and re.fullmatch(r"[+-]?\d+(,[+-]?\d+)*", args[i]):
+            # any number-like token (8.5, 1e3, -4 included) belongs to --shape, so parse_shape can
+            # name the bad value instead of click reporting a stray argument
+            while i < len(args) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?(,[^,]+)*", args[i]):
                 vals.append(args[i])
                 i += 1
             if vals:

@@ -37,15 +37,53 @@ def _print_summary(summary: dict[str, Any]) -> None:
         typer.echo(f"{name:<14} {re:>22} {im:>22}   {ex:>26}")
     d = summary["diagnostics"]
     alpha = d["drift_tail_exponent"]
+    step = d.get("step_criterion_max_zscore")
     typer.echo(
-        f"diagnostics: criterion max |z| = {d['criterion_max_zscore']:.2f}, boundary terms max |z| = "
-        f"{d['boundary_max_zscore']:.2f}, drift tail exponent = {'none (no power-law tail)' if alpha is None else f'{alpha:.2f}'}, "
-        f"max |Im z| = {d['imag_max']:.3g}"
+        f"diagnostics: criterion max |z| = {d['criterion_max_zscore']:.2f} (L_c, carries the dt bias)"
+        + ("" if step is None else f", at this dt {step:.2f} (L_eps, exact at any dt)")
+        + f", boundary-term plateau |z| = {d['boundary_max_zscore']:.2f}, drift tail exponent = "
+        f"{'none (no power-law tail)' if alpha is None else f'{alpha:.2f}'}, max |Im z| = {d['imag_max']:.3g}"
     )
     typer.echo("SUSPICIOUS: " + "; ".join(d["reasons"]) if d["suspicious"] else "no sign of wrong convergence")
+    for note in d.get("notes", []):
+        typer.echo("note: " + note)
     for key in ("out", "plot"):
         if key in summary:
             typer.echo(f"{key}: {summary[key]}")
+
+
+def _check_run_options(dt: float, chains: int, steps: int, therm: Optional[int], bins: int, scheme: str,
+                       checkpoint_every: int) -> None:
+    if not (math.isfinite(dt) and dt > 0):
+        raise LftmlError(f"--dt must be positive, got {dt}")
+    if chains < 1:
+        raise LftmlError(f"--chains must be >= 1, got {chains}")
+    if steps < 4 * CRITERION_EVERY:
+        raise LftmlError(f"--steps must be >= {4 * CRITERION_EVERY} (four bins of >= {CRITERION_EVERY} steps per chain "
+                         f"for the errors), got {steps}")
+    if therm is not None and therm < 0:
+        raise LftmlError(f"--therm must be >= 0, got {therm}")
+    if bins < 4:
+        raise LftmlError(f"--bins must be >= 4 (the Gamma method needs several bins per chain), got {bins}")
+    if scheme not in ("euler", "heun"):
+        raise LftmlError(f"--scheme must be euler or heun, got {scheme!r}")
+    if checkpoint_every < 1:
+        raise LftmlError(f"--checkpoint-every must be >= 1 (bins), got {checkpoint_every}")
+
+
+def _check_model_options(name: str, shape: Optional[str], **values: Any) -> None:
+    if shape is not None and name != "bose-gas":
+        raise LftmlError("--shape only applies to --model bose-gas")
+    allowed_for = {"sigma": ("gaussian", "quartic"), "beta": ("u1",), "kappa": ("u1",), "m": ("bose-gas",),
+                   "mu": ("u1", "bose-gas"), "lam": ("gaussian", "quartic", "bose-gas")}
+    for key, value in values.items():
+        allowed = allowed_for[key]
+        if value is not None and name in ("gaussian", "quartic", "u1", "bose-gas") and name not in allowed:
+            raise LftmlError(f"--{key} does not apply to --model {name} (it is for {', '.join(allowed)})")
+
+
+#: the discretised-process criterion is sampled every this many Langevin steps (see lftml.complex.langevin)
+CRITERION_EVERY = 4
 
 
 @app.command("run")
@@ -62,58 +100,53 @@ def run_command(
     dt: float = typer.Option(0.01, "--dt", help="Step size eps (fixed) or eps_bar (adaptive)."),
     adaptive: bool = typer.Option(False, "--adaptive/--no-adaptive", help="Adaptive step eps_bar <K_max>/K_max (cures runaways)."),
     scheme: str = typer.Option("euler", "--scheme", help="euler (O(eps) bias) or heun (O(eps^2))."),
-    chains: int = typer.Option(64, "--chains", help="Number of independent chains (batched)."),
-    steps: int = typer.Option(10000, "--steps", help="Measured Langevin time per chain = steps * dt."),
-    therm: Optional[int] = typer.Option(None, "--therm", help="Thermalisation: therm * dt of Langevin time per chain [steps/5]."),
-    bins: int = typer.Option(100, "--bins", help="Equal-Langevin-time bins per chain (the unit of the error analysis)."),
+    chains: int = typer.Option(64, "--chains", help="Independent chains (replicas, batched)."),
+    steps: int = typer.Option(10000, "--steps", help="Measured Langevin steps per chain (Langevin time steps * dt)."),
+    therm: Optional[int] = typer.Option(None, "--therm", help="Thermalisation steps per chain (Langevin time therm * dt) [steps/5]."),
+    bins: int = typer.Option(100, "--bins", help="Stored equal-Langevin-time bins per chain (the unit of the error analysis)."),
     seed: int = SEED_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Write the run as an ensemble file (HDF5, complex fields)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a figure of the four diagnostics (PNG/PDF)."),
-    progress: bool = typer.Option(False, "--progress/--no-progress", help="Show a progress bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out / --plot."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.ckpt (bit-identical)."),
+    checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="Bins per chain between checkpoints (OUT.ckpt)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a figure of the four diagnostics (PNG)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar [on when stderr is a terminal]."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Run complex Langevin; print estimates with errors beside the exact values, and the diagnostics."""
+    import sys
+
     from lftml.complex.langevin import ComplexLangevin
-    from lftml.complex.runner import build_model, simulate
+    from lftml.complex.runner import CLInterrupted, build_model, simulate
+    from lftml.run import resolve_device
 
     if not (math.isfinite(dt) and dt > 0):
         raise LftmlError(f"--dt must be positive, got {dt}")
-    if chains < 1:
-        raise LftmlError(f"--chains must be >= 1, got {chains}")
-    if steps < 4:
-        raise LftmlError(f"--steps must be >= 4 (at least four equal-time bins per chain for the errors), got {steps}")
-    if therm is not None and therm < 0:
-        raise LftmlError(f"--therm must be >= 0, got {therm}")
-    if bins < 4:
-        raise LftmlError(f"--bins must be >= 4 (the Gamma method needs several bins per chain), got {bins}")
-    if scheme not in ("euler", "heun"):
-        raise LftmlError(f"--scheme must be euler or heun, got {scheme!r}")
+    if seed < 0:
+        raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
     name = model.replace("_", "-").lower()
-    if shape is not None and name != "bose-gas":
-        raise LftmlError("--shape only applies to --model bose-gas")
-    for flag, value, allowed in (
-        ("--sigma", sigma, ("gaussian", "quartic")),
-        ("--beta", beta, ("u1",)),
-        ("--kappa", kappa, ("u1",)),
-        ("--m", m, ("bose-gas",)),
-        ("--mu", mu, ("u1", "bose-gas")),
-        ("--lam", lam, ("gaussian", "quartic", "bose-gas")),
-    ):
-        if value is not None and name in ("gaussian", "quartic", "u1", "bose-gas") and name not in allowed:
-            raise LftmlError(f"{flag} does not apply to --model {name} (it is for {', '.join(allowed)})")
-    bins = min(bins, steps)
+    _check_model_options(name, shape, sigma=sigma, beta=beta, kappa=kappa, m=m, mu=mu, lam=lam)
     the_model = build_model(
         name, sigma=sigma, lam=lam, beta=beta, kappa=kappa, mu=mu, m=m,
         shape=parse_shape(shape) if shape is not None else None, phase_quenched=phase_quenched,
     )
+    _check_run_options(dt, chains, steps, therm, bins, scheme, checkpoint_every)
+    bins = min(bins, steps // CRITERION_EVERY)
     therm_steps = steps // 5 if therm is None else therm
     settings = ComplexLangevin(
         step_size=dt, scheme=scheme, adaptive=adaptive, thermalisation_time=therm_steps * dt,
-        bin_time=steps * dt / bins, n_bins=bins,
+        bin_time=steps * dt / bins, n_bins=bins, criterion_every=CRITERION_EVERY,
     )
-    if out is not None and out.exists() and out.is_dir():
-        raise LftmlError(f"--out {out} is a directory")
-    summary = simulate(the_model, settings, n_chains=chains, seed=seed, out=out, plot=plot, progress=progress)
+    dev = resolve_device(device)
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        summary = simulate(the_model, settings, n_chains=chains, seed=seed, out=out, plot=plot, progress=show and not json_out,
+                           overwrite=overwrite, resume=resume, device=dev, checkpoint_every=checkpoint_every)
+    except CLInterrupted as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(130) from None
+    summary["device"] = str(dev)
     if json_out:
         emit_json(summary)
     else:
@@ -123,14 +156,15 @@ def run_command(
 @app.command("diagnose")
 def diagnose_command(
     path: Path = typer.Argument(..., help="A run written by `lftml cl run --out`."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a figure of the four diagnostics."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a figure of the four diagnostics (PNG)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Estimates and correctness diagnostics (criterion, boundary terms, drift tail, Im z) of a stored run."""
     from lftml.complex.runner import diagnose_file
 
     require_file(path, "run file")
-    summary = diagnose_file(path, plot=plot)
+    summary = diagnose_file(path, plot=plot, overwrite=overwrite)
     if json_out:
         emit_json(summary)
     else:

@@ -21,7 +21,7 @@ from lftml.theories import FreeScalar, Phi4
 SHAPE_HELP = "Lattice extents, e.g. --shape 32 32 (any dimension)."
 
 # options shared by the sampler commands (hmc, langevin)
-SHAPE_OPTION = typer.Option(..., "--shape", help=SHAPE_HELP)
+SHAPE_OPTION = typer.Option(None, "--shape", help=SHAPE_HELP + " Required unless --resume (then taken from the file).")
 KAPPA_OPTION = typer.Option(None, help="Hopping parameter (hopping form, with --lam).")
 LAM_OPTION = typer.Option(None, help="Quartic coupling of the hopping form (with --kappa).")
 M2_OPTION = typer.Option(None, help="Bare mass squared (with --lam4 or --g; alone: free field).")
@@ -31,8 +31,11 @@ CHAINS_OPTION = typer.Option(16, help="Independent chains run as one batch.")
 N_CONFIGS_OPTION = typer.Option(100, "--n-configs", help="Configurations to store per chain.")
 START_OPTION = typer.Option("hot", help="hot (random) or cold (ordered, random sign per chain).")
 OUT_OPTION = typer.Option(..., "--out", help="Output ensemble (HDF5).")
-RESUME_OPTION = typer.Option(False, "--resume", help="Extend --out (bit-identical to an uninterrupted run).")
-DEVICE_OPTION = typer.Option("cpu", help="cpu, cuda or auto.")
+RESUME_OPTION = typer.Option(
+    False, "--resume",
+    help="Extend --out (bit-identical to an uninterrupted run); options not given are taken from the file.")
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace an existing --out.")
+DEVICE_OPTION = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 DTYPE_OPTION = typer.Option("float64", help="float64 (default) or float32.")
 PROGRESS_OPTION = typer.Option(True, help="Show a progress bar.")
 CHECKPOINT_EVERY_OPTION = typer.Option(50, "--checkpoint-every", help="Configurations between file flushes.")
@@ -47,6 +50,8 @@ def build_theory(
     g: Optional[float] = None,
 ):
     """Theory from CLI flags; exactly one parametrisation must be given completely."""
+    if shape is None:
+        raise LftmlError("--shape is required, e.g. --shape 32 32 (with --resume it is read from the file)")
     lattice = Lattice(parse_shape(shape))
     if kappa is not None or lam is not None:
         if m2 is not None or lam4 is not None or g is not None:
@@ -67,6 +72,32 @@ def build_theory(
     return FreeScalar(lattice, m2)
 
 
+def build_hmc(theory, traj_length: float, md_steps: int, integrator: str, backend: str, step_jitter: float,
+              algorithm: str = "hmc", mass_from: Optional[Path] = None, cluster: Optional[str] = None,
+              cluster_every: Optional[int] = None, out: Optional[Path] = None):
+    """HMC settings from the ``lftml hmc`` flags; every check (one line each) before anything is written."""
+    from lftml.safeio import same_file
+    from lftml.samplers import HMC
+    from lftml.samplers.cluster import ClusterMove
+    from lftml.samplers.kinetic import kinetic_from_name
+
+    if algorithm not in ("hmc", "fa-hmc"):
+        raise LftmlError(f"unknown --algorithm {algorithm!r}; choose hmc or fa-hmc")
+    if cluster_every is not None and cluster is None:
+        raise LftmlError("--cluster-every needs --cluster wolff or --cluster sw")
+    if cluster_every is not None and cluster_every < 1:
+        raise LftmlError(f"--cluster-every must be >= 1 (trajectories between cluster moves), got {cluster_every}")
+    if mass_from is not None:
+        if algorithm != "fa-hmc":
+            raise LftmlError("--mass-from is for --algorithm fa-hmc; plain HMC has unit mass")
+        if out is not None and same_file(out, mass_from):
+            raise LftmlError(f"--out {out} is also the --mass-from pilot; choose another output file")
+    move = ClusterMove(theory, cluster) if cluster is not None else None
+    kinetic = kinetic_from_name(algorithm, theory, mass_from)
+    return HMC.from_trajectory(theory, traj_length, md_steps, integrator, backend=backend, step_jitter=step_jitter,
+                               kinetic=kinetic, cluster=move, cluster_every=cluster_every or 1)
+
+
 def _table(result: dict[str, Any]) -> str:
     rows = [
         ("<M>", "magnetisation"),
@@ -76,16 +107,19 @@ def _table(result: dict[str, Any]) -> str:
         ("U_L = 1-<M^4>/3<M^2>^2", "binder"),
         ("<S>/V", "action_density"),
     ]
-    label = "exact" if "exact" in result else "target"
-    exact = result.get(label, {})
+    from lftml.analysis import REFERENCE_LABELS
+
+    ref_key = next((k for k in REFERENCE_LABELS if k in result), None)
+    label = REFERENCE_LABELS.get(ref_key, "")
+    exact = result.get(ref_key, {}) if ref_key else {}
     lines = [f"{'observable':<26}{'value(error)':>22}{'tau_int':>16}" + (f"   {label}" if exact else "")]
-    for label, key in rows:
+    for row_label, key in rows:
         if key not in result:
             continue
         e = result[key]
         tau = f"{e['tau_int']:.2f}({e['tau_int_error']:.2f})" if e.get("tau_int") is not None else ""
         ex = exact.get(key)
-        lines.append(f"{label:<26}{fmt_err(e['value'], e['error']):>22}{tau:>16}" + (f"   {ex:.6g}" if ex is not None else ""))
+        lines.append(f"{row_label:<26}{fmt_err(e['value'], e['error']):>22}{tau:>16}" + (f"   {ex:.6g}" if ex is not None else ""))
     info = [f"configs {result['n_configs']} x chains {result['n_chains']}", f"volume {result['volume']}"]
     if result.get("acceptance") is not None:
         info.append(f"acceptance {result['acceptance']:.4f}")
@@ -97,13 +131,76 @@ def _table(result: dict[str, Any]) -> str:
     lines.append("; ".join(info))
     if result.get("effective_mass"):
         em = ", ".join(f"t={d['t']}: {fmt_err(d['value'], d['error'])}" for d in result["effective_mass"][:4])
-        lines.append(f"effective mass {em}" + (f"   ({label} {exact['effective_mass']:.6g})" if "effective_mass" in exact else ""))
+        lines.append(f"effective mass {em}" + (f"   ({label}: {exact['effective_mass']:.6g})" if "effective_mass" in exact else ""))
+    for w in result.get("warnings") or []:
+        lines.append(f"warning: {w}")
     return "\n".join(lines)
 
 
+#: CLI option -> how to read its value from a stored run's metadata (for ``--resume`` without options).
+#: Helpers adding sampler options register them here.
+STORED_RUN_OPTIONS = {
+    "chains": ("run", "n_chains"), "n_configs": ("run", "n_configs"), "therm": ("run", "n_therm"),
+    "every": ("run", "every"), "seed": ("run", "seed"), "start": ("run", "start"), "adapt": ("run", "adapt"),
+    "target_acceptance": ("run", "target_acceptance"), "dtype": ("run", "dtype"),
+    "integrator": ("sampler", "integrator"), "md_steps": ("sampler", "n_steps"),
+    "step_jitter": ("sampler", "step_jitter"), "dt": ("sampler", "dt"), "scheme": ("sampler", "scheme"),
+    "cluster": ("sampler", "cluster"), "cluster_every": ("sampler", "cluster_every"),
+}
+THEORY_OPTIONS = ("shape", "kappa", "lam", "m2", "lam4", "g")
+
+
+def _given_on_command_line() -> set[str]:
+    """Names of the current command's parameters the user typed (not defaults)."""
+    from lftml.cli.common import ParameterSource, get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return set()
+
+    return {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+
+
+def with_stored_options(kind: str, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """For ``--resume`` on an existing file: options the user did not type are taken from the file
+    (theory, chains, seed, sampler settings, the requested --n-configs); typed ones are kept and
+    checked against the file by :func:`lftml.run.run`, which refuses contradictions by name.
+    Returns ``(values, stored metadata or {})``."""
+    out = values.get("out")
+    if not values.get("resume") or out is None or not Path(out).is_file():
+        return values, {}
+    from lftml.run import stored_metadata
+
+    meta = stored_metadata(out)
+    if meta.get("kind") != kind:
+        raise LftmlError(f"cannot resume {out} with 'lftml {kind}': it is a {meta.get('kind') or 'unknown'} ensemble")
+    given = _given_on_command_line()
+    values = dict(values)
+    for name, (section, key) in STORED_RUN_OPTIONS.items():
+        if name in values and name not in given and key in (meta.get(section) or {}):
+            values[name] = meta[section][key]
+    theory = meta.get("theory") or {}
+    if not (given & set(THEORY_OPTIONS)) and theory:
+        values["shape"] = ",".join(str(int(n)) for n in theory.get("shape", []))
+        for name in ("kappa", "lam", "m2", "lam4", "g"):
+            values[name] = None
+        if theory.get("name") == "free":
+            values["m2"] = theory["m2"]
+        elif theory.get("form") == "hopping":
+            values["kappa"], values["lam"] = theory["kappa"], theory["lam"]
+        elif theory.get("form") == "m2_lam4":
+            values["m2"], values["lam4"] = theory["m2"], theory["lam"]
+        elif theory.get("form") == "m2_g":
+            values["m2"], values["g"] = theory["m2"], theory["g"]
+    elif not (given & {"shape"}) and theory:
+        values["shape"] = ",".join(str(int(n)) for n in theory.get("shape", []))
+    return values, meta
+
+
 def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, start, out, resume, adapt, target, device,
-                 dtype, progress, as_json, kind, flush_every=50):
+                 dtype, progress, as_json, kind, flush_every=50, overwrite=False):
     from lftml.analysis import analyze
+    from lftml.ensemble import read_checkpoint
     from lftml.run import RunConfig, run
 
     config = RunConfig(
@@ -112,8 +209,15 @@ def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, star
     )
     if flush_every < 1:
         raise LftmlError(f"--checkpoint-every must be >= 1, got {flush_every}")
-    result = run(sampler, config, out, resume=resume, progress=progress and not as_json, kind=kind,
-                 flush_every=flush_every)
+    complete = False
+    if resume and Path(out).is_file():
+        ck = read_checkpoint(out)
+        complete = ck is not None and int(ck["n_configs"]) == n_configs
+    result = run(sampler, config, out, resume=resume, overwrite=overwrite, progress=progress and not as_json,
+                 kind=kind, flush_every=flush_every)
+    if complete:
+        typer.echo(f"note: {out} already holds all {n_configs} configurations per chain; nothing to do "
+                   "(pass a larger --n-configs to extend it)", err=True)
     summary: dict[str, Any] = {
         "out": str(out), "n_configs": result.n_configs, "n_chains": result.n_chains, "acceptance": result.acceptance,
         "sampler": result.sampler, "wall_time_s": result.wall_time_s,
@@ -147,12 +251,21 @@ def register(app: typer.Typer) -> None:
         traj_length: float = typer.Option(1.0, "--traj-length", help="Trajectory length (step = length / steps)."),
         step_jitter: float = typer.Option(0.1, "--step-jitter", help="Per-trajectory random step factor 1 +- j (breaks MD resonances)."),
         backend: str = typer.Option("auto", help="MD backend: auto (fused numba kernel on CPU when available), fused or eager."),
+        algorithm: str = typer.Option("hmc", "--algorithm", help="hmc (unit mass) or fa-hmc (Fourier-accelerated: "
+                                      "momentum covariance diagonal in momentum space; try --traj-length 1.5708)."),
+        mass_from: Optional[Path] = typer.Option(None, "--mass-from", help="fa-hmc: mass 1/G(p) from the propagator "
+                                                 "of this pilot ensemble (default: the quadratic part of the action)."),
+        cluster: Optional[str] = typer.Option(None, "--cluster", help="wolff or sw: embedded-Ising cluster moves "
+                                              "composed with the trajectories."),
+        cluster_every: Optional[int] = typer.Option(None, "--cluster-every", help="Trajectories between cluster "
+                                                    "moves (default 1; needs --cluster)."),
         adapt: bool = typer.Option(False, help="Adapt the step size during thermalisation, then freeze it."),
         target_acceptance: float = typer.Option(0.8, "--target-acceptance", help="Target of --adapt."),
         start: str = START_OPTION,
         seed: int = SEED_OPTION,
         out: Path = OUT_OPTION,
         resume: bool = RESUME_OPTION,
+        overwrite: bool = OVERWRITE_OPTION,
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
         progress: bool = PROGRESS_OPTION,
@@ -160,13 +273,21 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Hybrid Monte Carlo for phi^4 / free fields; writes an HDF5 ensemble and prints its analysis."""
-        from lftml.samplers import HMC
+        from dataclasses import replace
 
-        theory = build_theory(shape, kappa, lam, m2, lam4, g)
-        sampler = HMC.from_trajectory(theory, traj_length, md_steps, integrator, backend=backend, step_jitter=step_jitter)
-        _run_command(sampler, theory, chains=chains, n_configs=n_configs, therm=therm, every=every, seed=seed,
-                     start=start, out=out, resume=resume, adapt=adapt, target=target_acceptance, device=device,
-                     dtype=dtype, progress=progress, as_json=as_json, kind="hmc", flush_every=checkpoint_every)
+        o, stored = with_stored_options("hmc", dict(locals()))
+        if stored and "algorithm" not in _given_on_command_line():
+            mass = (stored.get("sampler") or {}).get("mass") or {}
+            o["algorithm"] = "fa-hmc" if mass.get("kind") == "fourier" else "hmc"
+        theory = build_theory(o["shape"], o["kappa"], o["lam"], o["m2"], o["lam4"], o["g"])
+        sampler = build_hmc(theory, traj_length, o["md_steps"], o["integrator"], backend, o["step_jitter"],
+                            o["algorithm"], mass_from, o["cluster"], o["cluster_every"], out)
+        if stored and "traj_length" not in _given_on_command_line() and "step_size" in stored.get("sampler", {}):
+            sampler = replace(sampler, step_size=float(stored["sampler"]["step_size"]))  # the stored step, exactly
+        _run_command(sampler, theory, chains=o["chains"], n_configs=o["n_configs"], therm=o["therm"], every=o["every"],
+                     seed=o["seed"], start=o["start"], out=out, resume=resume, adapt=o["adapt"],
+                     target=o["target_acceptance"], device=device, dtype=o["dtype"], progress=progress,
+                     as_json=as_json, kind="hmc", flush_every=checkpoint_every, overwrite=overwrite)
 
     @app.command()
     def langevin(
@@ -186,6 +307,7 @@ def register(app: typer.Typer) -> None:
         seed: int = SEED_OPTION,
         out: Path = OUT_OPTION,
         resume: bool = RESUME_OPTION,
+        overwrite: bool = OVERWRITE_OPTION,
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
         progress: bool = PROGRESS_OPTION,
@@ -195,26 +317,38 @@ def register(app: typer.Typer) -> None:
         """Langevin dynamics (stochastic quantisation); results carry a step-size bias: extrapolate dt -> 0."""
         from lftml.samplers import Langevin
 
-        theory = build_theory(shape, kappa, lam, m2, lam4, g)
-        sampler = Langevin(theory, dt, scheme)
-        _run_command(sampler, theory, chains=chains, n_configs=n_configs, therm=therm, every=every, seed=seed,
-                     start=start, out=out, resume=resume, adapt=False, target=0.8, device=device, dtype=dtype,
-                     progress=progress, as_json=as_json, kind="langevin", flush_every=checkpoint_every)
+        o, _ = with_stored_options("langevin", dict(locals()))
+        theory = build_theory(o["shape"], o["kappa"], o["lam"], o["m2"], o["lam4"], o["g"])
+        sampler = Langevin(theory, o["dt"], o["scheme"])
+        _run_command(sampler, theory, chains=o["chains"], n_configs=o["n_configs"], therm=o["therm"], every=o["every"],
+                     seed=o["seed"], start=o["start"], out=out, resume=resume, adapt=False, target=0.8, device=device,
+                     dtype=o["dtype"], progress=progress, as_json=as_json, kind="langevin",
+                     flush_every=checkpoint_every, overwrite=overwrite)
 
     @app.command()
     def analyze(
         path: Path = typer.Argument(..., help="Ensemble file (HDF5) written by lftml."),
         discard: int = typer.Option(0, help="Leading configurations to drop."),
-        S: float = typer.Option(2.0, "--S", help="Wolff's window parameter S."),
+        S: float = typer.Option(2.0, "--window-factor", help="Wolff's window parameter S (1 to 2; larger: longer window)."),
+        S_old: Optional[float] = typer.Option(None, "--S", hidden=True, help="Deprecated spelling of --window-factor."),
         plot: Optional[Path] = typer.Option(None, help="Save a figure (history, histogram, correlator) as PNG."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Observables with Gamma-method errors and tau_int (<M>, <|M|>, chi_2, U_L, correlator, ...)."""
         from lftml.analysis import analyze as analyze_file
 
+        if S_old is not None:
+            typer.echo("warning: --S is deprecated; use --window-factor", err=True)
+            S = S_old
         require_file(path, "ensemble file")
         if discard < 0:
             raise LftmlError(f"--discard must be >= 0, got {discard}")
+        if plot is not None:
+            from lftml.safeio import check_output
+
+            if plot.suffix.lower() != ".png":
+                raise LftmlError(f"--plot {plot}: figures are PNG files; give a name ending in .png")
+            check_output(plot, overwrite=True, inputs=[path], option="--plot")
         result = analyze_file(path, discard=discard, S=S)
         if plot is not None:
             from lftml.plots import ensemble_overview
@@ -243,6 +377,10 @@ def register(app: typer.Typer) -> None:
 
         if len(paths) < 2:
             raise LftmlError("extrapolation needs ensembles at two or more step sizes")
+        if degree < 1:
+            raise LftmlError(f"--degree must be >= 1 (correction terms a + b dt^order + ...), got {degree}")
+        if discard < 0:
+            raise LftmlError(f"--discard must be >= 0, got {discard}")
         results = []
         for p in paths:
             require_file(p, "ensemble file")
@@ -260,7 +398,12 @@ def register(app: typer.Typer) -> None:
         dts = [r["sampler"]["dt"] for r in results]
         if len(set(dts)) != len(dts):
             raise LftmlError(f"two ensembles share a step size ({dts}); give one per dt")
-        out: dict[str, Any] = {"dt": dts, "order": order, "degree": degree, "theory": results[0]["theory"], "extrapolated": {}}
+        if degree < 1:
+            raise LftmlError(f"--degree must be >= 1 (correction terms dt^order, dt^(2 order), ...), got {degree}")
+        if len(dts) < degree + 1:
+            raise LftmlError(f"--degree {degree} needs at least {degree + 1} ensembles at different --dt, got {len(dts)}")
+        out: dict[str, Any] = {"dt": dts, "order": order, "degree": degree, "theory": results[0]["theory"], "extrapolated": {},
+                               "warnings": []}
         for key in observable:
             if key not in results[0]:
                 raise LftmlError(f"unknown observable {key!r}; choose from {', '.join(k for k in results[0] if isinstance(results[0][k], dict) and 'value' in results[0][k])}")
@@ -268,13 +411,24 @@ def register(app: typer.Typer) -> None:
             errs = [r[key]["error"] for r in results]
             ex = fit(dts, vals, errs, order=order, degree=degree)
             out["extrapolated"][key] = {**ex.to_dict(), "values": vals, "errors": errs}
+            if not ex.acceptable:
+                out["warnings"].append(
+                    f"{key}: the fit a + {' + '.join(f'c dt^{p}' for p in ex.powers)} does not describe the data "
+                    f"(chi2/dof = {ex.chi2:.3g}/{ex.dof}, p = {ex.p_value:.2g}); the dt -> 0 value is not reliable: "
+                    "drop the largest --dt or add a term (--degree)"
+                )
+        for w in out["warnings"]:
+            typer.echo(f"warning: {w}", err=True)
         if as_json:
             emit_json(out)
             return
         typer.echo(f"dt -> 0 extrapolation (order {order}) over dt = {', '.join(f'{d:g}' for d in dts)}")
         for key, ex in out["extrapolated"].items():
             per = "  ".join(fmt_err(v, e) for v, e in zip(ex["values"], ex["errors"]))
-            typer.echo(f"  {key:<18} {fmt_err(ex['value'], ex['error']):>14}   chi2/dof {ex['chi2']:.2f}/{ex['dof']}   [{per}]")
+            quality = (f"chi2/dof {ex['chi2']:.2f}/{ex['dof']} (p = {ex['p_value']:.2g})" if ex["dof"] > 0
+                       else "chi2/dof -/0 (as many parameters as step sizes: fit quality unchecked)")
+            flag = "" if ex["acceptable"] else "   NOT DESCRIBED BY THE FIT"
+            typer.echo(f"  {key:<18} {fmt_err(ex['value'], ex['error']):>14}   {quality}   [{per}]{flag}")
 
     @app.command()
     def free(
@@ -306,11 +460,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         out: Optional[Path] = typer.Option(None, help="Keep the ensemble here (default: a temporary file)."),
+        overwrite: bool = OVERWRITE_OPTION,
         seed: int = SEED_OPTION,
         as_json: bool = JSON_OPTION,
     ) -> None:
         """A quick 2d phi^4 HMC run (16x16, kappa = 0.21, lambda = 0.022, the talk's symmetric point) and its analysis."""
+        from lftml.safeio import check_output
         from lftml.samplers import HMC
+
+        if out is not None:
+            check_output(out, overwrite=overwrite)
 
         theory = Phi4.hopping(Lattice((16, 16)), 0.21, 0.022)
         sampler = HMC.from_trajectory(theory, 1.0, 8, "omelyan")
@@ -318,4 +477,4 @@ def register(app: typer.Typer) -> None:
             target = out if out is not None else Path(tmp) / "demo.h5"
             _run_command(sampler, theory, chains=16, n_configs=200, therm=100, every=2, seed=seed, start="hot",
                          out=target, resume=False, adapt=False, target=0.8, device="cpu", dtype="float64",
-                         progress=not as_json, as_json=as_json, kind="hmc")
+                         progress=not as_json, as_json=as_json, kind="hmc", overwrite=overwrite)

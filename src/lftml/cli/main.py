@@ -6,17 +6,26 @@ from __future__ import annotations
 import logging
 
 import typer
-
 from typer.core import TyperGroup
 
-from lftml.cli.common import normalize_argv
+from lftml.cli.common import UsageError, normalize_argv
 from lftml.errors import LftmlError
+
+def _usage_error(ctx: typer.Context, exc: UsageError) -> None:
+    """A click usage error as one line (``error: ...; see 'lftml CMD --help'``), exit status 2."""
+    where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+    typer.echo(f"error: {exc.format_message().strip()} (see '{where} --help')", err=True)
+    ctx.exit(2)
+
 
 class _Group(TyperGroup):
     """Top-level group: joins multi-value options (``--shape 32 32``) before click parses them."""
 
     def parse_args(self, ctx, args):  # type: ignore[override]
-        return super().parse_args(ctx, normalize_argv(list(args)))
+        try:
+            return super().parse_args(ctx, normalize_argv(list(args)))
+        except UsageError as exc:
+            _usage_error(ctx, exc)
 
     def invoke(self, ctx):  # type: ignore[override]
         """User errors become one line on stderr and exit status 2 (also under CliRunner)."""
@@ -24,6 +33,16 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except LftmlError as exc:
             typer.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except UsageError as exc:  # a subcommand's bad option or value
+            _usage_error(ctx, exc)
+        except OSError as exc:  # an I/O failure no command turned into a message itself
+            from lftml.safeio import write_error
+
+            typer.echo(f"error: {write_error(exc, getattr(exc, 'filename', None) or 'a file', 'access')}", err=True)
+            ctx.exit(2)
+        except MemoryError:
+            typer.echo("error: out of memory; use a smaller lattice, fewer chains or a smaller batch", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             typer.echo("interrupted: output files hold everything completed so far (use --resume to continue)", err=True)

@@ -3,16 +3,18 @@
 Each diagnostic gives a number (in :func:`diagnose`) and a plot (functions take a matplotlib ``ax``
 and return it):
 
-1. **Correctness criterion** (Aarts, James, Seiler, Stamatescu, EPJC 71 (2011) 1756): for holomorphic
-   observables ``<L_c O> = 0`` with ``L_c = sum_k (d_k + K_k) d_k``. Number: the largest z-score
-   ``|<L_c O>| / error`` over observables and real/imaginary parts. It also detects a finite-step-size
-   bias (reduce ``--dt`` or use the Heun scheme).
+1. **Correctness criteria** (Aarts, James, Seiler, Stamatescu, EPJC 71 (2011) 1756): for holomorphic
+   observables ``<L_c O> = 0`` with ``L_c = sum_k (d_k + K_k) d_k``; at finite step this carries an
+   O(eps^p) bias. The criterion of the discretised process ``<L_eps O>`` (see
+   :mod:`lftml.complex.langevin`) vanishes at any step for a correct run. Numbers: the largest
+   z-scores ``criterion_max_zscore`` (L_c) and ``step_criterion_max_zscore`` (L_eps). L_eps
+   significant: wrong convergence; only L_c significant: ``step_size_bias`` (a note, not suspicious).
 2. **Boundary terms** (Scherzer, Seiler, Sexty, Stamatescu, PRD 99 (2019) 014512):
-   ``B_O(Y) = <L_c O * Theta(Y - Y(z))>`` with ``Y(z) = max_sites |Im z|``, as a function of the
-   cut-off Y. For a correct run B(Y) -> 0 once Y encloses the distribution; a plateau at a non-zero
-   value signals boundary terms. Number: the largest z-score of B(Y) over the cut-offs in the *tail*
-   region (cut-offs that enclose at least ``tail_fraction`` = 99% of the Langevin time, where the
-   truncation itself no longer matters), and ``B(Y_tail)`` at the first such cut-off.
+   ``B_O(Y) = <L_eps O * Theta(Y - Y(z))>`` (``L_c`` for old files) with ``Y(z) = max_sites |Im z|``,
+   as a function of the cut-off Y. For a correct run B(Y) -> 0 once Y encloses the distribution; a
+   plateau at a non-zero value signals boundary terms. Number: ``plateau_zscore``, the smaller of the
+   z-scores at the first cut-off enclosing >= 99% of the Langevin time and at the first enclosing
+   >= 99.9% (same sign required, per real/imaginary part); see :func:`diagnose`.
 3. **Drift magnitude** (Nagata, Nishimura, Shimasaki, PRD 94 (2016) 114515): the Langevin-time
    distribution of ``u = max_sites |K|`` must fall off exponentially or faster. Number: the local
    power-law exponent ``alpha`` of the survival function ``P(u' > u) ~ u^{-alpha}`` fitted between
@@ -23,13 +25,14 @@ and return it):
    Numbers: ``imag_max`` (largest ``|Im z|`` seen), ``imag_width`` (time-weighted rms of Im z) and
    ``imag_tail_exponent`` (as for the drift; None when the survival never reaches 1e-2, i.e. a strip).
 
-``suspicious`` is true if the criterion or the boundary term exceeds ``zscore_threshold`` (default 4,
-chosen above the 2-3 sigma excursions of correct runs with several observables) or the drift tail
-exponent is below its threshold.
+``suspicious`` is true if the criterion of the discretised process or the boundary-term plateau
+exceeds ``zscore_threshold`` (default 4, chosen above the 2-3 sigma excursions of correct runs with
+several observables) or the drift tail exponent is below its threshold.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -39,7 +42,9 @@ from lftml.complex.langevin import DRIFT_EDGES, IMAG_EDGES, CLRun
 
 __all__ = [
     "criterion",
+    "step_criterion",
     "boundary_terms",
+    "plateau_zscore",
     "tail_exponent",
     "drift_tail",
     "imag_distribution",
@@ -60,12 +65,38 @@ def criterion(run: CLRun) -> dict[str, ComplexEstimate]:
     return {k: complex_estimate(v, run.weights) for k, v in run.criterion.items()}
 
 
-def boundary_terms(run: CLRun, observable: str) -> dict[str, Any]:
-    """``B(Y)`` for one observable: ``{"cutoffs", "estimates" (list of ComplexEstimate), "fraction_inside"}``."""
-    b = run.boundary[observable]
-    ests = [complex_estimate(b[..., i], run.weights) for i in range(b.shape[-1])]
+def step_criterion(run: CLRun) -> dict[str, ComplexEstimate] | None:
+    """``<L_eps O>``, the criterion of the discretised process (zero at any step size for a correct
+    run; see :mod:`lftml.complex.langevin`), or None for files written before it was measured."""
+    if not run.step_criterion or run.step_weights is None:
+        return None
+    return {k: complex_estimate(v, run.step_weights) for k, v in run.step_criterion.items()}
+
+
+def boundary_terms(run: CLRun, observable: str, discrete: bool | None = None) -> dict[str, Any]:
+    """``B(Y)`` for one observable: ``{"cutoffs", "estimates" (list of ComplexEstimate), "fraction_inside",
+    "operator"}``. ``discrete`` (default: when measured) uses ``L_eps O`` instead of ``L_c O``, which
+    removes the step-size bias from B(Y -> infinity)."""
+    use = (run.step_boundary is not None and run.step_weights is not None) if discrete is None else discrete
+    b, w = (run.step_boundary[observable], run.step_weights) if use else (run.boundary[observable], run.weights)
+    ests = [complex_estimate(b[..., i], w) for i in range(b.shape[-1])]
     frac = np.asarray(weighted_mean(run.fraction_inside, run.weights)).real
-    return {"cutoffs": np.asarray(run.cutoffs), "estimates": ests, "fraction_inside": frac}
+    return {"cutoffs": np.asarray(run.cutoffs), "estimates": ests, "fraction_inside": frac,
+            "operator": "L_eps" if use else "L_c"}
+
+
+def plateau_zscore(a: ComplexEstimate, b: ComplexEstimate) -> float:
+    """Significance of a plateau seen at two cut-offs: per real/imaginary part the smaller of the two
+    z-scores when both values have the same sign (0 otherwise); the larger over the two parts."""
+    out = 0.0
+    for va, ea, vb, eb in ((a.value.real, a.error.real, b.value.real, b.error.real),
+                           (a.value.imag, a.error.imag, b.value.imag, b.error.imag)):
+        if va * vb <= 0:
+            continue
+        za = abs(va) / ea if ea > 0 else math.inf
+        zb = abs(vb) / eb if eb > 0 else math.inf
+        out = max(out, min(za, zb))
+    return out
 
 
 def tail_exponent(hist: np.ndarray, edges: np.ndarray, upper: float = 1e-2, lower: float = 1e-4) -> float | None:
@@ -109,6 +140,45 @@ def imag_distribution(run: CLRun) -> dict[str, float | None]:
     return {"imag_max": float(np.max(run.imag_max)), "imag_width": width, "imag_tail_exponent": alpha}
 
 
+def _zscores(ests: dict[str, ComplexEstimate]) -> tuple[dict[str, Any], float]:
+    out, zmax = {}, 0.0
+    for k, e in ests.items():
+        z = e.zscore(0j)
+        zmax = max(zmax, z)
+        out[k] = {"value": [e.value.real, e.value.imag], "error": [e.error.real, e.error.imag], "zscore": z}
+    return out, zmax
+
+
+def _boundary(run: CLRun, tail_fraction: float, deep_fraction: float) -> tuple[dict[str, Any], float]:
+    """Boundary terms of every observable and the largest plateau z-score (see :func:`diagnose`)."""
+    out, zmax_all = {}, 0.0
+    for k in run.boundary:
+        bt = boundary_terms(run, k)
+        frac, ests = bt["fraction_inside"], bt["estimates"]
+        tail = np.nonzero(frac >= tail_fraction)[0]
+        deep = np.nonzero(frac >= deep_fraction)[0]
+        i_tail = int(tail[0]) if len(tail) else len(ests) - 1
+        i_deep = int(deep[0]) if len(deep) else len(ests) - 1
+        zs = [e.zscore(0j) for e in ests]
+        zp = plateau_zscore(ests[i_tail], ests[i_deep])
+        zmax_all = max(zmax_all, zp)
+        out[k] = {
+            "operator": bt["operator"],
+            "cutoffs": [float(y) for y in bt["cutoffs"]],
+            "values": [[e.value.real, e.value.imag] for e in ests],
+            "errors": [[e.error.real, e.error.imag] for e in ests],
+            "fraction_inside": [float(f) for f in frac],
+            "tail_cutoff": float(bt["cutoffs"][i_tail]),
+            "tail_value": [ests[i_tail].value.real, ests[i_tail].value.imag],
+            "tail_zscore": zs[i_tail],
+            "deep_cutoff": float(bt["cutoffs"][i_deep]),
+            "deep_value": [ests[i_deep].value.real, ests[i_deep].value.imag],
+            "deep_zscore": zs[i_deep],
+            "plateau_zscore": zp,
+        }
+    return out, zmax_all
+
+
 def diagnose(
     run: CLRun,
     *,
@@ -117,52 +187,37 @@ def diagnose(
     tail_fraction: float = 0.99,
     deep_fraction: float = 0.999,
 ) -> dict[str, Any]:
-    """All diagnostics as a JSON-ready dict with the boolean ``suspicious`` and the ``reasons``.
+    """All diagnostics as a JSON-ready dict: ``suspicious`` (signs of wrong convergence) with its
+    ``reasons``, and separately ``step_size_bias`` with its ``notes``.
 
-    Boundary terms are judged by a plateau: B(Y) must differ from zero both at the cut-offs that
-    enclose >= ``tail_fraction`` of the Langevin time and at those enclosing >= ``deep_fraction``.
-    For a correct run B(Y) -> 0 as Y grows (it is minus <L_c O> over the excluded tail, which at high
-    statistics is resolvable at the 1% level even for Gaussian tails), so a significance at one
-    cut-off alone would flag correct runs once they are long enough; wrong convergence shows a
-    non-vanishing plateau."""
+    Boundary terms are judged by a *plateau*: B(Y) must be significant, with the same sign, both at the
+    first cut-off enclosing >= ``tail_fraction`` of the Langevin time and at the first enclosing
+    >= ``deep_fraction`` (``plateau_zscore`` is the smaller of the two z-scores). For a correct run B(Y)
+    is minus the criterion over the excluded tail and falls towards zero as Y grows (at high statistics
+    it is resolvable at the 1% cut-off even for Gaussian tails), whereas boundary terms give a
+    non-vanishing plateau. B uses ``L_eps O`` where measured, so a step-size bias does not show as a
+    plateau. The continuum criterion ``<L_c O>`` carries an O(dt^p) bias: when it is significant but
+    the criterion of the discretised process ``<L_eps O>`` is not, the run is flagged ``step_size_bias``
+    (dt too large for the criterion's resolution), not ``suspicious``."""
     reasons: list[str] = []
-    crit = criterion(run)
-    crit_out = {}
-    crit_max = 0.0
-    for k, e in crit.items():
-        z = e.zscore(0j)
-        crit_max = max(crit_max, z)
-        crit_out[k] = {"value": [e.value.real, e.value.imag], "error": [e.error.real, e.error.imag], "zscore": z}
-    if crit_max > zscore_threshold:
-        reasons.append(f"criterion <L_c O> != 0 at {crit_max:.1f} sigma")
-
-    bt_out = {}
-    bt_max = 0.0
-    for k in run.boundary:
-        bt = boundary_terms(run, k)
-        frac = bt["fraction_inside"]
-        tail = np.nonzero(frac >= tail_fraction)[0]
-        deep = np.nonzero(frac >= deep_fraction)[0]
-        zs = [e.zscore(0j) for e in bt["estimates"]]
-        z_tail = max((zs[i] for i in tail), default=0.0)
-        z_deep = max((zs[i] for i in deep), default=z_tail) if len(deep) else z_tail
-        zmax = min(z_tail, z_deep)  # significance of a plateau (see docstring)
-        first = int(tail[0]) if len(tail) else None
-        bt_max = max(bt_max, zmax)
-        bt_out[k] = {
-            "cutoffs": [float(y) for y in bt["cutoffs"]],
-            "values": [[e.value.real, e.value.imag] for e in bt["estimates"]],
-            "errors": [[e.error.real, e.error.imag] for e in bt["estimates"]],
-            "fraction_inside": [float(f) for f in frac],
-            "tail_cutoff": None if first is None else float(bt["cutoffs"][first]),
-            "tail_value": None if first is None else [bt["estimates"][first].value.real, bt["estimates"][first].value.imag],
-            "max_tail_zscore": z_tail,
-            "max_deep_tail_zscore": z_deep,
-            "plateau_zscore": zmax,
-        }
+    notes: list[str] = []
+    crit_out, crit_max = _zscores(criterion(run))
+    step = step_criterion(run)
+    step_out, step_max = _zscores(step) if step is not None else ({}, None)
+    if step is None:  # an old file: only the continuum criterion
+        if crit_max > zscore_threshold:
+            reasons.append(f"criterion <L_c O> != 0 at {crit_max:.1f} sigma (may be step-size bias: rerun with --dt halved)")
+    else:
+        if step_max > zscore_threshold:
+            reasons.append(f"criterion of the discretised process <L_eps O> != 0 at {step_max:.1f} sigma")
+        elif crit_max > zscore_threshold:
+            notes.append(
+                f"step-size bias: <L_c O> != 0 at {crit_max:.1f} sigma while <L_eps O> (exact at this dt) is "
+                f"{step_max:.1f} sigma: results carry an O(dt^p) bias; lower --dt or extrapolate dt -> 0"
+            )
+    bt_out, bt_max = _boundary(run, tail_fraction, deep_fraction)
     if bt_max > zscore_threshold:
-        reasons.append(f"boundary terms B(Y) != 0 at {bt_max:.1f} sigma (a plateau over the tail cut-offs)")
-
+        reasons.append(f"boundary terms: B(Y) has a plateau at {bt_max:.1f} sigma over the tail cut-offs")
     alpha = drift_tail(run)
     if alpha is not None and alpha < drift_tail_threshold:
         reasons.append(f"drift magnitudes have a power-law tail (alpha = {alpha:.2f} < {drift_tail_threshold})")
@@ -170,6 +225,8 @@ def diagnose(
     return {
         "criterion": crit_out,
         "criterion_max_zscore": crit_max,
+        "step_criterion": step_out,
+        "step_criterion_max_zscore": step_max,
         "boundary_terms": bt_out,
         "boundary_max_zscore": bt_max,
         "drift_tail_exponent": alpha,
@@ -177,6 +234,8 @@ def diagnose(
         "thresholds": {"zscore": zscore_threshold, "drift_tail_exponent": drift_tail_threshold},
         "suspicious": bool(reasons),
         "reasons": reasons,
+        "step_size_bias": bool(notes),
+        "notes": notes,
     }
 
 

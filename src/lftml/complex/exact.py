@@ -133,26 +133,23 @@ def extrapolate_step_size(
     errors: Sequence[complex],
     powers: Sequence[int] = (1,),
 ) -> tuple[complex, complex]:
-    """Extrapolate ``O(eps) = O_0 + sum_k c_k eps^k`` (k in ``powers``) to eps = 0.
+    """Extrapolate ``O(eps) = O_0 + sum_k c_k eps^k`` (k in ``powers``) to eps = 0, real and imaginary
+    parts separately, with the package's one fitter :func:`lftml.samplers.langevin.extrapolate`.
 
-    Weighted least squares, separately for real and imaginary parts; ``errors`` hold
-    ``err_re + 1j*err_im``. Returns ``(O_0, err_re + 1j*err_im)`` with errors from the covariance of
-    the fit (independent runs assumed). Euler: leading correction ``powers=(1,)`` (or ``(1, 2)``);
-    Heun: ``powers=(2,)``.
+    ``errors`` hold ``err_re + 1j*err_im``. Returns ``(O_0, err_re + 1j*err_im)``. A part whose errors
+    are all zero (an exactly real or imaginary observable) is fitted with unit weights and given error 0.
+    Euler: leading correction ``powers=(1,)`` (or ``(1, 2)``); Heun: ``powers=(2,)``.
     """
-    eps = np.asarray(step_sizes, dtype=float)
+    from lftml.samplers.langevin import extrapolate
+
     vals = np.asarray(values, dtype=complex)
     errs = np.asarray(errors, dtype=complex)
-    powers = tuple(int(p) for p in powers)
-    if len(eps) < len(powers) + 1:
-        raise LftmlError(f"step-size extrapolation with powers {powers} needs at least {len(powers) + 1} step sizes")
-    design = np.stack([np.ones_like(eps)] + [eps**p for p in powers], axis=1)
-    out, out_err = [], []
+    out = []
     for part_v, part_e in ((vals.real, errs.real), (vals.imag, errs.imag)):
-        wts = 1.0 / np.maximum(part_e, 1e-300)
-        a = design * wts[:, None]
-        cov = np.linalg.pinv(a.T @ a)
-        coef = cov @ (a.T @ (part_v * wts))
-        out.append(coef[0])
-        out_err.append(math.sqrt(max(cov[0, 0], 0.0)))
-    return complex(out[0], out[1]), complex(out_err[0], out_err[1])
+        if np.all(part_e == 0):
+            fit = extrapolate(step_sizes, part_v, np.ones_like(part_v), powers=powers)
+            out.append((fit.value, 0.0))
+        else:
+            fit = extrapolate(step_sizes, part_v, part_e, powers=powers)
+            out.append((fit.value, fit.error))
+    return complex(out[0][0], out[1][0]), complex(out[0][1], out[1][1])

@@ -6,6 +6,9 @@ Layout (on top of :mod:`lftml.ensemble`): ``configs`` hold the field at the end 
 * ``<name>``: time-weighted bin means of each holomorphic observable (complex);
 * ``criterion_<name>``: bin means of ``L_c O``; ``boundary_<name>``: bin means of
   ``L_c O * Theta(Y - max|Im z|)``, trailing axis over the cut-offs Y;
+* ``step_criterion_<name>``, ``step_boundary_<name>``: the same for ``L_eps O`` (the criterion of the
+  discretised process), with its bin weights ``step_weight`` (absent in files of lftml <= 0.x: then
+  only the continuum criterion is judged);
 * ``fraction_inside``: fraction of the bin's time with ``max|Im z| <= Y``;
 * ``bin_time`` (Langevin-time length of the bin: the weight), ``mean_step``, ``k_max`` (time-weighted
   mean of ``max|K|``), ``imag_max`` (largest ``|Im z|`` in the bin).
@@ -45,6 +48,11 @@ def write_run(path: str | Path, run: CLRun, extra_metadata: dict[str, Any] | Non
     for k, v in run.criterion.items():
         obs[f"criterion_{k}"] = v
         obs[f"boundary_{k}"] = run.boundary[k]
+    if run.step_criterion is not None and run.step_boundary is not None and run.step_weights is not None:
+        for k, v in run.step_criterion.items():
+            obs[f"step_criterion_{k}"] = v
+            obs[f"step_boundary_{k}"] = run.step_boundary[k]
+        obs["step_weight"] = run.step_weights
     obs["fraction_inside"] = run.fraction_inside
     obs["bin_time"] = run.weights
     obs["mean_step"] = run.mean_step
@@ -72,7 +80,16 @@ def write_run(path: str | Path, run: CLRun, extra_metadata: dict[str, Any] | Non
         "configs_saved": run.configs is not None,
         **(extra_metadata or {}),
     }
-    return write_ensemble(path, configs, metadata=metadata, observables=obs)
+    path = Path(path)
+    try:
+        return write_ensemble(path, configs, metadata=metadata, observables=obs)
+    except BaseException as exc:  # a full disk or an interrupt: leave no half-written temporary behind
+        Path(path).with_name(path.name + ".partial").unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            from lftml.safeio import write_error
+
+            raise write_error(exc, path) from None
+        raise
 
 
 def read_run(path: str | Path) -> CLRun:
@@ -92,6 +109,7 @@ def read_run(path: str | Path) -> CLRun:
             crit_names = list(meta["criterion_observables"])
             exact = {k: (None if v is None else complex(v[0], v[1])) for k, v in meta.get("exact", {}).items()}
             configs = ens.load_configs() if meta.get("configs_saved", True) else None
+            has_step = "step_weight" in o
             return CLRun(
                 model=meta["model"],
                 settings={k: v for k, v in meta["sampler"].items() if k != "name"},
@@ -113,6 +131,9 @@ def read_run(path: str | Path) -> CLRun:
                 n_steps=int(meta["n_steps"]),
                 wall_time_s=float(meta.get("wall_time_s", 0.0)),
                 exact=exact,
+                step_criterion={k: o[f"step_criterion_{k}"] for k in crit_names} if has_step else None,
+                step_boundary={k: o[f"step_boundary_{k}"] for k in crit_names} if has_step else None,
+                step_weights=o["step_weight"] if has_step else None,
             )
         except KeyError as exc:
             raise FileFormatError(f"{path} is a damaged complex Langevin run (missing {exc})") from None

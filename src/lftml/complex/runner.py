@@ -18,7 +18,7 @@ from lftml.complex.langevin import CLRun, ComplexLangevin, run_complex_langevin
 from lftml.complex.models import GaussianModel, QuarticModel, U1OneLinkModel, parse_complex
 from lftml.errors import LftmlError
 
-__all__ = ["MODELS", "build_model", "summarize", "simulate", "diagnose_file"]
+__all__ = ["MODELS", "build_model", "summarize", "simulate", "diagnose_file", "CLInterrupted", "checkpoint_path"]
 
 MODELS = ("gaussian", "quartic", "u1", "bose-gas")
 
@@ -99,6 +99,70 @@ def summarize(run: CLRun, **diagnose_options: Any) -> dict[str, Any]:
     }
 
 
+class CLInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped a run; ``message`` says what was kept and how to continue."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """Where ``cl run --out OUT`` keeps its checkpoint while running: ``OUT.ckpt`` (removed at the end)."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def _identity(model: Any, settings: ComplexLangevin, n_chains: int, seed: int, save_configs: bool) -> dict[str, Any]:
+    return {"model": model.to_dict(), "sampler": settings.to_dict(), "n_chains": int(n_chains), "seed": int(seed),
+            "save_configs": bool(save_configs)}
+
+
+def write_checkpoint(path: Path, snapshot: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Atomically write a run's snapshot (numpy arrays and scalars) and identity (JSON) to ``path``."""
+    import json
+
+    import numpy as np
+
+    from lftml.safeio import atomic_output
+
+    arrays = {k: np.asarray(v) for k, v in snapshot.items()}
+    arrays["identity"] = np.asarray(json.dumps(identity, sort_keys=True))
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def read_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot in ``path``; refuses (naming them) settings that differ from ``identity``."""
+    import json
+    import zipfile
+
+    import numpy as np
+
+    from lftml.errors import FileFormatError
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise FileFormatError(f"{path} is not a readable complex Langevin checkpoint ({type(exc).__name__}); "
+                              "remove it and rerun without --resume") from None
+    stored = json.loads(str(data.pop("identity")))
+    diffs = []
+    for key in ("model", "sampler"):
+        for k in sorted(set(stored[key]) | set(identity[key])):
+            if stored[key].get(k) != identity[key].get(k):
+                diffs.append(f"{k} (stored {stored[key].get(k)!r}, given {identity[key].get(k)!r})")
+    for k in ("n_chains", "seed", "save_configs"):
+        if stored.get(k) != identity.get(k):
+            diffs.append(f"{k} (stored {stored.get(k)!r}, given {identity.get(k)!r})")
+    if diffs:
+        raise LftmlError(f"--resume: {path} was written with other settings: {'; '.join(diffs)}; "
+                         "repeat the original options (or start afresh with --overwrite)")
+    return data
+
+
 def simulate(
     model: Any,
     settings: ComplexLangevin,
@@ -108,34 +172,90 @@ def simulate(
     out: str | Path | None = None,
     plot: str | Path | None = None,
     progress: bool = False,
+    overwrite: bool = False,
+    resume: bool = False,
+    device: str = "cpu",
+    checkpoint_every: int = 10,
 ) -> dict[str, Any]:
-    """Run, optionally write the ensemble file (``out``) and a diagnostics figure (``plot``), summarise."""
-    if out is not None:
-        if not Path(out).parent.exists():
-            raise LftmlError(f"directory {Path(out).parent} of --out does not exist")
-        if Path(out).exists():
-            raise LftmlError(f"{out} already exists; choose another --out or remove it first")
-    run = run_complex_langevin(model, settings, n_chains, seed, progress=progress)
-    summary = summarize(run)
-    if out is not None:
-        from lftml.complex.io import write_run
+    """Run, optionally write the ensemble file (``out``) and a diagnostics figure (``plot``), summarise.
 
-        write_run(out, run)
-        summary["out"] = str(out)
+    Output policy (:mod:`lftml.safeio`): outputs are checked before any work (existing files refused
+    unless ``overwrite``), ``out`` is locked for the run's lifetime, a checkpoint ``OUT.ckpt`` is
+    written atomically every ``checkpoint_every`` bins and ``resume`` continues from it bit-identically;
+    the ensemble is written atomically at the end and the checkpoint removed. SIGINT/SIGTERM raise
+    :class:`CLInterrupted` naming what was kept.
+    """
+    import contextlib
+
+    from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
+
+    if resume and out is None:
+        raise LftmlError("--resume needs --out (the run to continue)")
+    if out is not None:
+        out = check_output(out, overwrite=overwrite)
+    if plot is not None:
+        plot = check_output(plot, overwrite=overwrite, inputs=[out], option="--plot")
+    lock = OutputLock(out, "complex Langevin run") if out is not None else contextlib.nullcontext()
+    with lock:
+        ck = checkpoint_path(out) if out is not None else None
+        identity = _identity(model, settings, n_chains, seed, True)
+        state = None
+        if ck is not None and resume:
+            if not ck.exists():
+                raise LftmlError(f"--resume: no checkpoint {ck} to continue from; rerun without --resume")
+            state = read_checkpoint(ck, identity)
+        elif ck is not None and ck.exists() and not overwrite:
+            raise LftmlError(f"{ck} holds an interrupted run: continue it with --resume, or pass --overwrite to start afresh")
+
+        def save(snapshot: dict[str, Any]) -> None:
+            write_checkpoint(ck, snapshot, identity)
+
+        try:
+            with interrupts_as_keyboard_interrupt():
+                run = run_complex_langevin(model, settings, n_chains, seed, progress=progress, device=device,
+                                           checkpoint=save if ck is not None else None,
+                                           checkpoint_every=checkpoint_every, resume=state)
+        except KeyboardInterrupt:
+            raise CLInterrupted(_interrupt_message(ck, settings.n_bins)) from None
+        summary = summarize(run)
+        if out is not None:
+            from lftml.complex.io import write_run
+
+            write_run(out, run)
+            with contextlib.suppress(OSError):
+                ck.unlink()
+            summary["out"] = str(out)
     if plot is not None:
         plot_diagnostics(run, plot, title=_title(run))
         summary["plot"] = str(plot)
     return summary
 
 
+def _interrupt_message(ck: Path | None, n_bins: int) -> str:
+    if ck is None or not ck.exists():
+        kept = "nothing was kept" if ck is None else f"no checkpoint was written yet ({ck.name} comes every --checkpoint-every bins)"
+        return f"interrupted: {kept}; with --out a run keeps checkpoints that --resume continues"
+    import numpy as np
+
+    try:
+        with np.load(ck, allow_pickle=False) as f:
+            held = f"{int(np.min(f['done']))}/{n_bins} bins per chain"
+    except Exception:  # the message must not fail; the checkpoint itself is checked on --resume
+        held = "the last checkpoint"
+    return f"interrupted: {ck} holds {held}; rerun the same command with --resume to continue"
+
+
 def _title(run: CLRun) -> str:
     return ", ".join(f"{k}={v}" for k, v in run.model.items())
 
 
-def diagnose_file(path: str | Path, plot: str | Path | None = None) -> dict[str, Any]:
+def diagnose_file(path: str | Path, plot: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Summary (estimates and diagnostics) of a run stored by ``lftml cl run --out``."""
     from lftml.complex.io import read_run
+    from lftml.safeio import check_output
 
+    if plot is not None:
+        plot = check_output(plot, overwrite=overwrite, inputs=[path], option="--plot")
     run = read_run(path)
     summary = summarize(run)
     summary["file"] = str(path)

@@ -224,4 +224,6 @@ def write_generated(path, result: SampleResult, model, *, model_path: str | None
         **(extra or {}),
     }
     configs = result.configs[:, None]
-    return write_ensemble(path, configs, metadata=meta, theory=theory)
+    from lftml.observables import measure_history
+
+    return write_ensemble(path, configs, metadata=meta, theory=theory, observables=measure_history(configs, theory))

@@ -183,7 +183,9 @@ def metropolis_report(model_path: str | Path, hmc: str | Path, *, n: int = 1024,
         meta = {"kind": "diffusion_metropolis", "theory": model.theory, "seed": seed,
                 "sampler": {"proposals": "probability-flow ODE", **settings.__dict__, "acceptance": acc},
                 "model": {"path": str(model_path)}}
-        write_ensemble(out, phi[idx][:, None], metadata=meta, theory=theory)
+        from lftml.observables import measure_history
+
+        write_ensemble(out, phi[idx][:, None], metadata=meta, theory=theory, observables=measure_history(phi[idx][:, None], theory))
         result["out"] = str(out)
     return result
 

@@ -255,6 +255,8 @@ def sample_to_ensemble(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_time_s": wall,
     }
-    write_ensemble(out, configs.numpy(), metadata=metadata, theory=theory)
+    from lftml.observables import measure_history
+
+    write_ensemble(out, configs.numpy(), metadata=metadata, theory=theory, observables=measure_history(configs.numpy(), theory))
     return {"out": str(out), "n_configs": n_configs, "n_chains": n_chains, "lattice_shape": list(model.lattice_shape),
             "method": method, "seed": int(seed), "wall_time_s": wall}

@@ -25,10 +25,10 @@ function rounded differently, so there the fields agree to ~1e-14 relative.)
 numba is optional: :func:`available` says whether it can be imported (without importing it);
 the kernels are compiled on first use (one compilation per dtype serves every integrator,
 lattice shape and dimension; about 5 s, see benchmarks/README.md) and cached on disk
-(``cache=True``) next to :mod:`lftml.samplers._fused_kernels` or, when that is not writable, in
-numba's user cache directory (``NUMBA_CACHE_DIR`` overrides both); a later process loads them in
-about 1 s, numba's import included. When no cache location is writable they are compiled in
-memory at each start.
+(``cache=True``) in the user's cache folder, ``$XDG_CACHE_HOME/lftml/numba`` (``~/.cache/lftml/numba``),
+never in the source tree or an installed package (``NUMBA_CACHE_DIR`` overrides it); a later process
+loads them in about 1 s, numba's import included. When no cache location is writable they are
+compiled in memory at each start.
 """
 
 from __future__ import annotations
@@ -107,7 +107,13 @@ def ready(strict: bool = False) -> bool:
 # --------------------------------------------------------------------------- kernels
 @lru_cache(maxsize=1)
 def _compiled():
-    """The compiled kernel module (imports numba on first use)."""
+    """The compiled kernel module (imports numba on first use; its cache goes to the user's cache folder)."""
+    import os
+    from pathlib import Path
+
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["NUMBA_CACHE_DIR"] = str(base / "lftml" / "numba")
     from lftml.samplers import _fused_kernels
 
     return _fused_kernels
@@ -159,7 +165,8 @@ def integrate(
 
     Returns ``(phi1, kinetic0, kinetic1, action1)``: the end-point field (a new tensor; ``phi0`` is
     not modified), ``sum pi^2 / 2`` at the start and end, and ``S(phi1)``, each ``(n_chains,)`` in
-    ``phi0``'s dtype (accumulated in float64). ``pi`` is overwritten with the end-point momenta.
+    float64 whatever ``phi0``'s dtype (float32 runs: no cancellation in dH). ``pi`` is overwritten with
+    the end-point momenta.
     """
     kernel = _compiled().trajectory
     shape = tuple(theory.lattice.shape)
@@ -189,19 +196,18 @@ def integrate(
     if p is not pi and p.data_ptr() != pi.data_ptr():
         pi.copy_(p)
     out = torch.from_numpy(x1).view(phi0.shape)
-    tt = phi0.dtype
-    return out, torch.from_numpy(k0).to(tt), torch.from_numpy(k1).to(tt), torch.from_numpy(s1).to(tt)
+    return out, torch.from_numpy(k0), torch.from_numpy(k1), torch.from_numpy(s1)
 
 
 def action(theory: Any, phi: torch.Tensor) -> torch.Tensor:
-    """``S(phi)`` per chain, ``(n_chains,)`` in ``phi``'s dtype, summed exactly as :func:`integrate` sums
+    """``S(phi)`` per chain, ``(n_chains,)`` in float64, summed exactly as :func:`integrate` sums
     the end-point action (so a chain restarted from a stored field continues bit for bit)."""
     shape = tuple(theory.lattice.shape)
     n = phi.shape[0]
     x = phi.detach().contiguous().numpy().reshape(n, -1)
     s = np.empty(n)
     _compiled().actions(x, s, row_neighbours(shape), int(shape[-1]), np.array([float(c) for c in theory.coefficients]))
-    return torch.from_numpy(s).to(phi.dtype)
+    return torch.from_numpy(s)
 
 
 def warm_up(dtype: torch.dtype = torch.float64) -> float:

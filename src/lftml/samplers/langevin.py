@@ -85,43 +85,91 @@ class Langevin:
         return LangevinState(new), {"max_drift": drift}
 
 
+#: below this p-value a dt -> 0 fit is reported as not describing the data
+FIT_P_MIN = 0.01
+
+
 @dataclass(frozen=True)
 class Extrapolation:
-    """Result of a zero-step-size extrapolation ``O(dt) = value + sum_k c_k dt^k``."""
+    """Result of a zero-step-size extrapolation ``O(dt) = value + sum_k c_k dt^(power_k)``.
+
+    ``chi2`` over ``dof = n_points - n_parameters`` degrees of freedom and its ``p_value`` (``P(chi2' >=
+    chi2)``; None when dof = 0, where the fit cannot be checked). ``acceptable``: p >= :data:`FIT_P_MIN`
+    (or dof = 0); when False the model does not describe the data and ``value`` must not be trusted.
+    """
 
     value: float
     error: float
     coefficients: tuple[float, ...]
     chi2: float
     dof: int
+    powers: tuple[int, ...] = (1,)
+
+    @property
+    def chi2_per_dof(self) -> float | None:
+        return self.chi2 / self.dof if self.dof > 0 else None
+
+    @property
+    def p_value(self) -> float | None:
+        if self.dof <= 0:
+            return None
+        from scipy.stats import chi2
+
+        return float(chi2.sf(self.chi2, self.dof))
+
+    @property
+    def acceptable(self) -> bool:
+        p = self.p_value
+        return p is None or p >= FIT_P_MIN
 
     def to_dict(self) -> dict:
-        return {"value": self.value, "error": self.error, "coefficients": list(self.coefficients), "chi2": self.chi2, "dof": self.dof}
+        return {"value": self.value, "error": self.error, "coefficients": list(self.coefficients), "powers": list(self.powers),
+                "chi2": self.chi2, "dof": self.dof, "chi2_per_dof": self.chi2_per_dof, "p_value": self.p_value,
+                "acceptable": self.acceptable}
 
 
 def extrapolate(
-    step_sizes: Sequence[float], values: Sequence[float], errors: Sequence[float], order: int = 1, degree: int | None = None
+    step_sizes: Sequence[float], values: Sequence[float], errors: Sequence[float], order: int = 1, degree: int | None = None,
+    powers: Sequence[int] | None = None,
 ) -> Extrapolation:
-    """Weighted least-squares fit of ``values(dt)`` to ``a0 + a1 dt^order + ...`` and the dt -> 0 value ``a0``.
+    """Weighted least-squares fit of ``values(dt)`` to ``a0 + sum_k a_k dt^(p_k)`` and the dt -> 0 value ``a0``
+    (the package's one dt -> 0 fitter; :func:`lftml.complex.exact.extrapolate_step_size` uses it per part).
 
     ``order`` is the leading power of the scheme's bias (1 for Euler, 2 for Heun); ``degree`` the
-    number of correction terms (default: 1). Errors are the fit's parameter errors (uncorrelated inputs).
+    number of correction terms (default 1), giving powers ``order, 2 order, ...``; or give ``powers``
+    explicitly. Errors are the fit's parameter errors (independent inputs); the fit quality is in
+    ``chi2``, ``dof`` and ``p_value`` of the result.
     """
     dt = np.asarray(step_sizes, dtype=float)
     y = np.asarray(values, dtype=float)
     e = np.asarray(errors, dtype=float)
-    if not (dt.shape == y.shape == e.shape):
-        raise LftmlError("step_sizes, values and errors must have the same length")
-    degree = 1 if degree is None else int(degree)
-    n_par = degree + 1
+    if not (dt.shape == y.shape == e.shape) or dt.ndim != 1:
+        raise LftmlError("step_sizes, values and errors must be 1-d and of the same length")
+    if powers is None:
+        if int(order) < 1:
+            raise LftmlError(f"the order of the step-size bias must be >= 1, got {order}")
+        degree = 1 if degree is None else int(degree)
+        if degree < 1:
+            raise LftmlError(f"--degree must be >= 1 (the number of correction terms dt^order, dt^(2 order), ...), got {degree}")
+        powers = tuple(int(order) * k for k in range(1, degree + 1))
+    else:
+        powers = tuple(int(p) for p in powers)
+        if not powers or any(p < 1 for p in powers) or len(set(powers)) != len(powers):
+            raise LftmlError(f"powers of dt must be distinct integers >= 1, got {powers}")
+    n_par = len(powers) + 1
     if len(dt) < n_par:
-        raise LftmlError(f"extrapolation with {degree} correction term(s) needs at least {n_par} step sizes, got {len(dt)}")
-    if np.any(e <= 0):
-        raise LftmlError("extrapolation needs positive errors for every step size")
-    A = np.stack([dt ** (order * k) if k else np.ones_like(dt) for k in range(n_par)], axis=1)
+        raise LftmlError(f"extrapolation with {len(powers)} correction term(s) needs at least {n_par} step sizes, got {len(dt)}")
+    if not (np.all(np.isfinite(dt)) and np.all(dt > 0)):
+        raise LftmlError("step sizes must be positive and finite")
+    if len(set(dt.tolist())) != len(dt):
+        raise LftmlError(f"two data points share a step size ({dt.tolist()}); give one per dt")
+    if not (np.all(np.isfinite(e)) and np.all(e > 0)):
+        raise LftmlError("extrapolation needs positive, finite errors for every step size")
+    A = np.stack([np.ones_like(dt)] + [dt**p for p in powers], axis=1)
     w = 1.0 / e
     Aw = A * w[:, None]
     cov = np.linalg.inv(Aw.T @ Aw)
     coef = cov @ Aw.T @ (y * w)
     resid = (A @ coef - y) * w
-    return Extrapolation(float(coef[0]), float(np.sqrt(cov[0, 0])), tuple(float(c) for c in coef), float(resid @ resid), len(dt) - n_par)
+    return Extrapolation(float(coef[0]), float(np.sqrt(cov[0, 0])), tuple(float(c) for c in coef), float(resid @ resid),
+                         len(dt) - n_par, powers)

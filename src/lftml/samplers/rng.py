@@ -47,6 +47,11 @@ class ChainRNG:
         """One U(0,1) number per chain, shape ``(n_chains,)``."""
         return torch.cat([torch.rand(1, generator=g, dtype=dtype, device=g.device) for g in self.generators])
 
+    def uniforms(self, shape: Sequence[int], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """U(0,1) numbers ``(n_chains, *shape)`` on the generators' device (e.g. the bonds of a cluster move)."""
+        shape = tuple(shape)
+        return torch.stack([torch.rand(shape, generator=g, dtype=dtype, device=g.device) for g in self.generators])
+
     def signs(self) -> torch.Tensor:
         """One random sign (+1 or -1, float64) per chain."""
         return torch.where(self.uniform() < 0.5, -1.0, 1.0).to(torch.float64)

@@ -1,11 +1,16 @@
 """Linear stability of integrators on the quadratic part of the action.
 
-For ``S = sum_x [-c_hop sum_mu phi phi_{+mu} + c_2 phi^2 + c_4 phi^4]`` the Hessian at phi = 0 has
-largest eigenvalue ``omega_max^2 = 2 c_2 + 2 d c_hop`` (momentum p = (pi, ..., pi)). An integrator
-whose step is unstable for that mode blows up exponentially, so such settings are refused up front.
-When ``omega_max^2 <= 0`` (a deep double well, e.g. hopping form with lambda > 1/2 + d kappa) no mode
-is stiff at phi = 0 and the stiffness comes from the quartic term at the field's actual size: the
-bounds below are then infinite (no up-front check; HMC's accept/reject still keeps it exact).
+For ``S = sum_x [-c_hop sum_mu phi phi_{+mu} + c_2 phi^2 + c_4 phi^4]`` the Hessian at a constant
+field phi_c is diagonal in momentum space, ``H(p) = 2 c_2 + 12 c_4 phi_c^2 - 2 c_hop sum_mu cos p_mu``;
+with a mass matrix M (diagonal in momentum space, eigenvalues m(p)) the MD frequencies are
+``omega^2(p) = H(p) / m(p)``. An integrator whose step is unstable for the stiffest mode blows up
+exponentially, so such settings are refused up front. The bound is the maximum over phi_c = 0 and
+the mean-field vacuum ``phi_c = v``, ``v^2 = (d |c_hop| - c_2) / (2 c_4)`` (where it exists): in the
+broken phase the vacuum is stiffer (kappa = 0.3, lambda = 0.05 in 2d: omega_max^2 = 6.0 at the vacuum,
+4.2 at phi = 0; leapfrog bound 2/omega = 0.82, not 0.98). For unit mass
+``omega_max^2 = 2 c_2 + 12 c_4 v^2 + 2 d |c_hop|`` (momentum (pi, ..., pi)). A deep double well
+(hopping form with lambda > 1/2 + d kappa) has no stiff mode at phi = 0 but one at its vacuum.
+The bounds are infinite only when no mode is stiff anywhere (HMC's accept/reject keeps it exact).
 """
 
 from __future__ import annotations
@@ -17,9 +22,24 @@ import numpy as np
 from lftml.samplers.integrators import OMELYAN_LAMBDA
 
 
-def omega2_max(theory) -> float:
-    c_hop, c2, _ = theory.coefficients
-    return 2.0 * c2 + 2.0 * theory.lattice.ndim * abs(c_hop)
+def vacuum_field2(theory) -> float:
+    """``v^2`` of the mean-field vacuum (0 when the constant-field potential has its minimum at 0)."""
+    c_hop, c2, c4 = (float(c) for c in theory.coefficients)
+    a = theory.lattice.ndim * abs(c_hop) - c2
+    return a / (2.0 * c4) if (a > 0 and c4 > 0) else 0.0
+
+
+def omega2_max(theory, inverse_mass: np.ndarray | None = None, vacuum: bool = True) -> float:
+    """Largest MD frequency^2 over phi = 0 and (with ``vacuum``) the mean-field vacuum; ``inverse_mass``
+    is the spectrum of M^{-1} on the momentum grid (None: unit mass)."""
+    c_hop, c2, c4 = (float(c) for c in theory.coefficients)
+    d = theory.lattice.ndim
+    v2 = vacuum_field2(theory) if vacuum else 0.0
+    if inverse_mass is None:
+        return max(2.0 * c2 + 2.0 * d * abs(c_hop) + 12.0 * c4 * phi2 for phi2 in (0.0, v2))
+    cos_sum = d - 0.5 * theory.lattice.p_hat2()  # sum_mu cos p_mu
+    hess0 = 2.0 * c2 - 2.0 * c_hop * cos_sum
+    return float(max(np.max((hess0 + 12.0 * c4 * phi2) * inverse_mass) for phi2 in (0.0, v2)))
 
 
 def _harmonic_step_matrix(integrator: str, eps: float, w2: float) -> np.ndarray:

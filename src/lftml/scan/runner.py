@@ -69,7 +69,9 @@ def _check_existing(task: PointTask, resolved: dict[str, Any], index: dict[str, 
         raise LftmlError(f"point {task.name}: {path} holds theory {meta.get('theory')}, this point is {want['theory']}; "
                          "use another --out folder or move the file away")
     for key, value in want["run"].items():
-        if meta.get("run", {}).get(key) != value:
+        if key in _HARMLESS or key not in meta.get("run", {}):
+            continue  # n_configs may grow (the file is extended); a record the file predates
+        if meta["run"][key] != value:
             raise LftmlError(f"point {task.name}: {path} was made with run setting {key} = {meta['run'].get(key)!r}, "
                              f"this scan has {value!r}; use another --out folder or move the file away")
     if state["n_configs"] > task.n_configs:

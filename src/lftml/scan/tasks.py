@@ -173,7 +173,8 @@ def run_point(task: PointTask) -> dict[str, Any]:
     path = Path(task.path)
     t0 = time.perf_counter()
     try:
-        with OutputLock(path, what="scan point"):
+        # the task's own lock (the engine locks PATH itself for the run inside): one task per point
+        with OutputLock(path.with_name(path.name + ".task"), what="scan point"):
             resume = False
             if path.exists():
                 state = file_state(path)

@@ -58,6 +58,14 @@ class Phi4:
             raise LftmlError(f"kappa must be >= 0 in the hopping form, got {kappa}")
         if lam < 0:
             raise LftmlError(f"lambda must be >= 0 (action bounded below), got {lam}")
+        if not (math.isfinite(2.0 * kappa) and math.isfinite(1.0 - 2.0 * lam)):
+            raise LftmlError(f"kappa = {kappa:g}, lambda = {lam:g} overflow the action's coefficients; "
+                             "use couplings of order 1")
+        d = lattice.ndim
+        if lam == 0 and kappa >= 1.0 / (2 * d):
+            # S(c phi_const) = V c^2 (1 - 2 d kappa) -> -inf (or flat) along the constant field
+            raise LftmlError(f"with lambda = 0 the hopping-form action is unbounded below for kappa >= 1/(2d) = "
+                             f"{1.0 / (2 * d):g} (got kappa = {kappa:g}); use kappa < {1.0 / (2 * d):g} or lambda > 0")
         return cls(lattice, "hopping", (("kappa", kappa), ("lam", lam)))
 
     @classmethod

@@ -1,0 +1,136 @@
+r"""Embedded-Ising cluster moves (Brower & Tamayo, PRL 62 (1989) 1087): Wolff and Swendsen-Wang.
+
+Condition (the embedding): the action must be ``S = sum_x [-c_hop sum_mu phi_x phi_{x+mu} + U(phi_x)]``
+with a ferromagnetic nearest-neighbour hopping term (``c_hop >= 0``) and an even on-site potential
+U (here ``U = c_2 phi^2 + c_4 phi^4``: every theory exposing ``coefficients``, i.e. phi^4 in all three
+forms and the free field). Write ``phi_x = s_x |phi_x|``. At fixed |phi| the action depends on the
+signs only through ``-sum_<xy> J_xy s_x s_y`` with ``J_xy = c_hop |phi_x| |phi_y|`` (one term per
+bond x -> x + mu; in the hopping form J = 2 kappa |phi_x||phi_y|), an Ising model with
+bond-dependent couplings. Its Fortuin-Kasteleyn representation: a bond between equal signs is active
+with probability ``p_xy = 1 - exp(-2 J_xy)``, never between opposite signs; flipping the signs of
+whole clusters of active bonds then leaves exp(-S) invariant (detailed balance):
+
+* ``sw`` (Swendsen-Wang): every cluster is flipped with probability 1/2;
+* ``wolff``: the cluster of one uniformly chosen site is flipped.
+
+Both change only signs, so they are not ergodic alone (|phi| never changes); composed with HMC they
+are (``HMC(cluster=..., cluster_every=N)``). Clusters are the connected components of the active
+bonds over all chains at once (one block-diagonal graph, :func:`scipy.sparse.csgraph.connected_components`),
+no Python loop over sites. Random numbers per chain and move: ``d V`` bond uniforms and then ``V``
+uniforms (SW: cluster c flips if the uniform of its smallest site is < 1/2) or 1 (Wolff: the seed
+site ``floor(u V)``), so chain i is the same whatever the number of chains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+import torch
+from scipy.sparse.csgraph import connected_components
+
+from lftml.errors import LftmlError
+
+KINDS = ("wolff", "sw")
+
+
+def embedding_coupling(theory: Any) -> float:
+    """``c_hop`` of an action that admits the embedding; a one-line :class:`LftmlError` otherwise."""
+    coefficients = getattr(theory, "coefficients", None)
+    name = getattr(theory, "describe", lambda: type(theory).__name__)()
+    if coefficients is None:
+        raise LftmlError(
+            f"--cluster needs an action S = sum_x [-c sum_mu phi_x phi_x+mu + U(phi_x)] with c >= 0 and an even "
+            f"on-site U (phi^4 or free field); {name} is not of that form: drop --cluster"
+        )
+    c_hop = float(coefficients[0])
+    if c_hop < 0:
+        raise LftmlError(f"--cluster needs a ferromagnetic hopping term (c_hop >= 0); {name} has c_hop = {c_hop:g}")
+    return c_hop
+
+
+def bond_probability(c_hop: float, abs_x: np.ndarray, abs_y: np.ndarray) -> np.ndarray:
+    """Fortuin-Kasteleyn probability ``1 - exp(-2 J)``, ``J = c_hop |phi_x| |phi_y|`` (aligned signs)."""
+    return -np.expm1(-2.0 * c_hop * abs_x * abs_y)
+
+
+@lru_cache(maxsize=32)
+def _bonds(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)``, each ``(d V,)``: bond mu*V + x joins site x to x + mu (C order, periodic)."""
+    idx = np.arange(int(np.prod(shape))).reshape(shape)
+    src = np.concatenate([idx.ravel()] * len(shape))
+    dst = np.concatenate([np.roll(idx, -1, axis=mu).ravel() for mu in range(len(shape))])
+    return src, dst
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    phi: torch.Tensor  # (n_chains, *shape)
+
+
+@dataclass(frozen=True)
+class ClusterMove:
+    """Embedded-Ising cluster update of ``theory`` (``kind``: ``"wolff"`` or ``"sw"``).
+
+    As a sampler: ``init(phi) -> ClusterState``, ``step(state, rng) -> (state, info)`` with
+    ``info["cluster_size"]`` (Wolff: size of the flipped cluster; SW: the mean size of the cluster
+    containing a site, sum_c |c|^2 / V) and ``info["flipped_fraction"]``, both ``(n_chains,)``."""
+
+    theory: Any
+    kind: str = "wolff"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise LftmlError(f"unknown --cluster {self.kind!r}; choose wolff or sw")
+        embedding_coupling(self.theory)
+
+    def settings(self) -> dict[str, Any]:
+        return {"algorithm": "cluster", "cluster": self.kind}
+
+    def init(self, phi: torch.Tensor) -> ClusterState:
+        self.theory.lattice.check_field(phi, "initial field")
+        return ClusterState(phi)
+
+    def step(self, state: ClusterState, rng: Any) -> tuple[ClusterState, dict[str, torch.Tensor]]:
+        phi, info = self.flip(state.phi, rng)
+        return ClusterState(phi), info
+
+    def flip(self, phi: torch.Tensor, rng: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One cluster move on every chain of ``phi`` ``(n_chains, *shape)``; returns a new field."""
+        lat = self.theory.lattice
+        shape = tuple(lat.shape)
+        n, V, d = phi.shape[0], lat.volume, lat.ndim
+        c_hop = embedding_coupling(self.theory)
+        n_site_draws = V if self.kind == "sw" else 1
+        u = rng.uniforms((d * V + n_site_draws,), dtype=torch.float64).cpu().numpy()
+        x = phi.detach().to(torch.float64).cpu().numpy().reshape(n, V)
+        a, up = np.abs(x), x >= 0
+        src, dst = _bonds(shape)
+        active = (up[:, src] == up[:, dst]) & (u[:, : d * V] < bond_probability(c_hop, a[:, src], a[:, dst]))
+        chain, bond = np.nonzero(active)
+        offset = chain * V
+        graph = scipy.sparse.coo_matrix(
+            (np.ones(chain.size, dtype=np.int8), (offset + src[bond], offset + dst[bond])), shape=(n * V, n * V)
+        ).tocsr()
+        _, labels = connected_components(graph, directed=False)
+        sizes = np.bincount(labels)
+        if self.kind == "sw":
+            _, first = np.unique(labels, return_index=True)  # smallest node (site) of every cluster
+            site_u = u[:, d * V:].ravel()
+            flip_label = site_u[first] < 0.5
+            flip = flip_label[labels].reshape(n, V)
+            size = (sizes[labels].reshape(n, V)).mean(axis=1)
+        else:
+            seed = np.minimum((u[:, d * V] * V).astype(np.int64), V - 1)
+            seed_label = labels[np.arange(n) * V + seed]
+            flip = labels.reshape(n, V) == seed_label[:, None]
+            size = sizes[seed_label].astype(np.float64)
+        sign = torch.from_numpy(np.where(flip, -1.0, 1.0).reshape(n, *shape)).to(device=phi.device, dtype=phi.dtype)
+        info = {
+            "cluster_size": torch.from_numpy(np.asarray(size, dtype=np.float64)),
+            "flipped_fraction": torch.from_numpy(flip.mean(axis=1)),
+        }
+        return phi * sign, info

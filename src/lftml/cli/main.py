@@ -60,9 +60,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from lftml.cli import engine, rbm, diffusion, complex_langevin
+    from lftml.cli import engine, rbm, diffusion, complex_langevin, scan
 
     engine.register(app)
+    scan.register(app)
     app.add_typer(rbm.app, name="rbm")
     app.add_typer(diffusion.app, name="diffusion")
     app.add_typer(complex_langevin.app, name="cl")

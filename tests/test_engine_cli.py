@@ -31,7 +31,9 @@ def test_analyze_json_has_the_documented_keys(tmp_path):
     assert ANALYSIS_KEYS <= set(data)
     for key in ANALYSIS_KEYS:
         assert {"value", "error", "tau_int"} <= set(data[key])
-        assert data[key]["error"] > 0 and data[key]["tau_int"] >= 0
+        assert data[key]["error"] > 0 and data[key]["tau_int"] > 0
+        # tau_int < 1/2 (anticorrelated) is possible but must be significant or flagged
+        assert data[key]["tau_int"] + 2 * data[key]["tau_int_error"] >= 0.5 or "warning" in data[key]
     assert data["n_configs"] == 30 and data["n_chains"] == 4 and data["volume"] == 36
     assert 0.0 < data["acceptance"] <= 1.0
     table = run_cli("analyze", out, check=True).stdout

@@ -10,7 +10,6 @@ writer; 130 for SIGINT/SIGTERM (``interrupted: ...``).
 from __future__ import annotations
 
 import hashlib
-import json
 
 import h5py
 import numpy as np

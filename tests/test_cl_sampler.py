@@ -14,7 +14,7 @@ from lftml.complex.diagnostics import diagnose
 from lftml.complex.exact import gaussian_z2_euler
 from lftml.complex.langevin import ComplexLangevin, ComplexLangevinSampler, run_complex_langevin
 from lftml.complex.models import GaussianModel, QuarticModel
-from lftml.samplers.rng import ChainRNG
+from lftml.complex.langevin import ChainRNG  # the stream complex Langevin uses
 
 K = 4.0
 

@@ -30,17 +30,9 @@ BANNED = {
 
 #: (command path, option) -> owning subsystem. Shrink as the owners' branches land.
 KNOWN_OFFENDERS: dict[tuple[str, str], str] = {
-    ("lftml diffusion compare", "--png"): "diffusion",
-    ("lftml diffusion likelihood", "--png"): "diffusion",
     ("lftml diffusion likelihood", "--device"): "diffusion",
-    ("lftml diffusion metropolis", "--n"): "diffusion",
-    ("lftml diffusion metropolis", "--png"): "diffusion",
-    ("lftml diffusion metropolis", "--device"): "diffusion",
-    ("lftml diffusion sample", "--n"): "diffusion",
-    ("lftml diffusion sample", "--strip"): "diffusion",
     ("lftml diffusion train", "--no-resume"): "diffusion",
     ("lftml diffusion train", "--resume"): "diffusion",
-    ("lftml rbm sample", "--n"): "rbm",
 }
 
 

@@ -114,7 +114,7 @@ CASES = [
     # extrapolate
     (["extrapolate", "{lgv1}", "{lgv2}", "--degree", "-1"], "--degree"),
     (["extrapolate", "{lgv1}", "{lgv2}", "--degree", "0"], "--degree"),
-    (["extrapolate", "{lgv1}", "{lgv2}", "--degree", "3"], "step sizes"),
+    (["extrapolate", "{lgv1}", "{lgv2}", "--degree", "3"], "--dt"),
     (["extrapolate", "{lgv1}"], "two or more"),
     (["extrapolate", "{lgv1}", "{lgv1}"], "share a step size"),
     (["extrapolate", "{lgv1}", "{ens}"], "Langevin"),

@@ -22,7 +22,7 @@ def test_installed_versions_satisfy_the_declared_lower_bounds():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps = project["dependencies"] + project["optional-dependencies"]["test"]
     for dep in deps:
-        name, bound = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)", dep.split(";")[0].strip()).groups()
+        name, bound = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([0-9.]+)", dep.split(";")[0].strip()).groups()
         assert _version_tuple(md.version(name)) >= _version_tuple(bound), (name, md.version(name), bound)
     assert any(d.startswith("numpy>=2") for d in project["dependencies"])
 

@@ -116,7 +116,8 @@ def test_trained_network_score_is_close_to_the_exact_gaussian_score(tmp_path, pa
     theory = FreeScalar(Lattice((8, 8)), 0.5)
     data = theory.sample(4096, torch.Generator().manual_seed(8)).numpy()
     cfg = TrainConfig(steps=600, batch_size=64, preset="tiny", seed=2, checkpoint_every=1000, lr=2e-3,
-                      parametrization=parametrization)
+                      parametrization=parametrization, target="dsm", weighting="sigma2", t_sampling="mixed",
+                      noise_draws=1, ema_decay=0.999, symmetry_augment=False)  # the recipe it was calibrated with
     res = train(data, tmp_path / "free.pt", cfg, theory=theory.to_dict(), progress=False, device="cpu")
     model = res.model
     exact = GaussianScore(theory, model.sde, model.scaling.scale)

@@ -65,6 +65,11 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def deprecated_option(old: str, new: str) -> None:
+    """The one deprecation line for an old option spelling (docs/cli.md): kept one release."""
+    typer.echo(f"warning: {old} is deprecated; use {new}", err=True)
+
+
 def emit_json(obj: Any) -> None:
     typer.echo(json.dumps(to_jsonable(obj), indent=2))
 

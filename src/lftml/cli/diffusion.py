@@ -13,17 +13,13 @@ from typing import Optional
 
 import typer
 
-from lftml.cli.common import JSON_OPTION, SEED_OPTION, emit_json, fmt_err, require_file
+from lftml.cli.common import JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, require_file
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Diffusion models (VE SDE + periodic U-Net) trained on lattice ensembles.", no_args_is_help=True)
 
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, cuda:N.")
 THREADS_OPTION = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
-
-
-def _deprecated(old: str, new: str) -> None:
-    typer.echo(f"warning: {old} is deprecated; use {new}", err=True)
 
 
 @app.command()
@@ -76,12 +72,12 @@ def train(
     from lftml.safeio import check_output
 
     if steps is not None:
-        _deprecated("--steps", "--updates")
+        deprecated_option("--steps", "--updates")
         if updates is not None and updates != steps:
             raise LftmlError("give --updates only (--steps is its deprecated spelling)")
         updates = steps
     if resume is False:
-        _deprecated("--no-resume", "nothing (runs start afresh unless --resume; --overwrite replaces an output)")
+        deprecated_option("--no-resume", "nothing (runs start afresh unless --resume; --overwrite replaces an output)")
     resume = bool(resume)
     require_file(data, "training ensemble")
     if heldout is not None:
@@ -120,10 +116,6 @@ def train(
         extra = f"; held-out likelihood gain {fmt_err(gain[-1]['gain_nats'], gain[-1]['error'])} nats"
     typer.echo(f"trained {res['steps']} updates ({res['training']['wall_seconds']:.0f} s) on {res['data']['n_configs']} "
                f"configurations: final loss {res['final_loss']:.4f}{extra}; model {res['model']}, loss curve {res['loss_png']}")
-
-
-def _deprecated(old: str, new: str) -> None:
-    typer.echo(f"warning: {old} is deprecated; use {new}", err=True)
 
 
 def _progress(flag: Optional[bool], as_json: bool) -> bool:
@@ -179,12 +171,12 @@ def sample(
     from lftml.errors import LftmlError
 
     if n is not None:
-        _deprecated("--n", "--n-configs")
+        deprecated_option("--n", "--n-configs")
         if n_configs is not None and n_configs != n:
             raise LftmlError(f"--n {n} contradicts --n-configs {n_configs}; give --n-configs only")
         n_configs = n
     if strip is not None:
-        _deprecated("--strip", "--plot")
+        deprecated_option("--strip", "--plot")
         plot = plot or strip
     n_configs = 1024 if n_configs is None else n_configs
     if n_configs < 1:
@@ -280,7 +272,7 @@ def likelihood(
     from lftml.diffusion.workflows import likelihood_report, set_threads
 
     if png is not None:
-        _deprecated("--png", "--plot")
+        deprecated_option("--png", "--plot")
         plot = plot or png
     png = plot
     require_file(model, "model file")
@@ -314,7 +306,7 @@ def compare(
     from lftml.diffusion.workflows import compare_report
 
     if png is not None:
-        _deprecated("--png", "--plot")
+        deprecated_option("--png", "--plot")
         plot = plot or png
     for p, what in ((train, "training ensemble"), (test, "test ensemble"), (generated, "generated ensemble")):
         if p is not None:
@@ -354,12 +346,12 @@ def metropolis(
     from lftml.errors import LftmlError
 
     if n is not None:
-        _deprecated("--n", "--n-configs")
+        deprecated_option("--n", "--n-configs")
         if n_configs is not None and n_configs != n:
             raise LftmlError(f"--n {n} contradicts --n-configs {n_configs}; give --n-configs only")
         n_configs = n
     if png is not None:
-        _deprecated("--png", "--plot")
+        deprecated_option("--png", "--plot")
         plot = plot or png
     n_configs = 1024 if n_configs is None else n_configs
     if n_configs < 2:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from lftml.cli.common import JSON_OPTION, SEED_OPTION, emit_json, fmt_err, parse_shape, require_file
+from lftml.cli.common import JSON_OPTION, deprecated_option, SEED_OPTION, emit_json, fmt_err, parse_shape, require_file
 from lftml.errors import LftmlError
 from lftml.lattice import Lattice
 from lftml.theories import FreeScalar, Phi4
@@ -338,7 +338,7 @@ def register(app: typer.Typer) -> None:
         from lftml.analysis import analyze as analyze_file
 
         if S_old is not None:
-            typer.echo("warning: --S is deprecated; use --window-factor", err=True)
+            deprecated_option("--S", "--window-factor")
             S = S_old
         require_file(path, "ensemble file")
         if discard < 0:

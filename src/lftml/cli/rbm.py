@@ -16,17 +16,13 @@ from typing import Optional
 
 import typer
 
-from lftml.cli.common import JSON_OPTION, SEED_OPTION, emit_json, fmt_err, parse_shape, require_file
+from lftml.cli.common import JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, parse_shape, require_file
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Scalar-field restricted Boltzmann machines (Gaussian RBM as a lattice field theory).", no_args_is_help=True)
 
 #: Reference-recipe defaults (the paper's code); used when --recipe reference or --method pcd|cd.
 REFERENCE = dict(optimizer="reference", lr=0.5, momentum=0.8, l2=1e-4, lr_decay=0.92, decay_every=64)
-
-
-def _deprecated(old: str, new: str) -> None:
-    typer.echo(f"warning: {old} is deprecated; use {new}", err=True)
 
 
 def _fmt_list(values: list[float] | None, n: int = 12) -> str:
@@ -114,11 +110,11 @@ def train(
         return
     method = method or "exact"
     if chains is not None:
-        _deprecated("--chains", "--pcd-chains")
+        deprecated_option("--chains", "--pcd-chains")
         if pcd_chains is None:
             pcd_chains = chains
     if target == "mnist":
-        _deprecated("--target mnist", "--data mnist (or --data PATH)")
+        deprecated_option("--target mnist", "--data mnist (or --data PATH)")
         target = "data"
     if seed < 0:
         raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
@@ -329,7 +325,7 @@ def sample(
     from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
 
     if n is not None:
-        _deprecated("--n", "--n-configs")
+        deprecated_option("--n", "--n-configs")
         if n_configs is None:
             n_configs = n
     if out is None and grid is None:

@@ -85,9 +85,12 @@ def test_cluster_move_samples_the_exact_embedded_ising_distribution(kind, case):
 
 @pytest.mark.parametrize("kind", ["wolff", "sw"])
 def test_detailed_balance_test_detects_a_wrong_bond_probability(kind, monkeypatch):
-    """p = 1 - exp(-J) instead of 1 - exp(-2J) (a factor 2 in the coupling) must be caught."""
+    """p = 1 - exp(-J) instead of 1 - exp(-2J) (a factor 2 in the coupling) must be caught. The altered
+    probability is patched into the scipy path (the numba kernel is compiled; that both paths flip the
+    same clusters is tested below, so the exact-distribution test above covers the kernel)."""
     lattice, abs_phi = CASES["ring3"]
     theory = Phi4.hopping(lattice, 0.45, 0.3)
+    monkeypatch.setattr(cluster_mod, "_USE_NUMBA", False)
     monkeypatch.setattr(cluster_mod, "bond_probability", lambda c, a, b: -np.expm1(-c * a * b))
     z = sign_z_scores(kind, theory, abs_phi)
     assert np.abs(z).max() > 2 * K_SIGMA, f"altered bond probability not detected: z = {np.round(z, 2)}"
@@ -101,6 +104,29 @@ def test_cluster_chain_i_does_not_depend_on_the_number_of_chains():
         one, _ = move.flip(phi[:1], ChainRNG.from_seed(4, 1))
         three, _ = move.flip(phi, ChainRNG.from_seed(4, 3))
         assert torch.equal(one[0], three[0])
+
+
+@pytest.mark.parametrize("kind", ["sw", "wolff"])
+def test_union_find_labels_are_the_connected_components_of_the_scipy_path(kind, monkeypatch):
+    """The numba union-find and scipy's connected components must flip the same clusters with the same
+    random numbers (labels = smallest site of each cluster). Bugs caught: a union by the larger root
+    (labels stop being the smallest site, so SW reads another site's uniform), a missing final
+    compression (sites labelled by an inner node), bonds joined across chains (offset error)."""
+    from lftml.samplers import fused
+
+    if not fused.available():
+        pytest.skip("numba is not installed: only the scipy path exists")
+    theory = Phi4.hopping(Lattice((6, 5)), 0.28, 0.022)  # odd extent: the wrap-around bonds matter
+    move = ClusterMove(theory, kind)
+    phi = torch.randn(5, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    outs = {}
+    for use in (True, False):
+        monkeypatch.setattr(cluster_mod, "_USE_NUMBA", use)
+        new, info = move.flip(phi, ChainRNG.from_seed(11, 5, purpose=1))
+        outs[use] = (new, info)
+    assert torch.equal(outs[True][0], outs[False][0])
+    assert torch.equal(outs[True][1]["cluster_size"], outs[False][1]["cluster_size"])
+    assert not torch.equal(outs[True][0], phi)  # a move that flipped nothing would pass trivially
 
 
 def test_cluster_move_refuses_an_action_without_the_embedding():

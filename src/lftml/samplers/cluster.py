@@ -15,8 +15,9 @@ whole clusters of active bonds then leaves exp(-S) invariant (detailed balance):
 
 Both change only signs, so they are not ergodic alone (|phi| never changes); composed with HMC they
 are (``HMC(cluster=..., cluster_every=N)``). Clusters are the connected components of the active
-bonds over all chains at once (one block-diagonal graph, :func:`scipy.sparse.csgraph.connected_components`),
-no Python loop over sites. Random numbers per chain and move: ``d V`` bond uniforms and then ``V``
+bonds over all chains at once: a compiled union-find (numba) where numba runs, else one block-diagonal
+graph through :func:`scipy.sparse.csgraph.connected_components`; the same labels either way (the
+smallest site of each cluster), no Python loop over sites. Random numbers per chain and move: ``d V`` bond uniforms and then ``V``
 uniforms (SW: cluster c flips if the uniform of its smallest site is < 1/2) or 1 (Wolff: the seed
 site ``floor(u V)``), so chain i is the same whatever the number of chains.
 """
@@ -66,6 +67,41 @@ def _bonds(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return src, dst
 
 
+_USE_NUMBA = True  # tests switch it off to compare the two paths
+
+
+def _labels(x: np.ndarray, u_bonds: np.ndarray, c_hop: float, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Label of every global site ``chain * V + x`` of the field ``x`` ``(n, V)``: the smallest global site
+    of its cluster. Bond b (``src[b]`` -> ``dst[b]``) is active when its signs agree and
+    ``u_bonds[:, b] < bond_probability``.
+
+    Union-find in numba (:mod:`lftml.samplers._cluster_kernels`) where it can run, else connected
+    components through scipy; both give the same labels (tested)."""
+    n, V = x.shape
+    if _USE_NUMBA:
+        from lftml.samplers import fused
+
+        if fused.available():
+            try:
+                fused._compiled()  # sets numba's cache folder (the user's cache, not the source tree)
+                from lftml.samplers._cluster_kernels import smallest_site_roots
+
+                return smallest_site_roots(np.ascontiguousarray(x), np.ascontiguousarray(u_bonds), float(c_hop),
+                                           src, dst)
+            except Exception:  # noqa: BLE001  (a broken numba install must not stop a run)
+                pass
+    a, up = np.abs(x), x >= 0
+    active = (up[:, src] == up[:, dst]) & (u_bonds < bond_probability(c_hop, a[:, src], a[:, dst]))
+    chain, bond = np.nonzero(active)
+    offset = chain * V
+    graph = scipy.sparse.coo_matrix(
+        (np.ones(chain.size, dtype=np.int8), (offset + src[bond], offset + dst[bond])), shape=(n * V, n * V)
+    ).tocsr()
+    _, comp = connected_components(graph, directed=False)
+    _, first = np.unique(comp, return_index=True)  # smallest node (site) of every component
+    return first[comp]
+
+
 @dataclass(frozen=True)
 class ClusterState:
     phi: torch.Tensor  # (n_chains, *shape)
@@ -107,21 +143,12 @@ class ClusterMove:
         n_site_draws = V if self.kind == "sw" else 1
         u = rng.uniforms((d * V + n_site_draws,), dtype=torch.float64).cpu().numpy()
         x = phi.detach().to(torch.float64).cpu().numpy().reshape(n, V)
-        a, up = np.abs(x), x >= 0
         src, dst = _bonds(shape)
-        active = (up[:, src] == up[:, dst]) & (u[:, : d * V] < bond_probability(c_hop, a[:, src], a[:, dst]))
-        chain, bond = np.nonzero(active)
-        offset = chain * V
-        graph = scipy.sparse.coo_matrix(
-            (np.ones(chain.size, dtype=np.int8), (offset + src[bond], offset + dst[bond])), shape=(n * V, n * V)
-        ).tocsr()
-        _, labels = connected_components(graph, directed=False)
-        sizes = np.bincount(labels)
+        labels = _labels(x, u[:, : d * V], c_hop, src, dst)  # the smallest global site of each cluster
+        sizes = np.bincount(labels, minlength=n * V)
         if self.kind == "sw":
-            _, first = np.unique(labels, return_index=True)  # smallest node (site) of every cluster
             site_u = u[:, d * V:].ravel()
-            flip_label = site_u[first] < 0.5
-            flip = flip_label[labels].reshape(n, V)
+            flip = (site_u[labels] < 0.5).reshape(n, V)
             size = (sizes[labels].reshape(n, V)).mean(axis=1)
         else:
             seed = np.minimum((u[:, d * V] * V).astype(np.int64), V - 1)

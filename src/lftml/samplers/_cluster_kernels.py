@@ -1,0 +1,63 @@
+"""numba kernel of :mod:`lftml.samplers.cluster` (imported lazily: importing this module imports numba).
+
+Cluster labels by union-find over the active bonds of all chains at once. Union by the smaller
+root keeps every root the smallest site (global index ``chain * V + x``) of its cluster, which is
+exactly the label the scipy path derives (connected components, then the first site of each), so
+both paths flip the same clusters with the same random numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numba
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _jit(fn):
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except Exception as exc:  # noqa: BLE001  (no writable cache location: compile in memory)
+        log.debug("numba cache unavailable for %s (%s); compiling in memory", fn.__name__, exc)
+        return numba.njit(cache=False, nogil=True)(fn)
+
+
+@_jit
+def _find(parent, i):
+    while parent[i] != i:  # path halving; parent[i] <= i throughout
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@_jit
+def smallest_site_roots(x, u, c_hop, src, dst):
+    """``root[chain * V + s]`` = smallest global site of s's cluster, for the field ``x`` ``(n, V)``.
+
+    Bond b joins ``src[b]`` and ``dst[b]`` (sites of one chain); it is active when the signs agree and
+    ``u[chain, b] < 1 - exp(-2 c_hop |x_src| |x_dst|)`` (the same expression, in the same order, as
+    :func:`lftml.samplers.cluster.bond_probability`)."""
+    n, V = x.shape
+    nb = src.shape[0]
+    parent = np.arange(n * V)
+    for c in range(n):
+        off = c * V
+        for b in range(nb):
+            xs = x[c, src[b]]
+            xd = x[c, dst[b]]
+            if (xs >= 0) != (xd >= 0):
+                continue
+            if not (u[c, b] < -math.expm1(-2.0 * c_hop * abs(xs) * abs(xd))):
+                continue
+            r = _find(parent, off + src[b])
+            q = _find(parent, off + dst[b])
+            if r < q:
+                parent[q] = r
+            elif q < r:
+                parent[r] = q
+    for i in range(n * V):  # parent[i] < i already points at its root: one forward pass compresses all
+        parent[i] = parent[parent[i]]
+    return parent

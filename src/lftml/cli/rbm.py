@@ -443,6 +443,9 @@ def likelihood(
     heldout: float = typer.Option(0.0, "--heldout", help="Score only the held-out part of this split (same --seed as training)."),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", help="A random subset (seeded by --seed), as in training."),
     center: bool = typer.Option(False, "--center", help="Centre the data (as in training with --center)."),
+    log_z: str = typer.Option("auto", "--log-z", help="Scalar-Bernoulli RBM: log Z by enumeration (2^N_h states), ais, or auto (enumeration for N_h <= 20)."),
+    ais_runs: int = typer.Option(1000, "--ais-runs", help="AIS: independent annealing runs (the error is their spread)."),
+    ais_betas: int = typer.Option(1000, "--ais-betas", help="AIS: number of inverse temperatures from 0 to 1."),
     seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -458,7 +461,7 @@ def likelihood(
     if int(x.reshape(x.shape[0], -1).shape[1]) != m.n_visible:
         raise LftmlError(f"--data has {x.reshape(x.shape[0], -1).shape[1]} sites per sample but the model has N_v = {m.n_visible}")
     if rec["kind"] == "bernoulli":
-        res = bernoulli_loglik(m, x, seed=seed)
+        res = bernoulli_loglik(m, x, seed=seed, log_z=log_z, ais_runs=ais_runs, ais_betas=ais_betas)
         res.update({"model": str(model), "data": data, "part": "held-out" if held is not None else "all",
                     "n_hidden": m.n_hidden, "hidden_units": "bernoulli"})
     else:

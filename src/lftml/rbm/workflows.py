@@ -346,7 +346,17 @@ def digit_grid(model_path: Path | GaussianRBM, png: Path, *, n_images: int = 36,
     from lftml.plots import pyplot, save_figure
     from lftml.rbm.plots import plot_digit_grid
 
-    model = model_path if isinstance(model_path, GaussianRBM) else load_model(model_path)[0]
+    from lftml.rbm.bernoulli import ScalarBernoulliRBM
+    from lftml.rbm.io import load_any_model
+
+    if isinstance(model_path, (GaussianRBM, ScalarBernoulliRBM)):
+        model, shape = model_path, tuple(getattr(model_path, "lattice_shape", (model_path.n_visible,)))
+    else:
+        model, rec = load_any_model(model_path)
+        shape = tuple(rec["lattice_shape"]) if rec["kind"] == "bernoulli" else model.lattice_shape
+    if isinstance(model, ScalarBernoulliRBM):
+        return _bernoulli_digit_grid(model, shape, png, n_images=n_images, n_sweeps=n_sweeps, seed=seed, n_cols=n_cols,
+                                     method=method, title=title)
     if len(model.lattice_shape) != 2:
         raise LftmlError(f"--grid draws images: the model's lattice {model.lattice_shape} is not 2d")
     if n_images < 1 or n_sweeps < 1:
@@ -370,14 +380,48 @@ def digit_grid(model_path: Path | GaussianRBM, png: Path, *, n_images: int = 36,
             "pixel_mean": float(x.mean()), "pixel_range": [float(x.min()), float(x.max())]}
 
 
-def bernoulli_loglik(model: Any, x: np.ndarray, *, seed: int = 0, ais_runs: int = 1000, ais_betas: int = 1000) -> dict[str, Any]:
+def _bernoulli_digit_grid(model: Any, shape: tuple[int, ...], png: Path, *, n_images: int, n_sweeps: int, seed: int,
+                          n_cols: int | None, method: str, title: str | None) -> dict[str, Any]:
+    """:func:`digit_grid` for a scalar-Bernoulli RBM: block Gibbs (h = +-1 | phi, phi | h Gaussian) from noise."""
+    from lftml.plots import pyplot, save_figure
+    from lftml.rbm.plots import plot_digit_grid
+
+    if len(shape) != 2:
+        raise LftmlError(f"--grid draws images: the model's lattice {shape} is not 2d")
+    if method != "gibbs":
+        raise LftmlError("a scalar-Bernoulli RBM has no exact sampler here: use --method gibbs with --grid")
+    if n_images < 1 or n_sweeps < 1:
+        raise LftmlError(f"--grid-size and --therm must be >= 1 for --grid, got {n_images}, {n_sweeps}")
+    gens, seeds = stream_generators(seed, ("grid",))
+    g = gens["grid"]
+    with torch.no_grad():
+        x = torch.rand((n_images, model.n_visible), generator=g, dtype=model.W.dtype)
+        for _ in range(n_sweeps):
+            x = model.sample_visible(model.sample_hidden(x, g), g)
+    x = x.reshape(n_images, *shape).numpy()
+    cols = n_cols or int(np.ceil(np.sqrt(n_images)))
+    fig, ax = pyplot().subplots(figsize=(0.6 * cols + 0.4, 0.6 * (-(-n_images // cols)) + 0.6))
+    plot_digit_grid(ax, x, n_cols=cols, title=title or f"scalar-Bernoulli, $N_h = {model.n_hidden}$")
+    save_figure(fig, png)
+    return {"png": str(png), "n_images": n_images, "n_sweeps": n_sweeps, "method": method, "seed": int(seed),
+            "stream_seeds": seeds, "hidden_units": "bernoulli",
+            "pixel_mean": float(x.mean()), "pixel_range": [float(x.min()), float(x.max())]}
+
+
+def bernoulli_loglik(model: Any, x: np.ndarray, *, seed: int = 0, ais_runs: int = 1000, ais_betas: int = 1000,
+                     log_z: str = "auto") -> dict[str, Any]:
     """Log-likelihood per image of a scalar-Bernoulli RBM: ``-F(phi) - log Z`` with log Z exact by
-    enumeration of the 2^N_h hidden states for N_h <= 20, else by AIS (its error reported as
-    ``log_z_error`` and added to ``error`` in quadrature, since it shifts every image alike)."""
+    enumeration of the 2^N_h hidden states (``log_z="enumeration"``; ``"auto"``: for N_h <= 20) or by
+    AIS (``"ais"``; ``"auto"`` above 20; its error reported as ``log_z_error`` and added to ``error``
+    in quadrature, since it shifts every image alike)."""
     from lftml.rbm.bernoulli_training import ais_log_partition
 
+    if log_z not in ("auto", "enumeration", "ais"):
+        raise LftmlError(f"--log-z must be auto, enumeration or ais, got {log_z!r}")
+    if log_z == "enumeration" and model.n_hidden > 24:
+        raise LftmlError(f"--log-z enumeration sums 2^N_h hidden states: N_h = {model.n_hidden} is too many (<= 24); use ais")
     xt = torch.as_tensor(np.asarray(x), dtype=model.W.dtype).reshape(len(x), -1)
-    if model.n_hidden <= 20:
+    if log_z == "enumeration" or (log_z == "auto" and model.n_hidden <= 20):
         log_z, log_z_err, how = model.log_partition(), 0.0, "enumeration"
     else:
         g = stream_generators(seed, ("ais",))[0]["ais"]

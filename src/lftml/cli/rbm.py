@@ -92,6 +92,7 @@ def train(
     seed: int = SEED_OPTION,
     out: Path = typer.Option(..., "--out", help="Model file to write (.pt)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (pcd, cd or --recipe reference) bit-identically; give the same options and --seed."),
     device: str = typer.Option("auto", "--device", help="auto or cpu (the RBM runs in float64 on the CPU)."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = JSON_OPTION,
@@ -128,7 +129,12 @@ def train(
     if seed < 0:
         raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
     data_path = Path(data) if data is not None and Path(data).exists() else None
-    check_output(out, overwrite=overwrite, inputs=[data_path, init])
+    if resume:
+        if init is not None or overwrite:
+            raise LftmlError("--resume continues --out in place: drop --init/--overwrite")
+        require_file(out, "--out model file to resume")
+    else:
+        check_output(out, overwrite=overwrite, inputs=[data_path, init])
     explicit = {n: v for n, v in dict(optimizer=optimizer, lr=lr, momentum=momentum, l2=l2, lr_decay=lr_decay,
                                       decay_every=decay_every).items() if v is not None}
     names = ", ".join("--" + n.replace("_", "-") for n in explicit)
@@ -149,10 +155,15 @@ def train(
                          recipe=recipe, grad_tol=tol, **{**REFERENCE, **explicit})
     try:
         with OutputLock(out, "model"), interrupts_as_keyboard_interrupt():
-            model, summary = run_training(
-                tgt, n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
-                learn_eta=learn_eta, config=config, seed=seed, out=out, progress=progress, init_from=init,
-            )
+            if resume:
+                from lftml.rbm.workflows import resume_training
+
+                model, summary = resume_training(tgt, out, config=config, seed=seed, progress=progress)
+            else:
+                model, summary = run_training(
+                    tgt, n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
+                    learn_eta=learn_eta, config=config, seed=seed, out=out, progress=progress, init_from=init,
+                )
     except TrainingInterrupted as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(130) from None

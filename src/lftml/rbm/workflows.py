@@ -23,7 +23,7 @@ from lftml.rbm.io import load_model, save_model
 from lftml.rbm.spectrum import spectral_analysis
 from lftml.rbm.training import Target, TrainConfig, train
 
-__all__ = ["stream_generators", "build_target", "check_bounded_likelihood", "run_training", "heldout_loglik",
+__all__ = ["resume_training", "stream_generators", "build_target", "check_bounded_likelihood", "run_training", "heldout_loglik",
            "spectrum_report", "sample_to_ensemble"]
 
 
@@ -206,31 +206,70 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def _train_interruptible(model: GaussianRBM, target: Target, config: TrainConfig, gens: dict, progress: bool,
-                         out: Path | None, meta: dict) -> dict:
+                         out: Path | None, meta: dict, resume: dict | None = None) -> dict:
     """:func:`train` with a snapshot of the parameters at every learning-curve point; on an
     interrupt the last snapshot (a consistent, positive-definite model) is written to ``out``,
     marked ``meta["interrupted_at_update"]``, and :class:`TrainingInterrupted` says how to go on."""
-    snap: dict[str, Any] = {"step": 0, "state": {k: v.detach().clone() for k, v in model.trainable_parameters().items()}}
+    snap: dict[str, Any] = {"step": 0 if resume is None else int(resume["step"]), "loop": resume,
+                            "state": {k: v.detach().clone() for k, v in model.trainable_parameters().items()}}
+    resumable = config.method in ("pcd", "cd") or (config.method == "exact" and config.recipe == "reference")
 
     def keep(step: int, m: GaussianRBM) -> None:
         snap["step"] = step
         snap["state"] = {k: v.detach().clone() for k, v in m.trainable_parameters().items()}
 
+    def keep_loop(state: dict) -> None:
+        snap["loop"] = state
+
     try:
         return train(model, target, config, sampling_generator=gens["sampling"], data_generator=gens["data"],
-                     progress=progress, callback=keep)
+                     progress=progress, callback=keep, checkpoint=keep_loop if resumable else None, resume=resume)
     except KeyboardInterrupt:
+        if resumable and snap["loop"] is not None:  # the loop state is the consistent point (an interrupt may fall between the hooks)
+            snap["step"], snap["state"] = int(snap["loop"]["step"]), snap["loop"]["params"]
         with torch.no_grad():
             for k, v in model.trainable_parameters().items():
                 v.copy_(snap["state"][k])
         if out is None or snap["step"] == 0:
             raise TrainingInterrupted(f"interrupted at update {snap['step']}: nothing was written"
                                       + ("" if out is None else f" ({out} untouched)")) from None
-        save_model(out, model, target=target, history={}, meta={**meta, "interrupted_at_update": snap["step"]})
+        extra = {"resume_state": snap["loop"]} if resumable and snap["loop"] is not None else {}
+        save_model(out, model, target=target, history={}, meta={**meta, "interrupted_at_update": snap["step"], **extra})
+        how = (f"resume it bit-identically with the same command plus --resume (or start a new stage: --init {out} --out NEW.pt)"
+               if extra else f"continue with: lftml rbm train ... --init {out} --out NEW.pt")
         raise TrainingInterrupted(
-            f"interrupted: the model after update {snap['step']} was written to {out} (marked interrupted); "
-            f"continue with: lftml rbm train ... --init {out} --out NEW.pt"
+            f"interrupted: the model after update {snap['step']} was written to {out} (marked interrupted); {how}"
         ) from None
+
+
+def resume_training(target: Target, out: Path, *, config: TrainConfig, seed: int, progress: bool = False
+                    ) -> tuple[GaussianRBM, dict[str, Any]]:
+    """Continue the interrupted run whose model file ``out`` holds ``meta["resume_state"]`` (same
+    training options and seed required), bit-identically, and write the finished model to ``out``."""
+    model, rec = load_model(out)
+    meta0 = rec["meta"]
+    state = meta0.get("resume_state")
+    if state is None:
+        raise LftmlError(f"{out} is not an interrupted resumable run (no resume state): nothing to --resume"
+                         + ("" if "interrupted_at_update" in meta0 else "; it finished"))
+    if meta0.get("seed") != int(seed):
+        raise LftmlError(f"--resume needs the interrupted run's --seed {meta0.get('seed')}, got {seed}")
+    old, new = meta0.get("train_config", {}), config.to_dict()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise LftmlError(f"--resume needs the interrupted run's training options; these differ: {', '.join(diff)}")
+    target.check_model(model)
+    gens, seeds = stream_generators(seed)
+    meta = {k: v for k, v in meta0.items() if k not in ("resume_state", "interrupted_at_update")}
+    t0 = time.perf_counter()
+    history = _train_interruptible(model, target, config, gens, progress, out, meta, resume=state)
+    meta.update({"resumed_from_update": int(state["step"]), "wall_time_s": time.perf_counter() - t0,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    save_model(out, model, target=target, history=history, meta=meta)
+    summary = spectral_analysis(model, target)
+    summary.update({"out": str(out), "method": config.method, "seed": int(seed), "resumed_from_update": int(state["step"]),
+                    "wall_time_s": meta["wall_time_s"]}, **_training_outcome(history, config))
+    return model, summary
 
 
 def _continue_training(

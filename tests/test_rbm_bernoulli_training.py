@@ -105,3 +105,30 @@ def test_cli_bernoulli_hidden_units_train_and_likelihood(tmp_path):
     r = runner.invoke(app, ["rbm", "train", "--data", str(tmp_path / "x.npy"), "--hidden-units", "bernoulli", "--hidden", "4",
                             "--out", str(tmp_path / "c.pt")])
     assert r.exit_code == 2 and "--mu2" in r.stderr
+
+
+def test_bernoulli_digits_command_chain_grid_and_likelihood_ais_vs_enumeration(tmp_path):
+    """`rbm train --hidden-units bernoulli --data digits` -> `rbm sample --grid` -> `rbm likelihood` with log Z
+    by enumeration and by AIS on the same held-out images: the two log-likelihoods differ only by log Z, so
+    they must agree within AIS's own error (z < 4). Catches an AIS weight with the wrong sign or a missing
+    log Z_0 term, a grid that ignores Bernoulli files, or a likelihood scored on the training part."""
+    import json
+
+    from conftest import run_cli
+
+    m = tmp_path / "b.pt"
+    common = ["--data", "digits", "--heldout", "0.2", "--seed", "1"]
+    run_cli("rbm", "train", "--hidden-units", "bernoulli", *common, "--hidden", "8", "--mu2", "20", "--updates", "200",
+            "--out", m, check=True)
+    g = tmp_path / "grid.png"
+    r = run_cli("rbm", "sample", m, "--grid", g, "--therm", "50", "--grid-size", "16", "--seed", "2", "--json", check=True)
+    assert g.stat().st_size > 0 and json.loads(r.stdout)["grid"]["hidden_units"] == "bernoulli"
+    enum = json.loads(run_cli("rbm", "likelihood", m, *common, "--log-z", "enumeration", "--json", check=True).stdout)
+    ais = json.loads(run_cli("rbm", "likelihood", m, *common, "--log-z", "ais", "--ais-runs", "200", "--ais-betas", "300",
+                             "--json", check=True).stdout)
+    assert enum["log_z_method"] == "enumeration" and ais["log_z_method"] == "ais" and enum["n"] == ais["n"] == 359
+    assert 0 < ais["log_z_error"] < 0.5
+    assert abs(enum["mean"] - ais["mean"]) < 4 * ais["log_z_error"], (enum, ais)
+    assert np.isfinite(enum["mean"]) and enum["part"] == "held-out"
+    r = run_cli("rbm", "sample", m, "--out", tmp_path / "e.h5", "--n-configs", "5")
+    assert r.exit_code == 2 and "Bernoulli" in r.stderr and not (tmp_path / "e.h5").exists()

@@ -175,3 +175,24 @@ def test_exact_gradient_training_on_digits_approaches_the_closed_form_mu2():
     train(m, t, TrainConfig(method="exact", n_updates=1500, log_every=500))
     _, mu2 = optimal_weights_from_correlator(t.second_moment, 16)
     assert float(m.mu2.detach()) == pytest.approx(mu2, rel=1e-2)
+
+
+def test_documented_mnist_figure_command_writes_one_digit_grid_per_hidden_size(tmp_path):
+    """`python -m lftml.rbm.mnist OUTDIR` (docs/rbm.md) on a 200-image subset of the built-in real MNIST: one
+    non-blank grid image per N_h in {784, 225, 64, 36, 16, 4}, the spectrum figure, and the log-likelihood table
+    with a row for every N_h (fixed mu^2 = 100 and learned). Catches a dropped N_h, grids not written, or a
+    constant (blank) grid from a broken sampler; a missing folder is one `error:` line, exit 2."""
+    from matplotlib.image import imread
+
+    from lftml.rbm.mnist import HIDDEN_SIZES, main
+
+    assert HIDDEN_SIZES == (784, 225, 64, 36, 16, 4)
+    assert main([str(tmp_path), "--max-samples", "200"]) == 0
+    for nh in HIDDEN_SIZES:
+        img = imread(tmp_path / f"mnist_digits_nh{nh}.png")
+        assert img.std() > 0.05, nh
+    assert (tmp_path / "mnist_spectrum.png").stat().st_size > 0 and (tmp_path / "mnist_loglik.png").stat().st_size > 0
+    table = (tmp_path / "mnist_loglik.md").read_text()
+    for nh in HIDDEN_SIZES:
+        assert sum(line.startswith(f"| {nh} |") for line in table.splitlines()) == 2, nh
+    assert main([str(tmp_path / "missing")]) == 2

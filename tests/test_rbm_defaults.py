@@ -127,7 +127,7 @@ def test_closed_form_loglik_agrees_with_a_direct_monte_carlo_estimate():
 def test_interrupt_keeps_the_last_consistent_model_and_says_how_to_continue(tmp_path, monkeypatch):
     """SIGINT/SIGTERM (both KeyboardInterrupt inside the command) during training: the model after
     the last completed learning-curve point is written, marked interrupted, and --init continues
-    from it; exit 130 with one line saying so (not 'use --resume', which rbm train lacks)."""
+    from it; exit 130 with one line saying so (the reference recipe can also --resume: see test_rbm_resume)."""
     import lftml.rbm.workflows as wf
 
     real = wf.train

@@ -298,6 +298,14 @@ def load_array_file(path: str | os.PathLike) -> Dataset:
 
 
 def _load_ensemble(path: Path) -> np.ndarray:
+    c = load_ensemble_history(path)
+    return c.reshape(-1, *c.shape[2:])
+
+
+def load_ensemble_history(path: str | os.PathLike) -> np.ndarray:
+    """Configurations ``(n_configs, n_chains, *shape)`` of a real lftml ensemble (chains kept apart, for
+    Gamma-method errors); LftmlError for a damaged, foreign or complex-Langevin file."""
+    path = Path(path)
     from lftml.ensemble import Ensemble
 
     try:
@@ -315,7 +323,7 @@ def _load_ensemble(path: Path) -> np.ndarray:
         )
     if c.ndim < 3:
         raise LftmlError(f"{path}: expected configurations (n_configs, n_chains, *shape), got shape {c.shape}")
-    return c.reshape(-1, *c.shape[2:])
+    return c
 
 
 # ---------------------------------------------------------------------------------- entry point

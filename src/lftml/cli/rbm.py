@@ -64,6 +64,8 @@ def train(
     learn_mu2: Optional[str] = typer.Option(None, "--learn-mu2", help="global or site (default global, from --mu0)."),
     mu0: float = typer.Option(3.0, "--mu0", help="Initial mu = sqrt(mu^2) when mu^2 is learned (reference: 3)."),
     method: Optional[str] = typer.Option(None, "--method", help="exact (closed-form ML gradient; the default), pcd, cd, or analytic (the closed-form ML optimum, no updates); Bernoulli hidden units: pcd (default) or cd."),
+    visible_phi4: bool = typer.Option(False, "--visible-phi4", help="Add a learned g phi_i^4/4! on every visible node (interacting RBM; PCD with the exact conditional sampler, learned global mu^2); trains on an ensemble (--data ens.h5) and compares <|M|>, chi_2, U_L of its samples with the ensemble's."),
+    g0: float = typer.Option(1.0, "--g0", help="--visible-phi4: initial quartic coupling g (learned; g phi^4/4! as in lftml hmc --g)."),
     hidden_units: str = typer.Option("gaussian", "--hidden-units", help="gaussian (Gaussian RBM) or bernoulli (hidden h = +-1: a scalar-Bernoulli RBM, trained by PCD/CD on data, fixed --mu2)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="converge (default for exact: L-BFGS until max|grad <log p>| < --tol) or reference (the paper's fixed momentum-SGD schedule)."),
     tol: float = typer.Option(1e-6, "--tol", help="converge recipe: stop when the largest gradient component of <log p> is below this."),
@@ -90,6 +92,7 @@ def train(
     seed: int = SEED_OPTION,
     out: Path = typer.Option(..., "--out", help="Model file to write (.pt)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (pcd, cd or --recipe reference) bit-identically; give the same options and --seed."),
     device: str = typer.Option("auto", "--device", help="auto or cpu (the RBM runs in float64 on the CPU)."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = JSON_OPTION,
@@ -102,6 +105,13 @@ def train(
     _device(device)
     if hidden_units not in ("gaussian", "bernoulli"):
         raise LftmlError(f"--hidden-units must be gaussian or bernoulli, got {hidden_units!r}")
+    if visible_phi4:
+        if hidden_units != "gaussian":
+            raise LftmlError("--visible-phi4 has Gaussian hidden units: drop --hidden-units bernoulli")
+        _train_phi4(data=data, shape=shape, hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, g0=g0, method=method,
+                    updates=updates, lr=lr, k=k, pcd_chains=pcd_chains if pcd_chains is not None else chains,
+                    batch_size=batch_size, init=init, seed=seed, out=out, overwrite=overwrite, as_json=as_json)
+        return
     if hidden_units == "bernoulli":
         _train_bernoulli(data=data, hidden=hidden, mu2=mu2, method=method or "pcd", updates=updates, lr=lr, momentum=momentum,
                          k=k, pcd_chains=pcd_chains if pcd_chains is not None else chains, batch_size=batch_size,
@@ -119,7 +129,12 @@ def train(
     if seed < 0:
         raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
     data_path = Path(data) if data is not None and Path(data).exists() else None
-    check_output(out, overwrite=overwrite, inputs=[data_path, init])
+    if resume:
+        if init is not None or overwrite:
+            raise LftmlError("--resume continues --out in place: drop --init/--overwrite")
+        require_file(out, "--out model file to resume")
+    else:
+        check_output(out, overwrite=overwrite, inputs=[data_path, init])
     explicit = {n: v for n, v in dict(optimizer=optimizer, lr=lr, momentum=momentum, l2=l2, lr_decay=lr_decay,
                                       decay_every=decay_every).items() if v is not None}
     names = ", ".join("--" + n.replace("_", "-") for n in explicit)
@@ -140,10 +155,15 @@ def train(
                          recipe=recipe, grad_tol=tol, **{**REFERENCE, **explicit})
     try:
         with OutputLock(out, "model"), interrupts_as_keyboard_interrupt():
-            model, summary = run_training(
-                tgt, n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
-                learn_eta=learn_eta, config=config, seed=seed, out=out, progress=progress, init_from=init,
-            )
+            if resume:
+                from lftml.rbm.workflows import resume_training
+
+                model, summary = resume_training(tgt, out, config=config, seed=seed, progress=progress)
+            else:
+                model, summary = run_training(
+                    tgt, n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
+                    learn_eta=learn_eta, config=config, seed=seed, out=out, progress=progress, init_from=init,
+                )
     except TrainingInterrupted as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(130) from None
@@ -170,6 +190,73 @@ def train(
             typer.echo(f"log-likelihood per image ({label}, {v['n']} images, exact closed form): {fmt_err(v['mean'], v['error'])}")
     if "heldout_gap" in summary:
         typer.echo(f"train - held-out gap: {summary['heldout_gap']:.4g}")
+
+
+def _train_phi4(*, data, shape, hidden, mu2, learn_mu2, mu0, g0, method, updates, lr, k, pcd_chains, batch_size, init,
+                seed, out, overwrite, as_json) -> None:
+    """``--visible-phi4``: PCD training of :class:`lftml.rbm.phi4.Phi4VisibleRBM` on an ensemble, W initialised at
+    the Gaussian ML optimum (mu^2 = mu0^2), then the comparison of its samples' observables with the ensemble's."""
+    import numpy as np
+    import torch
+
+    from lftml.rbm.constructions import optimal_weights_from_correlator
+    from lftml.rbm.io import save_phi4_model
+    from lftml.rbm.phi4 import Phi4TrainConfig, Phi4VisibleRBM, compare_observables, sample_chains, train_phi4
+    from lftml.rbm.workflows import stream_generators
+    from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
+
+    if data is None or shape is not None:
+        raise LftmlError("--visible-phi4 trains on an ensemble: give --data ENS.h5 (from lftml hmc; no --shape/--m2)")
+    if mu2 is not None or learn_mu2 not in (None, "global") or init is not None:
+        raise LftmlError("--visible-phi4 learns a global mu^2 from --mu0 (no --mu2, --learn-mu2 site or --init)")
+    if hidden is None:
+        raise LftmlError("give the number of hidden nodes with --hidden")
+    if method not in (None, "pcd"):
+        raise LftmlError(f"--visible-phi4 trains with --method pcd (the default), got {method!r}")
+    if not (g0 >= 0 and np.isfinite(g0)):
+        raise LftmlError(f"--g0 must be a finite number >= 0, got {g0}")
+    if mu0 <= 0:
+        raise LftmlError(f"--mu0 must be positive, got {mu0}")
+    path = Path(data)
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        raise LftmlError(f"--visible-phi4 compares with the ensemble's observables: --data must be an lftml ensemble .h5, got {data!r}")
+    require_file(path, "ensemble")
+    check_output(out, overwrite=overwrite, inputs=[path])
+    from lftml.datasets import load_ensemble_history
+
+    hist_arr = load_ensemble_history(path)  # (n_configs, n_chains, *shape)
+    lattice = tuple(hist_arr.shape[2:])
+    x = hist_arr.reshape(-1, int(np.prod(lattice)))
+    cfg = Phi4TrainConfig(n_updates=updates, lr=0.05 if lr is None else lr, k=1 if k is None else k,
+                          n_chains=256 if pcd_chains is None else pcd_chains, batch_size=batch_size)
+    gens, seeds = stream_generators(seed, ("sampling", "data", "compare"))
+    try:
+        W0, _ = optimal_weights_from_correlator(x.T @ x / len(x), hidden, mu2=mu0 * mu0)
+    except LftmlError as exc:
+        raise LftmlError(f"--visible-phi4 starts from the Gaussian ML optimum at mu^2 = --mu0^2 = {mu0 * mu0:g}: {exc}; raise --mu0") from None
+    model = Phi4VisibleRBM(x.shape[1], hidden, mu2=mu0 * mu0, mu2_mode="global", lam=g0, weights=W0, lattice_shape=lattice)
+    n_cfg, n_ch = hist_arr.shape[0], hist_arr.shape[1]
+    try:
+        with OutputLock(out, "model"), interrupts_as_keyboard_interrupt():
+            h = train_phi4(model, x, cfg, sampling_generator=gens["sampling"], data_generator=gens["data"])
+            samples = sample_chains(model, n_cfg, n_ch, 100, gens["compare"], every=2)
+            acc_compare = model.last_acceptance
+            cmp_ = compare_observables(samples, hist_arr.reshape(n_cfg, n_ch, -1))
+            save_phi4_model(out, model, history=h, meta={"seed": seed, "stream_seeds": seeds, "train_config": cfg.__dict__,
+                                                         "data": str(path), "comparison": cmp_})
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was written; rerun the command", err=True)
+        raise typer.Exit(130) from None
+    summary = {"visible_phi4": True, "n_visible": model.n_visible, "n_hidden": hidden, "g": model.lam,
+               "mu2": float(model.mu2_vector().detach().mean()), "n_updates": updates, "acceptance": h["mean_acceptance"],
+               "sample_acceptance": acc_compare, "comparison": cmp_, "out": str(out), "seed": seed}
+    if as_json:
+        emit_json(summary)
+        return
+    typer.echo(f"trained phi^4 RBM (PCD, {updates} updates; exact visible sampler, acceptance {h['mean_acceptance']:.3f}) -> {out}")
+    typer.echo(f"learned g = {model.lam:.5g}, mu^2 = {summary['mu2']:.5g}")
+    for name, c in cmp_.items():
+        typer.echo(f"{name:5s} model {fmt_err(c['model'], c['model_error'])}  ensemble {fmt_err(c['ensemble'], c['ensemble_error'])}  z = {c['z']:+.2f}")
 
 
 def _train_bernoulli(*, data, hidden, mu2, method, updates, lr, momentum, k, pcd_chains, batch_size, heldout, max_samples,
@@ -367,6 +454,9 @@ def likelihood(
     heldout: float = typer.Option(0.0, "--heldout", help="Score only the held-out part of this split (same --seed as training)."),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", help="A random subset (seeded by --seed), as in training."),
     center: bool = typer.Option(False, "--center", help="Centre the data (as in training with --center)."),
+    log_z: str = typer.Option("auto", "--log-z", help="Scalar-Bernoulli RBM: log Z by enumeration (2^N_h states), ais, or auto (enumeration for N_h <= 20)."),
+    ais_runs: int = typer.Option(1000, "--ais-runs", help="AIS: independent annealing runs (the error is their spread)."),
+    ais_betas: int = typer.Option(1000, "--ais-betas", help="AIS: number of inverse temperatures from 0 to 1."),
     seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -382,7 +472,7 @@ def likelihood(
     if int(x.reshape(x.shape[0], -1).shape[1]) != m.n_visible:
         raise LftmlError(f"--data has {x.reshape(x.shape[0], -1).shape[1]} sites per sample but the model has N_v = {m.n_visible}")
     if rec["kind"] == "bernoulli":
-        res = bernoulli_loglik(m, x, seed=seed)
+        res = bernoulli_loglik(m, x, seed=seed, log_z=log_z, ais_runs=ais_runs, ais_betas=ais_betas)
         res.update({"model": str(model), "data": data, "part": "held-out" if held is not None else "all",
                     "n_hidden": m.n_hidden, "hidden_units": "bernoulli"})
     else:

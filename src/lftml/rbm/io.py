@@ -19,7 +19,7 @@ import torch
 from lftml.errors import FileFormatError, LftmlError
 from lftml.rbm.gaussian import GaussianRBM
 
-__all__ = ["save_model", "load_model", "save_bernoulli_model", "load_any_model", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_model", "load_model", "save_bernoulli_model", "save_phi4_model", "load_any_model", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "lftml.rbm.GaussianRBM"
 FORMAT_VERSION = 1
@@ -89,6 +89,9 @@ def load_model(path: str | os.PathLike) -> tuple[GaussianRBM, dict[str, Any]]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # damaged zip, pickle, text file, ...
         raise FileFormatError(f"{path} is not a readable lftml RBM model file (damaged or foreign: {type(exc).__name__})") from None
+    if isinstance(obj, dict) and obj.get("format") == "lftml.rbm.Phi4VisibleRBM":
+        raise FileFormatError(f"{path} is a phi^4-visible RBM (lftml rbm train --visible-phi4): its marginal is not Gaussian, "
+                              f"and this command handles Gaussian RBMs")
     if isinstance(obj, dict) and obj.get("format") == "lftml.rbm.ScalarBernoulliRBM":
         raise FileFormatError(f"{path} is a scalar-Bernoulli RBM: this command handles Gaussian RBMs (use lftml rbm likelihood)")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
@@ -170,3 +173,20 @@ def load_any_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     model, rec = load_model(path)
     rec["kind"] = "gaussian"
     return model, rec
+
+
+PHI4_FORMAT = "lftml.rbm.Phi4VisibleRBM"
+
+
+def save_phi4_model(path: str | os.PathLike, model: Any, *, history: dict | None = None, meta: dict | None = None) -> Path:
+    """Write a :class:`~lftml.rbm.phi4.Phi4VisibleRBM` (W, mu, eta, g = lam, lattice shape) atomically."""
+    from lftml.safeio import atomic_output
+
+    path = Path(path)
+    obj = {"format": PHI4_FORMAT, "format_version": 1, "config": model.config(), "lam": float(model.lam),
+           "state": {"W": model.W.detach().clone(), "eta": model.eta.detach().clone(),
+                     "mu2": model.mu2_vector().detach().clone()},
+           "history": history or {}, "meta": meta or {}}
+    with atomic_output(path, suffix=".pt.tmp") as tmp:
+        torch.save(obj, tmp)
+    return path

@@ -89,7 +89,11 @@ def _markdown(rows: list[dict[str, Any]], n_train: int, n_held: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_mnist_figures(outdir: str | Path, seed: int = 0, n_digits: int = 36) -> list[Path]:
+def make_mnist_figures(outdir: str | Path, seed: int = 0, n_digits: int = 36, *, data: str = "mnist",
+                       max_samples: int | None = None) -> list[Path]:
+    """Write the figures and table listed in the module docstring into ``outdir`` (which must exist);
+    ``data``/``max_samples`` select another data set or a seeded random subset (the tests use a small
+    one). Returns the paths written."""
     from lftml.plots import pyplot, save_figure
     from lftml.rbm.plots import plot_correlator_spectrum, plot_kappa
     from lftml.rbm.workflows import digit_grid
@@ -99,14 +103,16 @@ def make_mnist_figures(outdir: str | Path, seed: int = 0, n_digits: int = 36) ->
     if not outdir.is_dir():
         raise LftmlError(f"output folder {outdir} does not exist")
     written: list[Path] = []
-    ds = load_data("mnist")
+    ds = load_data(data, max_samples=max_samples, subset_seed=seed)
+    if len(ds.shape) != 2:
+        raise LftmlError(f"the digit figures need images: {data!r} has samples of shape {ds.shape}")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for connected, label in ((False, "uncentred"), (True, "connected")):
         spec = data_correlator_spectrum(ds.x, connected=connected)
         plot_correlator_spectrum(a1, spec["correlator_eigenvalues"], spec["zero_modes"] if not connected else 0,
                                  label=f"{label} ({spec['zero_modes']} zero modes)")
         plot_kappa(a2, spec["kappa"], mu2=100.0 if not connected else None, label=label)
-    a1.set_title("MNIST (5,000 real images): eigenvalues of the correlator")
+    a1.set_title(f"{data} ({ds.n_samples} real images): eigenvalues of the correlator")
     a2.set_title(r"$\kappa$ = 1/eigenvalue: ultraviolet divergent")
     written.append(save_figure(fig, outdir / "mnist_spectrum.png"))
 
@@ -136,6 +142,24 @@ def make_mnist_figures(outdir: str | Path, seed: int = 0, n_digits: int = 36) ->
     return written
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lftml.rbm.mnist [OUTDIR] [--max-samples N] [--data mnist|digits|PATH] [--seed S]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m lftml.rbm.mnist", description=__doc__.splitlines()[0])
+    ap.add_argument("outdir", nargs="?", default="docs/figures")
+    ap.add_argument("--data", default="mnist")
+    ap.add_argument("--max-samples", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    try:
+        for p in make_mnist_figures(a.outdir, seed=a.seed, data=a.data, max_samples=a.max_samples):
+            print(p)
+    except LftmlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
-    for p in make_mnist_figures(sys.argv[1] if len(sys.argv) > 1 else "docs/figures"):
-        print(p)
+    sys.exit(main())

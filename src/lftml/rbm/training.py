@@ -23,6 +23,7 @@ Randomness: ``sampling`` generator for the Gibbs chains, ``data`` generator for 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -262,11 +263,18 @@ def train(
     optimizer_factory: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
     progress: bool = False,
     callback: Callable[[int, GaussianRBM], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> dict[str, list]:
     """Train ``model`` in place towards ``target``; returns the learning curves
     ``{"update", "loglik", "kl", "mu2", "lr"}`` (lists; ``kl`` entries None when the target's
     exact kernel is unknown). ``loglik`` is the exact <log p(phi)>_target under the model
     (closed form from the target's moments, whatever the training method).
+
+    Resume (pcd, cd and the reference recipe of exact): ``checkpoint(state)`` is called at every
+    learning-curve point with the complete loop state (parameters, optimizer and scheduler state,
+    persistent chains, data order and cursor, both generator states, history, update count);
+    ``train(..., resume=state)`` continues from it and ends bit-identical to an uninterrupted run.
 
     Raises LftmlError if K stops being positive definite (lower ``lr``)."""
     target.check_model(model)
@@ -276,13 +284,17 @@ def train(
         torch.set_num_threads(1)
         try:
             return train(model, target, config, sampling_generator=sampling_generator, data_generator=data_generator,
-                         optimizer_factory=optimizer_factory, progress=progress, callback=callback)
+                         optimizer_factory=optimizer_factory, progress=progress, callback=callback,
+                         checkpoint=checkpoint, resume=resume)
         finally:
             torch.set_num_threads(n_threads)
     method = config.method
     if method == "analytic":
         return _set_analytic_optimum(model, target)
     if method == "exact" and config.recipe == "converge" and optimizer_factory is None:
+        if resume is not None:
+            raise LftmlError("--resume continues pcd, cd or --recipe reference; the converge recipe (L-BFGS) restarts "
+                             "cheaply: use --init MODEL instead")
         return _train_exact_converge(model, target, config, progress=progress, callback=callback)
     stochastic = method in ("pcd", "cd")
     if stochastic and sampling_generator is None:
@@ -376,7 +388,34 @@ def train(
                 p.grad = -grads[name]
             return float("nan")
 
-    it: Iterable[int] = range(config.n_updates)
+    start = 0
+    rejections = 0
+    if resume is not None:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(resume["params"][name])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        chains = None if resume["chains"] is None else resume["chains"].clone()
+        perm = None if resume["perm"] is None else resume["perm"].clone()
+        cursor = int(resume["cursor"])
+        if sampling_generator is not None and resume["sampling_rng"] is not None:
+            sampling_generator.set_state(resume["sampling_rng"])
+        if data_generator is not None and resume["data_rng"] is not None:
+            data_generator.set_state(resume["data_rng"])
+        history = {k: list(v) for k, v in resume["history"].items()}
+        start, rejections = int(resume["step"]), int(resume["rejections"])
+
+    def loop_state(step: int) -> dict:
+        return {"step": step, "rejections": rejections, "params": {k: v.detach().clone() for k, v in params.items()},
+                # deep copies: optimizers update their buffers in place, and state_dict() only references them
+                "optimizer": copy.deepcopy(optimizer.state_dict()), "scheduler": copy.deepcopy(scheduler.state_dict()),
+                "chains": None if chains is None else chains.clone(), "perm": None if perm is None else perm.clone(),
+                "cursor": cursor, "history": {k: list(v) for k, v in history.items()},
+                "sampling_rng": None if sampling_generator is None else sampling_generator.get_state(),
+                "data_rng": None if data_generator is None else data_generator.get_state()}
+
+    it: Iterable[int] = range(start, config.n_updates)
     if progress:
         from tqdm.auto import tqdm
 
@@ -384,8 +423,8 @@ def train(
     def snapshot() -> list[torch.Tensor]:
         return [p.detach().clone() for p in params.values()]
 
-    record(0)
-    rejections = 0
+    if resume is None:
+        record(0)
     for step in it:
         if method == "exact":
             # step rejection: an update that leaves K indefinite is undone at once (before the learning
@@ -413,6 +452,8 @@ def train(
         scheduler.step()
         if (step + 1) % config.log_every == 0 or step + 1 == config.n_updates:
             record(step + 1)
+            if checkpoint is not None:
+                checkpoint(loop_state(step + 1))
             if callback is not None:
                 callback(step + 1, model)
     for p in params.values():

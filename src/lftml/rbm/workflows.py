@@ -23,7 +23,7 @@ from lftml.rbm.io import load_model, save_model
 from lftml.rbm.spectrum import spectral_analysis
 from lftml.rbm.training import Target, TrainConfig, train
 
-__all__ = ["stream_generators", "build_target", "check_bounded_likelihood", "run_training", "heldout_loglik",
+__all__ = ["resume_training", "stream_generators", "build_target", "check_bounded_likelihood", "run_training", "heldout_loglik",
            "spectrum_report", "sample_to_ensemble"]
 
 
@@ -206,31 +206,70 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def _train_interruptible(model: GaussianRBM, target: Target, config: TrainConfig, gens: dict, progress: bool,
-                         out: Path | None, meta: dict) -> dict:
+                         out: Path | None, meta: dict, resume: dict | None = None) -> dict:
     """:func:`train` with a snapshot of the parameters at every learning-curve point; on an
     interrupt the last snapshot (a consistent, positive-definite model) is written to ``out``,
     marked ``meta["interrupted_at_update"]``, and :class:`TrainingInterrupted` says how to go on."""
-    snap: dict[str, Any] = {"step": 0, "state": {k: v.detach().clone() for k, v in model.trainable_parameters().items()}}
+    snap: dict[str, Any] = {"step": 0 if resume is None else int(resume["step"]), "loop": resume,
+                            "state": {k: v.detach().clone() for k, v in model.trainable_parameters().items()}}
+    resumable = config.method in ("pcd", "cd") or (config.method == "exact" and config.recipe == "reference")
 
     def keep(step: int, m: GaussianRBM) -> None:
         snap["step"] = step
         snap["state"] = {k: v.detach().clone() for k, v in m.trainable_parameters().items()}
 
+    def keep_loop(state: dict) -> None:
+        snap["loop"] = state
+
     try:
         return train(model, target, config, sampling_generator=gens["sampling"], data_generator=gens["data"],
-                     progress=progress, callback=keep)
+                     progress=progress, callback=keep, checkpoint=keep_loop if resumable else None, resume=resume)
     except KeyboardInterrupt:
+        if resumable and snap["loop"] is not None:  # the loop state is the consistent point (an interrupt may fall between the hooks)
+            snap["step"], snap["state"] = int(snap["loop"]["step"]), snap["loop"]["params"]
         with torch.no_grad():
             for k, v in model.trainable_parameters().items():
                 v.copy_(snap["state"][k])
         if out is None or snap["step"] == 0:
             raise TrainingInterrupted(f"interrupted at update {snap['step']}: nothing was written"
                                       + ("" if out is None else f" ({out} untouched)")) from None
-        save_model(out, model, target=target, history={}, meta={**meta, "interrupted_at_update": snap["step"]})
+        extra = {"resume_state": snap["loop"]} if resumable and snap["loop"] is not None else {}
+        save_model(out, model, target=target, history={}, meta={**meta, "interrupted_at_update": snap["step"], **extra})
+        how = (f"resume it bit-identically with the same command plus --resume (or start a new stage: --init {out} --out NEW.pt)"
+               if extra else f"continue with: lftml rbm train ... --init {out} --out NEW.pt")
         raise TrainingInterrupted(
-            f"interrupted: the model after update {snap['step']} was written to {out} (marked interrupted); "
-            f"continue with: lftml rbm train ... --init {out} --out NEW.pt"
+            f"interrupted: the model after update {snap['step']} was written to {out} (marked interrupted); {how}"
         ) from None
+
+
+def resume_training(target: Target, out: Path, *, config: TrainConfig, seed: int, progress: bool = False
+                    ) -> tuple[GaussianRBM, dict[str, Any]]:
+    """Continue the interrupted run whose model file ``out`` holds ``meta["resume_state"]`` (same
+    training options and seed required), bit-identically, and write the finished model to ``out``."""
+    model, rec = load_model(out)
+    meta0 = rec["meta"]
+    state = meta0.get("resume_state")
+    if state is None:
+        raise LftmlError(f"{out} is not an interrupted resumable run (no resume state): nothing to --resume"
+                         + ("" if "interrupted_at_update" in meta0 else "; it finished"))
+    if meta0.get("seed") != int(seed):
+        raise LftmlError(f"--resume needs the interrupted run's --seed {meta0.get('seed')}, got {seed}")
+    old, new = meta0.get("train_config", {}), config.to_dict()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise LftmlError(f"--resume needs the interrupted run's training options; these differ: {', '.join(diff)}")
+    target.check_model(model)
+    gens, seeds = stream_generators(seed)
+    meta = {k: v for k, v in meta0.items() if k not in ("resume_state", "interrupted_at_update")}
+    t0 = time.perf_counter()
+    history = _train_interruptible(model, target, config, gens, progress, out, meta, resume=state)
+    meta.update({"resumed_from_update": int(state["step"]), "wall_time_s": time.perf_counter() - t0,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    save_model(out, model, target=target, history=history, meta=meta)
+    summary = spectral_analysis(model, target)
+    summary.update({"out": str(out), "method": config.method, "seed": int(seed), "resumed_from_update": int(state["step"]),
+                    "wall_time_s": meta["wall_time_s"]}, **_training_outcome(history, config))
+    return model, summary
 
 
 def _continue_training(
@@ -346,7 +385,17 @@ def digit_grid(model_path: Path | GaussianRBM, png: Path, *, n_images: int = 36,
     from lftml.plots import pyplot, save_figure
     from lftml.rbm.plots import plot_digit_grid
 
-    model = model_path if isinstance(model_path, GaussianRBM) else load_model(model_path)[0]
+    from lftml.rbm.bernoulli import ScalarBernoulliRBM
+    from lftml.rbm.io import load_any_model
+
+    if isinstance(model_path, (GaussianRBM, ScalarBernoulliRBM)):
+        model, shape = model_path, tuple(getattr(model_path, "lattice_shape", (model_path.n_visible,)))
+    else:
+        model, rec = load_any_model(model_path)
+        shape = tuple(rec["lattice_shape"]) if rec["kind"] == "bernoulli" else model.lattice_shape
+    if isinstance(model, ScalarBernoulliRBM):
+        return _bernoulli_digit_grid(model, shape, png, n_images=n_images, n_sweeps=n_sweeps, seed=seed, n_cols=n_cols,
+                                     method=method, title=title)
     if len(model.lattice_shape) != 2:
         raise LftmlError(f"--grid draws images: the model's lattice {model.lattice_shape} is not 2d")
     if n_images < 1 or n_sweeps < 1:
@@ -370,14 +419,48 @@ def digit_grid(model_path: Path | GaussianRBM, png: Path, *, n_images: int = 36,
             "pixel_mean": float(x.mean()), "pixel_range": [float(x.min()), float(x.max())]}
 
 
-def bernoulli_loglik(model: Any, x: np.ndarray, *, seed: int = 0, ais_runs: int = 1000, ais_betas: int = 1000) -> dict[str, Any]:
+def _bernoulli_digit_grid(model: Any, shape: tuple[int, ...], png: Path, *, n_images: int, n_sweeps: int, seed: int,
+                          n_cols: int | None, method: str, title: str | None) -> dict[str, Any]:
+    """:func:`digit_grid` for a scalar-Bernoulli RBM: block Gibbs (h = +-1 | phi, phi | h Gaussian) from noise."""
+    from lftml.plots import pyplot, save_figure
+    from lftml.rbm.plots import plot_digit_grid
+
+    if len(shape) != 2:
+        raise LftmlError(f"--grid draws images: the model's lattice {shape} is not 2d")
+    if method != "gibbs":
+        raise LftmlError("a scalar-Bernoulli RBM has no exact sampler here: use --method gibbs with --grid")
+    if n_images < 1 or n_sweeps < 1:
+        raise LftmlError(f"--grid-size and --therm must be >= 1 for --grid, got {n_images}, {n_sweeps}")
+    gens, seeds = stream_generators(seed, ("grid",))
+    g = gens["grid"]
+    with torch.no_grad():
+        x = torch.rand((n_images, model.n_visible), generator=g, dtype=model.W.dtype)
+        for _ in range(n_sweeps):
+            x = model.sample_visible(model.sample_hidden(x, g), g)
+    x = x.reshape(n_images, *shape).numpy()
+    cols = n_cols or int(np.ceil(np.sqrt(n_images)))
+    fig, ax = pyplot().subplots(figsize=(0.6 * cols + 0.4, 0.6 * (-(-n_images // cols)) + 0.6))
+    plot_digit_grid(ax, x, n_cols=cols, title=title or f"scalar-Bernoulli, $N_h = {model.n_hidden}$")
+    save_figure(fig, png)
+    return {"png": str(png), "n_images": n_images, "n_sweeps": n_sweeps, "method": method, "seed": int(seed),
+            "stream_seeds": seeds, "hidden_units": "bernoulli",
+            "pixel_mean": float(x.mean()), "pixel_range": [float(x.min()), float(x.max())]}
+
+
+def bernoulli_loglik(model: Any, x: np.ndarray, *, seed: int = 0, ais_runs: int = 1000, ais_betas: int = 1000,
+                     log_z: str = "auto") -> dict[str, Any]:
     """Log-likelihood per image of a scalar-Bernoulli RBM: ``-F(phi) - log Z`` with log Z exact by
-    enumeration of the 2^N_h hidden states for N_h <= 20, else by AIS (its error reported as
-    ``log_z_error`` and added to ``error`` in quadrature, since it shifts every image alike)."""
+    enumeration of the 2^N_h hidden states (``log_z="enumeration"``; ``"auto"``: for N_h <= 20) or by
+    AIS (``"ais"``; ``"auto"`` above 20; its error reported as ``log_z_error`` and added to ``error``
+    in quadrature, since it shifts every image alike)."""
     from lftml.rbm.bernoulli_training import ais_log_partition
 
+    if log_z not in ("auto", "enumeration", "ais"):
+        raise LftmlError(f"--log-z must be auto, enumeration or ais, got {log_z!r}")
+    if log_z == "enumeration" and model.n_hidden > 24:
+        raise LftmlError(f"--log-z enumeration sums 2^N_h hidden states: N_h = {model.n_hidden} is too many (<= 24); use ais")
     xt = torch.as_tensor(np.asarray(x), dtype=model.W.dtype).reshape(len(x), -1)
-    if model.n_hidden <= 20:
+    if log_z == "enumeration" or (log_z == "auto" and model.n_hidden <= 20):
         log_z, log_z_err, how = model.log_partition(), 0.0, "enumeration"
     else:
         g = stream_generators(seed, ("ais",))[0]["ais"]

@@ -255,7 +255,8 @@ def generate(
             from lftml.diffusion.likelihood import LikelihoodSettings, sample_with_log_likelihood
 
             x, lq, _ = sample_with_log_likelihood(model, model.sde, shape, generator=g, device=dev,
-                                                  settings=LikelihoodSettings(solver="heun", steps=steps, probes=probes))
+                                                  settings=LikelihoodSettings(solver="heun", steps=steps, probes=probes,
+                                                                             schedule=schedule))
             s = []
         else:
             x, s = sample(model, model.sde, shape, sampler=sampler, steps=steps, generator=g,

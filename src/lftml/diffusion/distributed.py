@@ -8,10 +8,14 @@ single-process context, so the training code has one path.
 
 Same model as one process with the same global batch: every rank runs the *same* random streams
 (data order, augmentation, diffusion times and noise of the whole global batch of ``batch_size``
-rows), then evaluates the network on its shard of rows ``r, r + N, r + 2N, ...`` only. Its loss is
-the sum of its per-row losses divided by the global batch size, so the all-reduced (summed)
-gradient is the gradient of the global mean loss: the optimiser, gradient clipping and EMA see
-what one process sees, to float rounding (the order of the sums differs). Weights, optimiser state
+rows, times ``noise_draws``), then evaluates the network on its shard of rows ``r, r + N, r + 2N,
+...`` only (:meth:`DistributedContext.shard`) and all-gathers the other ranks' outputs, so the
+loss is the global loss on every rank while its gradient flows through the rank's own rows; the
+all-reduced (summed) gradient is then the gradient of the global loss: the optimiser, gradient
+clipping and EMA see what one process sees, to float rounding (a network evaluated on half a
+batch may round differently, and the order of the sums differs). The union of the ranks' rows is
+the global batch, each row on exactly one rank. The loss function itself is untouched (the
+wrapper sits between it and the network), so any loss of :mod:`lftml.diffusion.losses` works. Weights, optimiser state
 and generator states are then identical on every rank, so checkpoints are the single-process
 format: a single process resumes a DDP checkpoint and back. Rank 0 is the only writer of files
 and of log/stdout output (the other ranks' stdout goes to ``os.devnull``, their loggers to ERROR).
@@ -23,11 +27,10 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable
 
 import torch
 
-from lftml.diffusion.losses import sample_times
 
 __all__ = ["DistributedContext", "context", "shard_rows", "launched_by_torchrun"]
 
@@ -68,36 +71,66 @@ class DistributedContext:
             return torch.device("cuda", self.local_rank)
         return device
 
-    def dsm_loss(self, score_fn: Any, x0: torch.Tensor, sde: Any, generator: torch.Generator,
-                 t_sampling: str = "uniform") -> torch.Tensor:
-        """:func:`lftml.diffusion.losses.dsm_loss` of the global batch ``x0``, split over ranks.
+    def shard(self, score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``score_fn`` evaluated data-parallel (``score_fn`` itself when ``world_size = 1``).
 
-        The diffusion times and the noise are drawn for all ``n`` rows from ``generator`` exactly as
-        ``dsm_loss`` draws them (so every rank's streams stay in step with a single process); this
-        rank evaluates the network on its rows and returns ``sum(per-row loss) / n``: the sum over
-        ranks is the global loss, and so is the sum of the gradients (:meth:`all_reduce_grads`)."""
+        The returned function takes the *global* batch ``(x, t)`` (``n`` rows, the same on every
+        rank), evaluates ``score_fn`` on this rank's rows :func:`shard_rows` only, and all-gathers
+        the (detached) outputs of the other ranks into the full ``(n, ...)`` score. The loss built
+        from it is the global loss, bitwise the same on every rank; its gradient flows through this
+        rank's rows only, so the sum over ranks of the gradients (:meth:`all_reduce_grads`) is the
+        gradient of the global loss. Nothing about the loss is assumed beyond: rows of the network's
+        input are independent (no batch norm), and the loss calls the returned function the same
+        number of times on every rank (it draws the same random numbers there)."""
         if not self.distributed:
-            from lftml.diffusion.losses import dsm_loss
+            return score_fn
+        import torch.distributed as dist
 
-            return dsm_loss(score_fn, x0, sde, generator, t_sampling)
-        n = x0.shape[0]
-        t = sample_times(n, sde, generator, t_sampling, x0.dtype).to(x0.device)
-        xt, z, std = sde.perturb(x0, t, generator)
-        rows = shard_rows(n, self.rank, self.world_size).to(x0.device)
-        if rows.numel() == 0:  # more ranks than rows: this rank contributes zero (still joins the all-reduce)
-            return (score_fn(xt[:1], t[:1]) * 0.0).sum()
-        s = score_fn(xt[rows], t[rows])
-        residual = s * std[rows] + z[rows]
-        return (residual * residual).reshape(rows.numel(), -1).mean(dim=1).sum() / n
+        rank, world = self.rank, self.world_size
 
-    def loss_value(self, loss: torch.Tensor) -> float:
-        """The global loss as a float (the sum of the ranks' parts), identical on every rank."""
-        value = loss.detach().to(torch.float64).reshape(1).clone()
-        if self.distributed:
-            import torch.distributed as dist
+        def sharded(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0]
+            t = torch.as_tensor(t, device=x.device)
+            if t.ndim == 0:
+                t = t.expand(n)
+            k = -(-n // world)  # rows per rank, padded: all_gather needs equal shapes
+            own = shard_rows(n, rank, world).to(x.device)
+            m = own.numel()
+            idx = torch.cat([own, own.new_zeros(k - m)])  # padding rows: row 0, output discarded
+            out = score_fn(x[idx], t[idx])
+            parts = [torch.empty_like(out) for _ in range(world)]
+            dist.all_gather(parts, out.detach().contiguous())
+            full = out.new_empty((n, *out.shape[1:]))
+            for q, part in enumerate(parts):
+                rows = shard_rows(n, q, world).to(x.device)
+                full[rows] = part[: rows.numel()]
+            return full.index_put((own,), out[:m])  # autograd through this rank's rows only
 
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return float(value)
+        return sharded
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (a stop request seen by one rank)."""
+        if not self.distributed:
+            return bool(flag)
+        import torch.distributed as dist
+
+        v = torch.tensor([1 if flag else 0], dtype=torch.int64, device=self._collective_device())
+        dist.all_reduce(v, op=dist.ReduceOp.MAX)
+        return bool(v.item())
+
+    def broadcast_error(self, message: str | None) -> str | None:
+        """Rank 0's ``message`` (an error it met doing what only it does, e.g. taking the lock) on every rank."""
+        if not self.distributed:
+            return message
+        import torch.distributed as dist
+
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _collective_device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
     def all_reduce_grads(self, module: torch.nn.Module) -> None:
         """Sum the gradients of ``module`` over ranks (in place), after ``backward``. One flat buffer
@@ -106,7 +139,11 @@ class DistributedContext:
             return
         import torch.distributed as dist
 
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        params = [p for p in module.parameters() if p.requires_grad]
+        for p in params:  # the same set of tensors on every rank, also for a rank without rows
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for g in grads:
             by_dtype.setdefault(g.dtype, []).append(g)

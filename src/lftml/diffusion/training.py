@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from lftml.errors import FileFormatError, LftmlError
+from lftml.diffusion import distributed
 from lftml.diffusion.losses import T_SAMPLING, TARGETS, WEIGHTINGS, dsm_loss
 from lftml.diffusion.model import DataScaling, ScoreModel, save_model
 from lftml.diffusion.nets import DEFAULT_PRESET, PRESETS, UNet, UNetConfig, preset
@@ -320,20 +321,26 @@ def augment(xb: torch.Tensor, fb: torch.Tensor | None, config: TrainConfig, g: t
 
 def train_step(model: ScoreModel, batch: torch.Tensor, optimizer: torch.optim.Optimizer, config: TrainConfig,
                generator: torch.Generator, *, force: torch.Tensor | None = None,
-               power_spectrum: torch.Tensor | None = None, lr: float | None = None) -> torch.Tensor:
+               power_spectrum: torch.Tensor | None = None, lr: float | None = None,
+               ddp: "distributed.DistributedContext | None" = None) -> torch.Tensor:
     """One optimiser update on ``batch`` (model units, already augmented): loss, backward, gradient
-    clipping, step. Returns the loss (detached). The unit a DDP wrapper reuses (wrap ``model.net``;
-    the loss is a mean over the local batch)."""
+    clipping, step. Returns the loss (detached). ``ddp`` (under torchrun): ``batch`` is the global
+    batch, identical on every rank; the network runs on this rank's rows and the gradients are
+    summed over ranks before clipping (:mod:`lftml.diffusion.distributed`), so the update is the
+    single-process one."""
     if lr is not None:
         for grp in optimizer.param_groups:
             grp["lr"] = lr
-    loss = dsm_loss(model, batch, model.sde, generator, config.t_sampling, weighting=config.weighting,
+    score_fn = model if ddp is None else ddp.shard(model)
+    loss = dsm_loss(score_fn, batch, model.sde, generator, config.t_sampling, weighting=config.weighting,
                     force0=force, power_spectrum=power_spectrum, sigma_data=model.sigma_data,
                     noise_draws=config.noise_draws, sigma_low=model.sigma_data)
     if not torch.isfinite(loss):
         return loss.detach()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if ddp is not None:
+        ddp.all_reduce_grads(model.net)
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.net.parameters(), config.grad_clip)
     optimizer.step()
@@ -378,6 +385,10 @@ def train(
     updates (checkpoint written; used to test resuming). ``heldout`` (engine units) with
     ``monitor_every > 0``: the held-out likelihood gain over the analytic part
     (:func:`lftml.diffusion.monitor.likelihood_gain`) is logged and stored every so many updates.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every rank calls this with the same arguments: the ranks
+    train one model data-parallel (:mod:`lftml.diffusion.distributed`; ``batch_size`` is the global
+    batch), rank 0 alone takes the lock and writes the files; every rank returns the same model.
     """
     from lftml.safeio import OutputLock, check_output
 
@@ -388,7 +399,8 @@ def train(
     if not np.all(np.isfinite(x_np)):
         raise LftmlError("training data contain NaN or infinite values; check the ensemble file")
     lattice_shape = tuple(x_np.shape[1:])
-    dev = resolve_device(device)
+    ctx = distributed.context(resolve_device(device))  # torchrun: data-parallel over ranks; else one process
+    dev = ctx.device(resolve_device(device))
     cfg_net = net_config or preset(config.preset, ndim=len(lattice_shape))
     cfg_net.check_lattice(lattice_shape)
     ckpt = checkpoint_path(out)
@@ -400,13 +412,22 @@ def train(
     if resume and not ckpt.exists():
         raise LftmlError(f"--resume: there is no checkpoint {ckpt} of an interrupted run to continue; "
                          "drop --resume to start a new run")
-    lock = OutputLock(out, "model").acquire()
+    lock, refused = None, None
+    if ctx.is_writer:  # one lock, taken by the one writer
+        try:
+            lock = OutputLock(out, "model").acquire()
+        except LftmlError as exc:
+            refused = str(exc)
+    refused = ctx.broadcast_error(refused)  # also the point after which rank 0 may write: all ranks checked
+    if refused is not None:
+        raise LftmlError(refused)
     try:
         with _stop_requests() as stop:
             return _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, data_info, resume,
-                                 progress, max_steps_this_call, heldout, monitor_every)
+                                 progress, max_steps_this_call, heldout, monitor_every, ctx)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 @contextlib.contextmanager
@@ -432,7 +453,7 @@ def _stop_requests():
 
 
 def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, data_info, resume, progress,
-                  max_steps_this_call, heldout, monitor_every) -> TrainResult:
+                  max_steps_this_call, heldout, monitor_every, ctx) -> TrainResult:
     sde = VESDE(config.sigma, config.eps)
     scaling = DataScaling.fit(x_np)
     x_all = torch.as_tensor(x_np, dtype=torch.float32) * scaling.scale
@@ -497,7 +518,7 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
         start_step = int(ck["step"])
         model.info["wall_seconds_before_resume"] = float(ck.get("wall_seconds", 0.0))
         log.info("resuming from %s at update %d", ckpt, start_step)
-    elif ckpt.exists():
+    elif ckpt.exists() and ctx.is_writer:
         ckpt.unlink()  # overwrite: the old run's checkpoint goes
 
     n = x_all.shape[0]
@@ -510,6 +531,8 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
         perm, pos = torch.randperm(n, generator=g_data), 0
 
     def save_ckpt(step: int, wall: float) -> None:
+        if not ctx.is_writer:  # every rank holds the same state; rank 0 writes it
+            return
         _save_checkpoint(ckpt, {
             "format": CHECKPOINT_FORMAT, "step": step, "net": model.net.state_dict(), "ema": ema,
             "optimizer": opt.state_dict(), "g_data": g_data.get_state(), "g_noise": g_noise.get_state(),
@@ -534,19 +557,19 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
 
     end_step = config.steps if max_steps_this_call is None else min(config.steps, start_step + max_steps_this_call)
     bar = None
-    if progress:
+    if progress and ctx.is_writer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="update", dynamic_ncols=True)
     wall0 = time.perf_counter()
     wall_before = float(model.info.get("wall_seconds_before_resume", 0.0))
-    last_good = start_step if ckpt.exists() else None
+    last_good = start_step if resume else None
     model.net.train()
     n_ref = 10  # running mean over this many updates
     step = start_step
     try:
         for step in range(start_step, end_step):
-            if stop["requested"]:
+            if ctx.agree(stop["requested"]):  # every rank stops at the same update
                 save_ckpt(step, wall_before + time.perf_counter() - wall0)
                 raise TrainingInterrupted(step, ckpt)
             if pos + config.batch_size > n:
@@ -556,7 +579,7 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
             pos += config.batch_size
             xb, fb = augment(x_all[idx], None if f_all is None else f_all[idx], config, g_data, lattice_shape)
             loss = train_step(model, xb, opt, config, g_noise, force=fb, power_spectrum=ps_dev,
-                              lr=_lr_at(step, config))
+                              lr=_lr_at(step, config), ddp=ctx if ctx.distributed else None)
             lv = float(loss)
             diverged = not math.isfinite(lv)
             ref = losses[0] if losses else lv  # the first loss is the untrained model's (its analytic part)
@@ -576,7 +599,7 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{_lr_at(step, config):.1e}")
-            if heldout is not None and monitor_every > 0 and ((step + 1) % monitor_every == 0 or step + 1 == config.steps):
+            if ctx.is_writer and heldout is not None and monitor_every > 0 and ((step + 1) % monitor_every == 0 or step + 1 == config.steps):
                 run_monitor(step + 1)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == end_step:
                 save_ckpt(step + 1, wall_before + time.perf_counter() - wall0)
@@ -602,6 +625,9 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     model.net.load_state_dict(ema)
     model.net.to(memory_format=torch.contiguous_format)
     model.eval()
+    if not ctx.is_writer:  # the same model on every rank; rank 0 writes it
+        ctx.barrier()
+        return TrainResult(model, np.asarray(losses, dtype=float), done, wall, out, ckpt, None, start_step)
     save_model(model, out)
     arr = np.asarray(losses, dtype=float)
     csv = out.with_name(out.stem + "_loss.csv")
@@ -621,4 +647,5 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     except Exception as exc:  # plotting must never lose a trained model
         log.warning("could not write the loss-curve PNG: %s", exc)
         png = None
+    ctx.barrier()  # the files are complete before any rank returns
     return TrainResult(model, arr, done, wall, out, ckpt, png, start_step)

@@ -39,6 +39,16 @@ JSON_OPTION = typer.Option(False, "--json", help="Print one machine-readable JSO
 SEED_OPTION = typer.Option(0, "--seed", help="Seed of every random stream (recorded in the output).")
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed and numpy accept seeds in [0, 2**63)
+
+
+def check_seed(seed: int) -> int:
+    """Refuse a seed no generator accepts (negative, or >= 2**63) with a one-line error."""
+    if not 0 <= seed <= SEED_MAX:
+        raise LftmlError(f"--seed must be an integer in [0, 2**63), got {seed}")
+    return seed
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays, tuples, Paths and dataclasses to plain JSON types (NaN -> null)."""
     from dataclasses import asdict, is_dataclass

@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from lftml.cli.common import JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, parse_shape, require_file
+from lftml.cli.common import JSON_OPTION, SEED_OPTION, check_seed, deprecated_option, emit_json, fmt_err, parse_shape, require_file
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Scalar-field restricted Boltzmann machines (Gaussian RBM as a lattice field theory).", no_args_is_help=True)
@@ -126,8 +128,7 @@ def train(
     if target == "mnist":
         deprecated_option("--target mnist", "--data mnist (or --data PATH)")
         target = "data"
-    if seed < 0:
-        raise LftmlError(f"--seed must be a non-negative integer, got {seed}")
+    check_seed(seed)
     data_path = Path(data) if data is not None and Path(data).exists() else None
     if resume:
         if init is not None or overwrite:
@@ -141,6 +142,8 @@ def train(
     if method == "exact" and recipe == "converge" and explicit:
         raise LftmlError(f"{names} set the fixed schedule of --recipe reference (or pcd/cd); --recipe converge "
                          f"(L-BFGS to --tol) takes none: drop them or use --recipe reference")
+    if lr is not None and not (lr > 0 and math.isfinite(lr)):
+        raise LftmlError(f"--lr must be a positive finite number, got {lr}")  # before the recipe warning below
     if method == "exact" and recipe is None and explicit:
         typer.echo(f"warning: {names} set a fixed schedule, so --recipe reference is used; the default exact recipe "
                    f"converges by itself (drop them)", err=True)
@@ -419,6 +422,7 @@ def sample(
         raise LftmlError("give --out ENS.h5 (configurations) and/or --grid PNG (digits)")
     if out is not None and n_configs is None:
         raise LftmlError("--out needs --n-configs N (configurations per chain)")
+    check_seed(seed)
     require_file(model, "model file")
     if out is not None:
         check_output(out, overwrite=overwrite, inputs=[model])

@@ -65,9 +65,11 @@ def load_configs(path: str | Path, *, discard: int = 0, thin: int | str = 1, max
                 raise LftmlError(f"--thin must be a positive integer or 'auto', got {thin!r}") from None
             if stride < 1:
                 raise LftmlError(f"--thin must be >= 1, got {thin}")
+        if np.issubdtype(ens.configs.dtype, np.complexfloating) or ens.metadata.get("kind") == "complex_langevin":
+            # checked before the float64 cast, which would silently drop the imaginary parts
+            raise LftmlError(f"{path} holds complex fields (a complex Langevin run); diffusion models are for "
+                             "real scalar fields")
         c = np.asarray(ens.configs[discard:n:stride], dtype=np.float64)
-        if np.iscomplexobj(c):
-            raise LftmlError(f"{path} holds complex fields; diffusion models are for real scalar fields")
         c = c.reshape(-1, *ens.lattice_shape)
         if max_configs is not None:
             c = c[:max_configs]

@@ -75,3 +75,26 @@ def test_scan_analyze_table_matches_lftml_analyze_of_each_file(tmp_path):
     assert json.loads((out / "analysis.json").read_text())["crossings"] == res["crossings"]
     again = run_cli("scan-analyze", out)
     assert again.exit_code == 2 and "--overwrite" in again.stderr
+
+
+def test_lftml_analyze_of_a_scan_folder_is_scan_analyze(tmp_path):
+    """`lftml analyze DIR` on a scan folder (issue 13: "`lftml scan-analyze DIR` (or `lftml analyze DIR`)")
+    gives the same per-point table and crossings as `lftml scan-analyze DIR` (same default bootstrap seed),
+    refuses to replace its own earlier output without --overwrite, and a folder that is not a scan gets
+    one line naming what is missing. Catches a dispatch that analyses nothing, or treats any folder as a scan."""
+    scan = tmp_path / "scan.toml"
+    scan.write_text("[grid]\nkappa = [0.24, 0.31]\nshape = [[6, 6], [8, 8]]\n"
+                    "[fixed]\nlam = 0.022\nchains = 4\nn_configs = 30\ntherm = 30\nseed = 4\n")
+    out = tmp_path / "DIR"
+    run_cli("scan", scan, "--out", out, "--cluster", "serial", check=True)
+    via_analyze = run_cli("analyze", out, "--json", check=True).json()
+    assert len(via_analyze["points"]) == 4
+    again = run_cli("analyze", out)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    via_scan = run_cli("scan-analyze", out, "--json", "--overwrite", check=True).json()
+    assert via_analyze["points"] == via_scan["points"] and via_analyze["crossings"] == via_scan["crossings"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    bad = run_cli("analyze", plain)
+    assert bad.exit_code == 2 and "directory but not the output of `lftml scan`" in bad.stderr
+    assert list(plain.iterdir()) == []

@@ -327,22 +327,39 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def analyze(
-        path: Path = typer.Argument(..., help="Ensemble file (HDF5) written by lftml."),
+        path: Path = typer.Argument(..., help="Ensemble file (HDF5) written by lftml, or the output folder of `lftml scan`."),
         discard: int = typer.Option(0, help="Leading configurations to drop."),
         S: float = typer.Option(2.0, "--window-factor", help="Wolff's window parameter S (1 to 2; larger: longer window)."),
         S_old: Optional[float] = typer.Option(None, "--S", hidden=True, help="Deprecated spelling of --window-factor."),
         plot: Optional[Path] = typer.Option(None, help="Save a figure (history, histogram, correlator) as PNG."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Scan folder: replace an earlier analysis.json/csv and figures."),
         as_json: bool = JSON_OPTION,
     ) -> None:
-        """Observables with Gamma-method errors and tau_int (<M>, <|M|>, chi_2, U_L, correlator, ...)."""
+        """Observables with Gamma-method errors and tau_int (<M>, <|M|>, chi_2, U_L, correlator, ...).
+
+        Given a scan folder, the same as `lftml scan-analyze DIR` with its defaults (one table of all points,
+        Binder crossings, kappa_c, figures in the folder)."""
         from lftml.analysis import analyze as analyze_file
 
         if S_old is not None:
             deprecated_option("--S", "--window-factor")
             S = S_old
-        require_file(path, "ensemble file")
         if discard < 0:
             raise LftmlError(f"--discard must be >= 0, got {discard}")
+        if path.is_dir():
+            from lftml.cli.scan import print_scan_analysis
+            from lftml.scan.analysis import analyze_scan
+            from lftml.scan.index import INDEX
+
+            if not (path / INDEX).is_file():
+                raise LftmlError(f"{path} is a directory but not the output of `lftml scan` (no {INDEX}); give an "
+                                 "ensemble file or a scan folder")
+            if plot is not None or S != 2.0:
+                raise LftmlError("--plot and --window-factor apply to one ensemble file; a scan folder's figures are "
+                                 "written into it (see `lftml scan-analyze --help` for its options)")
+            print_scan_analysis(analyze_scan(path, discard=discard, overwrite=overwrite), as_json)
+            return
+        require_file(path, "ensemble file")
         if plot is not None:
             from lftml.safeio import check_output
 

@@ -75,18 +75,23 @@ def register(app: typer.Typer) -> None:
             raise LftmlError(f"--discard must be >= 0, got {discard}")
         res = analyze_scan(directory, out=out, gamma_nu=gamma_nu, nu=nu, kappa_c=kappa_c, n_bootstrap=bootstrap,
                            discard=discard, seed=seed, plot=figures, overwrite=overwrite)
-        if as_json:
-            emit_json(res)
-            return
-        typer.echo(f"{len(res['points'])} points; table {res['files']['json']}, {res['files']['csv']}")
-        for c in res["crossings"]:
-            if c.get("kappa") is None:
-                typer.echo(f"  U_L crossing L = {c['L'][0]}, {c['L'][1]}: none in the kappa window ({c.get('reason', '')})")
-            else:
-                typer.echo(f"  U_L crossing L = {c['L'][0]}, {c['L'][1]}: kappa = {fmt_err(c['kappa'], c['error'])}")
-        kc = res.get("kappa_c")
-        if kc:
-            typer.echo(f"kappa_c = {fmt_err(kc['value'], kc['error'])} (crossing of the two largest L; "
-                       f"bootstrap over chains, {kc['n_bootstrap']} samples)")
-        for name in res["files"].get("figures", []):
-            typer.echo(f"figure {name}")
+        print_scan_analysis(res, as_json)
+
+
+def print_scan_analysis(res: dict, as_json: bool) -> None:
+    """What `lftml scan-analyze` (and `lftml analyze DIR`) prints: the JSON, or a short summary."""
+    if as_json:
+        emit_json(res)
+        return
+    typer.echo(f"{len(res['points'])} points; table {res['files']['json']}, {res['files']['csv']}")
+    for c in res["crossings"]:
+        if c.get("kappa") is None:
+            typer.echo(f"  U_L crossing L = {c['L'][0]}, {c['L'][1]}: none in the kappa window ({c.get('reason', '')})")
+        else:
+            typer.echo(f"  U_L crossing L = {c['L'][0]}, {c['L'][1]}: kappa = {fmt_err(c['kappa'], c['error'])}")
+    kc = res.get("kappa_c")
+    if kc:
+        typer.echo(f"kappa_c = {fmt_err(kc['value'], kc['error'])} (crossing of the two largest L; "
+                   f"bootstrap over chains, {kc['n_bootstrap']} samples)")
+    for name in res["files"].get("figures", []):
+        typer.echo(f"figure {name}")

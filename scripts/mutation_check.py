@@ -33,6 +33,39 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("DSM loss unweighted under default (likelihood) weighting", "lftml/diffusion/losses.py",
      "    return (w * per).mean()", "    return per.mean()",
      "tests/test_diffusion_learning.py::test_dsm_loss_with_default_weighting_is_the_path_space_kl_difference"),
+    # physics core (chosen by the reviewer)
+    ("phi4 force: mass/quartic term sign", "lftml/theories/phi4.py",
+     "- phi * (2.0 * c2 + 4.0 * c4 * phi * phi)", "+ phi * (2.0 * c2 + 4.0 * c4 * phi * phi)",
+     "tests/test_engine_phi4.py"),
+    ("lattice Laplacian diagonal factor 2 -> 1", "lftml/lattice.py",
+     "out = -2.0 * self.ndim * phi", "out = -1.0 * self.ndim * phi",
+     "tests/test_engine_lattice.py"),
+    ("HMC Metropolis sign (unfused path)", "lftml/samplers/hmc.py",
+     "accept = torch.log(u) < -torch.nan_to_num(dH, nan=math.inf)",
+     "accept = torch.log(u) < torch.nan_to_num(dH, nan=-math.inf)",
+     "tests/test_engine_fused.py::test_fused_and_eager_chains_coincide_over_many_trajectories"),
+    ("Gamma window off by one (sum to W-1)", "lftml/stats.py",
+     "    gamma = gamma + c_f / n_total\n    c_f = gamma[0] + 2.0 * gamma[1 : window + 1].sum()",
+     "    gamma = gamma + c_f / n_total\n    c_f = gamma[0] + 2.0 * gamma[1 : window].sum()",
+     "tests/test_stats.py"),
+    ("free-field spectrum p_hat^2 factor", "lftml/theories/free.py",
+     "return self.lattice.p_hat2() + self.m2", "return 0.5 * self.lattice.p_hat2() + self.m2",
+     "tests/test_engine_theories.py"),
+    ("chi_2 missing V", "lftml/analysis.py",
+     "lambda m2, m: V * (m2 - m * m)", "lambda m2, m: (m2 - m * m)",
+     "tests/test_engine_hmc.py::test_hmc_free_field_susceptibility_is_one_over_m2_and_binder_is_zero"),
+    ("Binder factor 3 -> 2", "lftml/analysis.py",
+     "1.0 - m4 / (3.0 * m2 * m2)", "1.0 - m4 / (2.0 * m2 * m2)",
+     "tests/test_engine_hmc.py::test_hmc_free_field_susceptibility_is_one_over_m2_and_binder_is_zero"),
+    ("FourierMass kinetic: inverse mass not inverted", "lftml/samplers/kinetic.py",
+     "self._cache[key] = (h.sqrt(), 1.0 / h)", "self._cache[key] = (h.sqrt(), h)",
+     "tests/test_nearcrit_fa_hmc.py"),
+    ("cluster bond probability 1-exp(-2J) -> 1-exp(-J)", "lftml/samplers/cluster.py",
+     "-np.expm1(-2.0 * c_hop * abs_x * abs_y)", "-np.expm1(-1.0 * c_hop * abs_x * abs_y)",
+     "tests/test_nearcrit_cluster.py"),
+    ("rng torch path: counter not advanced (stream reuse)", "lftml/samplers/rng.py",
+     "        self.counters += np.uint64((m + 1) // 2)\n", "        pass\n",
+     "tests/test_engine_rng.py"),
 ]
 
 
@@ -48,7 +81,7 @@ def run_one(name: str, rel: str, old: str, new: str, node: str) -> tuple[bool, s
         env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    NUMBA_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
         proc = subprocess.run([sys.executable, "-m", "pytest", node, "-x", "-q", "-p", "no:cacheprovider"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     last = (proc.stdout.strip().splitlines() or [""])[-1]
     return proc.returncode == 1, last  # 1 = a test failed; 2-5 = collection/usage error, not a kill
 

@@ -98,6 +98,21 @@ def test_minimal_scan_on_local_cluster_matches_lftml_hmc_point_by_point(tmp_path
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == before
 
 
+def test_fixed_cluster_key_is_the_hmc_cluster_move_not_the_dask_cluster_table(tmp_path):
+    """`cluster = "wolff"` under [fixed] is `lftml hmc --cluster wolff` (the embedded-Ising move), not the
+    [cluster] table (dask-jobqueue settings) nor `lftml scan --cluster` (the executor): the point's file
+    is bit-identical to `lftml hmc --cluster wolff --cluster-every 2` by hand. Catches a scan that drops
+    or misroutes the key (the file would be plain HMC and differ)."""
+    scan = _write(tmp_path, "[grid]\nkappa = [0.27]\nshape = [[8, 8]]\n[fixed]\nlam = 0.022\nchains = 4\n"
+                            "n_configs = 40\nseed = 5\ncluster = \"wolff\"\ncluster_every = 2\n")
+    out = tmp_path / "DIR"
+    run_cli("scan", scan, "--out", out, "--cluster", "serial", check=True)
+    point = out / "kappa=0.27_shape=8x8.h5"
+    assert_same_ensemble(point, _reference(tmp_path, 0.27, 8, "--cluster", "wolff", "--cluster-every", "2"))
+    with h5py.File(point, "r") as f:
+        assert json.loads(f.attrs["metadata"])["sampler"]["cluster"] == "wolff"
+
+
 def test_serial_scan_resumes_a_partial_point_and_extends_with_more_configs(tmp_path):
     """A point file cut short (what an interrupt leaves) is continued with --resume, and raising
     n_configs extends every file: both bit-identical to one uninterrupted `lftml hmc`. Catches a

@@ -94,12 +94,22 @@ def train(
     seed: int = SEED_OPTION,
     out: Path = typer.Option(..., "--out", help="Model file to write (.pt)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (pcd, cd or --recipe reference) bit-identically; give the same options and --seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (pcd, cd or --recipe reference) bit-identically; options not given are taken from the file, given ones must agree."),
     device: str = typer.Option("auto", "--device", help="auto or cpu (the RBM runs in float64 on the CPU)."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a Gaussian RBM on a free-field target or data; writes the model with its learning curves."""
+    loc = locals()
+    raw = {n: loc[n] for n in RESUME_OPTIONS}
+    if raw["pcd_chains"] is None:
+        raw["pcd_chains"] = chains
+    if resume and Path(out).is_file():
+        vals = _with_stored_train_options(out, raw)
+        (data, shape, m2, target, hidden, mu2, learn_mu2, mu0, method, hidden_units, recipe, tol, optimizer, updates, lr,
+         momentum, l2, lr_decay, decay_every, mu_lr_scale, k, pcd_chains, batch_size, data_term, init_std, sigma_h,
+         learn_eta, heldout, max_samples, center, log_every, seed) = (vals[n] for n in RESUME_OPTIONS)
+        raw, chains = vals, None
     from lftml.rbm.training import TrainConfig
     from lftml.rbm.workflows import TrainingInterrupted, build_target, heldout_loglik, run_training
     from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
@@ -166,6 +176,7 @@ def train(
                 model, summary = run_training(
                     tgt, n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
                     learn_eta=learn_eta, config=config, seed=seed, out=out, progress=progress, init_from=init,
+                    cli_options=raw,
                 )
     except TrainingInterrupted as exc:
         typer.echo(exc.message, err=True)
@@ -193,6 +204,41 @@ def train(
             typer.echo(f"log-likelihood per image ({label}, {v['n']} images, exact closed form): {fmt_err(v['mean'], v['error'])}")
     if "heldout_gap" in summary:
         typer.echo(f"train - held-out gap: {summary['heldout_gap']:.4g}")
+
+
+#: ``rbm train`` options stored in an interrupted model file (``meta["cli_options"]``) and taken from
+#: it by ``--resume`` when not given; given ones must agree (docs/cli.md, as ``lftml hmc --resume``).
+RESUME_OPTIONS = ("data", "shape", "m2", "target", "hidden", "mu2", "learn_mu2", "mu0", "method", "hidden_units", "recipe",
+                  "tol", "optimizer", "updates", "lr", "momentum", "l2", "lr_decay", "decay_every", "mu_lr_scale", "k",
+                  "pcd_chains", "batch_size", "data_term", "init_std", "sigma_h", "learn_eta", "heldout", "max_samples",
+                  "center", "log_every", "seed")
+
+
+def _with_stored_train_options(out: Path, values: dict) -> dict:
+    """``--resume``: options not typed are taken from ``out``'s stored ``cli_options``; typed ones that
+    contradict them are refused by name. Files without stored options (older runs) keep ``values``."""
+    from lftml.cli.engine import _given_on_command_line
+    from lftml.rbm.io import load_model
+
+    try:
+        stored = (load_model(out)[1].get("meta") or {}).get("cli_options")
+    except LftmlError:
+        raise
+    except Exception:  # not a model file: resume_training names the problem
+        return values
+    if not stored:
+        return values
+    given = _given_on_command_line() | ({"pcd_chains"} if "chains" in _given_on_command_line() else set())
+    vals = dict(values)
+    for name in RESUME_OPTIONS:
+        if name not in stored:
+            continue
+        if name in given and values[name] != stored[name]:
+            opt = "--" + name.replace("_", "-")
+            raise LftmlError(f"--resume: {opt} {values[name]} differs from the interrupted run's {opt} {stored[name]} "
+                             f"(drop {opt} to take it from {out})")
+        vals[name] = stored[name]
+    return vals
 
 
 def _train_phi4(*, data, shape, hidden, mu2, learn_mu2, mu0, g0, method, updates, lr, k, pcd_chains, batch_size, init,

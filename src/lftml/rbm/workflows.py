@@ -112,9 +112,11 @@ def run_training(
     out: Path | None = None,
     progress: bool = False,
     init_from: Path | None = None,
+    cli_options: dict[str, Any] | None = None,
 ) -> tuple[GaussianRBM, dict[str, Any]]:
     """Build a GaussianRBM (fixed ``mu2`` or learned from ``mu0^2``) -- or continue from the model
-    file ``init_from`` -- train it, save it to ``out``. Returns ``(model, summary)``."""
+    file ``init_from`` -- train it, save it to ``out``. Returns ``(model, summary)``. ``cli_options``
+    (the command's option values) are stored in ``meta["cli_options"]`` so ``--resume`` can reuse them."""
     if init_from is not None:
         return _continue_training(target, init_from, n_hidden=n_hidden, mu2=mu2, learn_mu2=learn_mu2, config=config,
                                   seed=seed, out=out, progress=progress)
@@ -152,6 +154,8 @@ def run_training(
     t0 = time.perf_counter()
     meta0 = {"seed": int(seed), "stream_seeds": seeds, "train_config": config.to_dict(),
              "init": {"mu0": mu0, "init_std": init_std, "mu2": mu2, "learn_mu2": learn_mu2}}
+    if cli_options is not None:
+        meta0["cli_options"] = dict(cli_options)
     history = _train_interruptible(model, target, config, gens, progress, out, meta0)
     wall = time.perf_counter() - t0
     meta = {

@@ -52,8 +52,9 @@ def train(
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="Held-out ensemble: log the likelihood gain over "
                                            "the analytic part during training."),
     monitor_every: int = typer.Option(500, "--monitor-every", help="Updates between held-out measurements."),
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue the interrupted run in "
-                                          "<out>.ckpt with its stored settings."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in <out>.ckpt with its "
+                                "stored settings."),
+    no_resume: bool = typer.Option(False, "--no-resume", hidden=True, help="Deprecated (resume is opt-in)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out (and its checkpoint)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on when "
                                             "stderr is a terminal)."),
@@ -76,9 +77,10 @@ def train(
         if updates is not None and updates != steps:
             raise LftmlError("give --updates only (--steps is its deprecated spelling)")
         updates = steps
-    if resume is False:
+    if no_resume:
         deprecated_option("--no-resume", "nothing (runs start afresh unless --resume; --overwrite replaces an output)")
-    resume = bool(resume)
+        if resume:
+            raise LftmlError("--resume and --no-resume contradict each other; give --resume or nothing")
     require_file(data, "training ensemble")
     if heldout is not None:
         require_file(heldout, "held-out ensemble")
@@ -261,7 +263,8 @@ def likelihood(
     png: Optional[Path] = typer.Option(None, "--png", hidden=True, help="Deprecated: use --plot."),
     out: Optional[Path] = typer.Option(None, "--out", help="npz file with arrays action and log_q."),
     threads: Optional[int] = THREADS_OPTION,
-    device: str = typer.Option("cpu", "--device", help="cpu (default; scipy's solver runs on the CPU) or auto/cuda."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, cuda:N (the rk45 "
+                               "solver itself is scipy's, on the CPU)."),
     seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

@@ -8,21 +8,11 @@ both paths flip the same clusters with the same random numbers.
 
 from __future__ import annotations
 
-import logging
 import math
 
-import numba
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-
-def _jit(fn):
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except Exception as exc:  # noqa: BLE001  (no writable cache location: compile in memory)
-        log.debug("numba cache unavailable for %s (%s); compiling in memory", fn.__name__, exc)
-        return numba.njit(cache=False, nogil=True)(fn)
+from lftml.samplers._fused_kernels import _jit  # one way to compile (cache in the user's folder, fallback in memory)
 
 
 @_jit

@@ -107,6 +107,9 @@ def test_store_does_not_measure_and_one_resolve_device():
                 for a in n.names}
     assert not imported
     assert lftml.run.resolve_device is lftml.devices.resolve_device
+    import lftml.diffusion.training
+
+    assert lftml.diffusion.training.resolve_device is lftml.devices.resolve_device  # was a second copy
     for name in ("run.py", "analysis.py", "ensemble.py", "cli/engine.py"):
         tree = ast.parse((src / name).read_text())
         private = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("lftml")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lftml.devices import resolve_device  # the package's one device rule (re-exported here for callers)
 from lftml.errors import FileFormatError, LftmlError
 from lftml.diffusion import distributed
 from lftml.diffusion.losses import T_SAMPLING, TARGETS, WEIGHTINGS, dsm_loss
@@ -145,23 +146,6 @@ class TrainResult:
     resumed_from: int
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available (else MPS, else CPU); otherwise ``torch.device(device)``."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise LftmlError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LftmlError(f"device {device!r} requested but CUDA is not available; use --device auto or cpu")
-    return dev
-
-
 def derive_seeds(seed: int, names: tuple[str, ...] = ("init", "data", "noise")) -> dict[str, int]:
     """Independent 63-bit seeds for named streams from one integer (``SeedSequence.spawn``)."""
     children = np.random.SeedSequence(int(seed)).spawn(len(names))
@@ -192,13 +176,10 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 def plot_loss_curve(losses: np.ndarray, ax=None, window: int = 50):
     """Per-step training loss (light) and its running mean over ``window`` steps; returns ``ax``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from lftml.plots import pyplot
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
+        _, ax = pyplot().subplots(figsize=(6, 3.5))
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, lw=0.5, alpha=0.35, color="C0", label="loss per step")
     if len(losses) >= window:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lftml.diffusion.data import load_configs
-from lftml.diffusion.monitor import likelihood_gain, site_kurtosis
+from lftml.diffusion.monitor import likelihood_gain
 from lftml.diffusion.sampling import generate
 from lftml.diffusion.training import TrainConfig, train
 from lftml.stats import gamma_method

@@ -45,7 +45,7 @@ def test_phi4_rbm_gibbs_reports_acceptance_and_rejects_negative_lam():
 
 
 # ----------------------------------------------------------------- trained on an engine ensemble
-from lftml.rbm.phi4 import Phi4TrainConfig, compare_observables, sample_chains, train_phi4  # noqa: E402
+from lftml.rbm.phi4 import compare_observables, sample_chains  # noqa: E402
 
 
 def test_envelope_mode_solves_the_cubic():

@@ -246,7 +246,6 @@ def _train_phi4(*, data, shape, hidden, mu2, learn_mu2, mu0, g0, method, updates
     """``--visible-phi4``: PCD training of :class:`lftml.rbm.phi4.Phi4VisibleRBM` on an ensemble, W initialised at
     the Gaussian ML optimum (mu^2 = mu0^2), then the comparison of its samples' observables with the ensemble's."""
     import numpy as np
-    import torch
 
     from lftml.rbm.constructions import optimal_weights_from_correlator
     from lftml.rbm.io import save_phi4_model

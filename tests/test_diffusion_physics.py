@@ -62,14 +62,14 @@ def test_scaled_down_end_to_end_8x8_generated_observables_agree_with_independent
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(3600)
 def test_reference_setting_32x32_fast_preset_passes_the_physics_test(tmp_path):
     """The talk's setting: 5120 training and 1024 test/generated configurations (see
     examples/diffusion_phi4_32x32.py and benchmarks/diffusion_results.md for the recorded run).
 
     2000 training updates, not the recorded run's 6000: with the blended target score matching of the
     current loss one update costs ~0.25 s on CI's two cores, and 6000 ran past pytest's 900 s limit
-    in CI. The observables checked here are passed by the model's analytic Gaussian part (module
+    in CI (1712 s with 2000 updates on this machine under a 3x load; the timeout leaves room for that). The observables checked here are passed by the model's analytic Gaussian part (module
     docstring), so the update count changes what the network learned, not what this test can see;
     the network's own gain is tested in tests/test_diffusion_learning.py."""
     res = _pipeline(tmp_path, (32, 32), 320, 64, "fast", 2000, 32, 1024, 100)

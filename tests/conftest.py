@@ -45,6 +45,18 @@ def run_cli_subprocess(*args: str, timeout: float = 300) -> CliResult:
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def write_tiny_inputs(d) -> None:
+    """Tiny real inputs of the three file kinds the writers read, into folder ``d``: an HMC ensemble
+    ``ens.h5`` (8x8, 2 chains x 8), an analytic Gaussian RBM ``rbm.pt`` and a 2-update diffusion model
+    ``dm.pt`` (with its checkpoint and loss files beside it)."""
+    run_cli("hmc", "--shape", "8", "8", "--kappa", "0.2", "--lam", "0.02", "--chains", "2", "--therm", "2",
+            "--n-configs", "8", "--no-progress", "--out", d / "ens.h5", check=True)
+    run_cli("rbm", "train", "--shape", "8", "8", "--m2", "1", "--hidden", "4", "--method", "analytic", "--json",
+            "--out", d / "rbm.pt", check=True)
+    run_cli("diffusion", "train", "--data", d / "ens.h5", "--preset", "tiny-equi", "--batch-size", "8",
+            "--noise-draws", "1", "--updates", "2", "--out", d / "dm.pt", "--json", check=True)
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, write_tiny_inputs
 
 ENS = "{ens}"
 RT = ["rbm", "train", "--shape", "8", "8", "--m2", "1", "--hidden", "4", "--method", "analytic"]
@@ -58,42 +58,38 @@ for v in ["8.5", "0", "-4", "x"]:
     # but it does not name --shape -- known imperfection, so no fragment for "x"
     _add(["rbm", "train", "--shape", v, "8", "--m2", "1", "--hidden", "4", "--method", "analytic",
           "--out", "{new_pt}"], "--shape" if v != "x" else "")
+def _without(base: list[str], opt: str) -> list[str]:
+    """``base`` with ``opt`` and its value removed (so a case can give that option its bad value)."""
+    if opt not in base:
+        return list(base)
+    i = base.index(opt)
+    return base[:i] + base[i + 2:]
+
+
 for opt in ["--n-configs", "--chains", "--therm", "--every", "--seed"]:
     for v in INT_BAD:
         if opt == "--therm" and v == "0":
             continue  # no thermalisation is legal
         if opt == "--seed" and v == "0":
             continue
-        args = [a for a in RS]
-        if opt in args:
-            i = args.index(opt)
-            args = args[:i] + args[i + 2:]
+        args = _without(RS, opt)
         _add([*args, opt, v, "--out", "{new_h5}"], "")
 for opt in ["--updates", "--batch-size", "--noise-draws", "--checkpoint-every"]:
     for v in INT_BAD:
-        args = [a for a in DT]
-        if opt in args:
-            i = args.index(opt)
-            args = args[:i] + args[i + 2:]
+        args = _without(DT, opt)
         _add([*args, opt, v, "--out", "{new_pt}"], "")
 for opt in ["--lr", "--sigma", "--ema"]:
     for v in FLOAT_BAD:
         _add([*DT, opt, v, "--out", "{new_pt}"], "")
 for opt in ["--n-configs", "--steps", "--batch-size"]:
     for v in INT_BAD:
-        args = [a for a in DS]
-        if opt in args:
-            i = args.index(opt)
-            args = args[:i] + args[i + 2:]
+        args = _without(DS, opt)
         _add([*args, opt, v, "--out", "{new_h5}"], "")
 for opt in ["--steps", "--chains", "--bins", "--seed"]:
     for v in INT_BAD:
         if opt == "--seed" and v == "0":
             continue
-        args = [a for a in CL]
-        if opt in args:
-            i = args.index(opt)
-            args = args[:i] + args[i + 2:]
+        args = _without(CL, opt)
         _add([*args, opt, v, "--out", "{new_h5}"], "")
 for v in ["0", "-0.1", "nan", "inf", "abc"]:
     _add([*CL, "--dt", v, "--out", "{new_h5}"], "")
@@ -159,11 +155,7 @@ def files(tmp_path_factory):
     import h5py
 
     d = tmp_path_factory.mktemp("inputs")
-    run_cli("hmc", "--shape", "8", "8", "--kappa", "0.2", "--lam", "0.02", "--chains", "2", "--therm", "2",
-            "--n-configs", "8", "--no-progress", "--out", d / "ens.h5", check=True)
-    run_cli(*RT, "--out", d / "rbm.pt", check=True)
-    run_cli("diffusion", "train", "--data", d / "ens.h5", "--preset", "tiny-equi", "--batch-size", "8",
-            "--noise-draws", "1", "--updates", "2", "--out", d / "dm.pt", "--json", check=True)
+    write_tiny_inputs(d)
     run_cli(*CL, "--out", d / "cl.h5", "--json", check=True)
     for p in d.glob("dm*"):
         if p.name != "dm.pt":

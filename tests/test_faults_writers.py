@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, write_tiny_inputs
 from faults import inject
 
 RT = ["rbm", "train", "--shape", "8", "8", "--m2", "1", "--hidden", "4", "--method", "analytic", "--json"]
@@ -20,11 +20,7 @@ RT = ["rbm", "train", "--shape", "8", "8", "--m2", "1", "--hidden", "4", "--meth
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("in")
-    run_cli("hmc", "--shape", "8", "8", "--kappa", "0.2", "--lam", "0.02", "--chains", "2", "--therm", "2",
-            "--n-configs", "8", "--no-progress", "--out", d / "ens.h5", check=True)
-    run_cli(*RT, "--out", d / "rbm.pt", check=True)
-    run_cli("diffusion", "train", "--data", d / "ens.h5", "--preset", "tiny-equi", "--batch-size", "8",
-            "--noise-draws", "1", "--updates", "2", "--out", d / "dm.pt", "--json", check=True)
+    write_tiny_inputs(d)
     return d
 
 

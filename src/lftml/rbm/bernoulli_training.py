@@ -32,6 +32,7 @@ import torch
 
 from lftml.errors import LftmlError
 from lftml.rbm.bernoulli import ScalarBernoulliRBM
+from lftml.rbm.training import require_counts
 
 __all__ = ["BernoulliTrainConfig", "train_bernoulli", "induced_couplings", "ais_log_partition"]
 
@@ -52,9 +53,7 @@ class BernoulliTrainConfig:
     def __post_init__(self) -> None:
         if self.method not in ("pcd", "cd"):
             raise LftmlError(f"method must be pcd or cd for the Bernoulli RBM, got {self.method!r}")
-        for name in ("n_updates", "k", "n_chains", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise LftmlError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_counts(self, ("n_updates", "k", "n_chains", "batch_size"))
         if not (self.lr > 0 and math.isfinite(self.lr)) or not 0 <= self.momentum < 1:
             raise LftmlError(f"need lr > 0 and 0 <= momentum < 1, got {self.lr}, {self.momentum}")
 

@@ -29,6 +29,7 @@ import torch
 
 from lftml.errors import LftmlError
 from lftml.rbm.gaussian import GaussianRBM
+from lftml.rbm.training import require_counts
 
 __all__ = ["sample_phi4_conditional", "Phi4VisibleRBM", "Phi4TrainConfig", "train_phi4", "sample_chains", "compare_observables"]
 
@@ -122,9 +123,7 @@ class Phi4TrainConfig:
     w_lr_scale: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("n_updates", "k", "n_chains", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise LftmlError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_counts(self, ("n_updates", "k", "n_chains", "batch_size"))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise LftmlError(f"lr must be > 0, got {self.lr}")
 

@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 __all__ = ["Target", "TrainConfig", "ReferenceSGD", "train", "pcd_tolerance", "METHODS", "RECIPES", "TrainingDiverged"]
 
 
+def require_counts(config: Any, names: Sequence[str]) -> None:
+    """One-line :class:`LftmlError` unless every ``config.<name>`` (a count: updates, sweeps, chains,
+    batch size) is >= 1; the check shared by the PCD trainers' settings."""
+    for name in names:
+        if int(getattr(config, name)) < 1:
+            raise LftmlError(f"{name} must be >= 1, got {getattr(config, name)}")
+
+
 class TrainingDiverged(LftmlError):
     """Training ran away (K indefinite, infinite parameters, or runaway growth of -<log p>)."""
 
@@ -171,9 +179,7 @@ class TrainConfig:
             raise LftmlError(f"grad_tol (--tol) must be a positive number, got {self.grad_tol}")
         if self.method not in METHODS:
             raise LftmlError(f"method must be one of {METHODS}, got {self.method!r}")
-        for name in ("n_updates", "k", "n_chains", "batch_size", "decay_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise LftmlError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_counts(self, ("n_updates", "k", "n_chains", "batch_size", "decay_every", "log_every"))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise LftmlError(f"learning rate must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -762,3 +768,4 @@ def optimal_spectrum_for_tolerance(target_eigenvalues: np.ndarray, n_hidden: int
     from lftml.rbm.constructions import optimal_spectrum
 
     return optimal_spectrum(target_eigenvalues, n_hidden, mu2)
+

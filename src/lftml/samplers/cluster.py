@@ -77,6 +77,7 @@ def _labels(x: np.ndarray, u_bonds: np.ndarray, c_hop: float, src: np.ndarray, d
 
     Union-find in numba (:mod:`lftml.samplers._cluster_kernels`) where it can run, else connected
     components through scipy; both give the same labels (tested)."""
+    global _USE_NUMBA
     n, V = x.shape
     if _USE_NUMBA:
         from lftml.samplers import fused
@@ -89,7 +90,7 @@ def _labels(x: np.ndarray, u_bonds: np.ndarray, c_hop: float, src: np.ndarray, d
                 return smallest_site_roots(np.ascontiguousarray(x), np.ascontiguousarray(u_bonds), float(c_hop),
                                            src, dst)
             except Exception:  # noqa: BLE001  (a broken numba install must not stop a run)
-                pass
+                _USE_NUMBA = False  # do not retry the import/compile on every move
     a, up = np.abs(x), x >= 0
     active = (up[:, src] == up[:, dst]) & (u_bonds < bond_probability(c_hop, a[:, src], a[:, dst]))
     chain, bond = np.nonzero(active)

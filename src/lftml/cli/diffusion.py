@@ -46,7 +46,8 @@ def train(
     noise_draws: Optional[int] = typer.Option(None, "--noise-draws", help="(t, z) draws per configuration and update (default 2)."),
     parametrization: Optional[str] = typer.Option(None, "--parametrization",
                                                   help="gaussian (default: exact Gaussian part from the data's power "
-                                                       "spectrum + U-Net), edm, or reference (net/std)."),
+                                                       "spectrum + U-Net), mixture (broken phase: exact sign-aligned "
+                                                       "two-Gaussian part + U-Net), edm, or reference (net/std)."),
     checkpoint_every: int = typer.Option(250, "--checkpoint-every", help="Updates between checkpoints."),
     thin: str = typer.Option("1", "--thin", help="Stride along Monte Carlo time, or 'auto' (2 tau_int(M))."),
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="Held-out ensemble: log the likelihood gain over "
@@ -139,6 +140,10 @@ def _interrupted(out: Optional[Path]) -> None:
 PROGRESS_OPTION = typer.Option(None, "--progress/--no-progress",
                                help="Progress bar (default: on when stderr is a terminal).")
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace an existing --out file.")
+NETWORK_BELOW_OPTION = typer.Option(None, "--network-below",
+                                    help="exp sampler: evaluate the network only at noise std <= K x the data's per-site "
+                                         "width (default 4; inf: every step); above, the exact Gaussian step. The "
+                                         "path weights stay exact.")
 
 
 @app.command()
@@ -155,8 +160,11 @@ def sample(
                                                "ode (PF-ODE log q, approximate; with --sampler ode), none."),
     probes: int = typer.Option(1, "--probes", help="Hutchinson probes for --weights ode."),
     schedule: str = typer.Option("edm", "--schedule", help="Time grid: edm (dense at small noise) or uniform (reference)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Configurations per batch (64 is fastest on CPUs: cache-sized)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size",
+                                             help="Configurations per batch (default: cache-sized for the network, "
+                                                  "e.g. 16 for equi at 32x32; recorded, the samples depend on it)."),
     snr: float = typer.Option(0.16, "--snr", help="Signal-to-noise ratio of the pc corrector."),
+    network_below: Optional[float] = NETWORK_BELOW_OPTION,
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG strip of the backward process."),
     strip: Optional[Path] = typer.Option(None, "--strip", hidden=True, help="Deprecated: use --plot."),
     out: Path = typer.Option(..., "--out", help="Ensemble file to write (HDF5, engine format)."),
@@ -192,13 +200,17 @@ def sample(
     try:
         res = sample_to_file(model, out, n=n_configs, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
                              schedule=schedule, snr=snr, device=device, progress=_progress(progress, as_json),
-                             strip_png=plot, weights=weights, probes=probes, overwrite=overwrite)
+                             strip_png=plot, weights=weights, probes=probes, overwrite=overwrite,
+                             network_below=network_below)
     except KeyboardInterrupt:
         _interrupted(out)
     if as_json:
         emit_json(res)
         return
-    msg = f"wrote {n_configs} configurations ({sampler}, {steps} steps, {schedule} grid) to {out} in {res['wall_seconds']:.1f} s"
+    nfe = res.get("network_evaluations_per_sample")
+    nfe_txt = f", {nfe} network evaluations" if nfe is not None else ""
+    msg = (f"wrote {n_configs} configurations ({sampler}, {steps} steps{nfe_txt}, {schedule} grid) to {out} "
+           f"in {res['wall_seconds']:.1f} s")
     if "weights_summary" in res:
         w = res["weights_summary"]
         msg += (f"; {weights} log weights stored: ESS/N = {w['ess_fraction']:.3f}, "
@@ -332,7 +344,8 @@ def metropolis(
     probes: int = typer.Option(1, "--probes", help="Hutchinson probes (--weights ode)."),
     probe: str = typer.Option("rademacher", "--probe", hidden=True),
     max_lag: int = typer.Option(30, "--max-lag"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Proposals per batch (default: cache-sized)."),
+    network_below: Optional[float] = NETWORK_BELOW_OPTION,
     plot: Optional[Path] = typer.Option(None, "--plot", help="Autocorrelation plot (needs --hmc)."),
     png: Optional[Path] = typer.Option(None, "--png", hidden=True, help="Deprecated: use --plot."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the Metropolis chain as an ensemble file."),
@@ -369,7 +382,7 @@ def metropolis(
         res = metropolis_report(model, hmc, n=n_configs, weights=weights, steps=steps, probes=probes, seed=seed,
                                 batch_size=batch_size, max_lag=max_lag, png=plot, out=out,
                                 device=str(resolve_device(device)), progress=_progress(progress, as_json),
-                                overwrite=overwrite)
+                                overwrite=overwrite, network_below=network_below)
     except KeyboardInterrupt:
         _interrupted(out)
     if as_json:

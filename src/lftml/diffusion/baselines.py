@@ -72,11 +72,15 @@ class GaussianBaseline:
         return cls(c, 0.0)
 
     @classmethod
-    def from_model(cls, model) -> "GaussianBaseline":
-        """The analytic (Gaussian) part of a :class:`~lftml.diffusion.model.ScoreModel`, in engine units."""
+    def from_model(cls, model) -> "GaussianBaseline | MixtureBaseline":
+        """The analytic part of a :class:`~lftml.diffusion.model.ScoreModel`, in engine units: this
+        Gaussian, or a :class:`MixtureBaseline` for the ``mixture`` parametrisation."""
         c = model.analytic_power_spectrum()
         if c is None:
             raise LftmlError("this model (reference parametrisation) has no analytic Gaussian part")
+        vac = model.analytic_vacuum() if hasattr(model, "analytic_vacuum") else None
+        if vac is not None:
+            return MixtureBaseline(cls(c / model.scaling.scale**2, vac / model.scaling.scale))
         return cls(c / model.scaling.scale**2, 0.0)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:

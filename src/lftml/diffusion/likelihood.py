@@ -103,7 +103,7 @@ def _drift_and_div(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t: float, pro
         with torch.no_grad():
             return -0.5 * g2 * score_fn(x, tt), None
     if not exact and hasattr(score_fn, "score_parts") and hasattr(score_fn, "analytic_divergence"):
-        base_div = score_fn.analytic_divergence(tt.to(torch.float64).cpu())
+        base_div = score_fn.analytic_divergence(tt.to(torch.float64).cpu(), x)
         if base_div is not None:
             # exact divergence of the analytic part, Hutchinson only for the network correction
             with torch.enable_grad():
@@ -210,8 +210,9 @@ def _integrate(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t0: float, t1: fl
 
 def _prior(score_fn, sde: VESDE):
     """``(log_prob, sample)`` of the prior at t = 1: ``N(0, C + sigma_max^2)`` when the score has an
-    analytic Gaussian part with per-mode variance ``c_p`` (exact for that part), else
-    ``N(0, sigma_max^2)``."""
+    analytic Gaussian part with per-mode variance ``c_p`` (exact for that part), the mixture
+    ``1/2 N(+-mu, C + sigma_max^2)`` when that part is a sign-aligned mixture (``analytic_vacuum``),
+    else ``N(0, sigma_max^2)``."""
     c = score_fn.analytic_power_spectrum() if hasattr(score_fn, "analytic_power_spectrum") else None
     if c is None:
         return sde.prior_log_prob, sde.prior_sample
@@ -219,15 +220,26 @@ def _prior(score_fn, sde: VESDE):
 
     var = symmetrize_spectrum(torch.as_tensor(c, dtype=torch.float64).cpu()) + sde.sigma_max**2
     logdet = float(torch.log(2 * math.pi * var).sum())
+    vac = score_fn.analytic_vacuum() if hasattr(score_fn, "analytic_vacuum") else None
+
+    def gauss(x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, x.ndim))
+        xh = torch.fft.fftn(x, dim=dims)
+        return -0.5 * (xh.abs() ** 2 / var).reshape(x.shape[0], -1).sum(1) / x[0].numel() - 0.5 * logdet
 
     def log_prob(x: torch.Tensor) -> torch.Tensor:
-        dims = tuple(range(1, x.ndim))
-        xh = torch.fft.fftn(x.to(torch.float64).cpu(), dim=dims)
-        return -0.5 * (xh.abs() ** 2 / var).reshape(x.shape[0], -1).sum(1) / x[0].numel() - 0.5 * logdet
+        x = x.to(torch.float64).cpu()
+        if vac is None:
+            return gauss(x)
+        return torch.logaddexp(gauss(x - vac), gauss(x + vac)) - math.log(2.0)  # 1/2 N(mu, .) + 1/2 N(-mu, .)
 
     def sample(shape, generator, dtype=torch.float32, device="cpu"):
         z = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-        return _filter(z, torch.sqrt(var), tuple(range(1, len(shape)))).to(dtype=dtype, device=device)
+        x = _filter(z, torch.sqrt(var), tuple(range(1, len(shape))))
+        if vac is not None:
+            u = torch.rand(shape[0], generator=generator, dtype=torch.float64, device=generator.device).cpu()
+            x = x + torch.where(u < 0.5, vac, -vac).reshape(-1, *([1] * (len(shape) - 1)))
+        return x.to(dtype=dtype, device=device)
 
     return log_prob, sample
 

@@ -59,7 +59,7 @@ class DataScaling:
         return {"kind": "symmetric_maxabs", "scale": self.scale}
 
 
-PARAMETRIZATIONS = ("gaussian", "edm", "reference")
+PARAMETRIZATIONS = ("gaussian", "mixture", "edm", "reference")
 
 
 class ScoreModel(nn.Module):
@@ -83,6 +83,16 @@ class ScoreModel(nn.Module):
       GroupNorm hides it from the U-Net; without this the fast preset needs far longer training
       to get chi_2 right.
 
+    * ``parametrization = "mixture"`` (broken phase): as ``gaussian`` but the first term is the exact
+      diffused score of the sign-aligned two-Gaussian mixture ``1/2 N(mu, C) + 1/2 N(-mu, C)``
+      (``mu = vacuum * 1``, a constant field; ``C`` the within-well two-point function, fitted as
+      :class:`~lftml.diffusion.baselines.MixtureBaseline`): with ``A = (C + s^2)^{-1}``,
+      ``-A x + tanh(mu.A x) A mu``, where ``A mu = mu / (c_0 + s^2)`` and ``mu.A x = vacuum V xbar /
+      (c_0 + s^2)``. Odd in ``x``, both vacua with equal weight by construction. Reason: in the broken
+      phase the Gaussian of the data's two-point function is unimodal in M with its peak where the
+      density vanishes, so the network would have to learn the whole double well; the mixture starts
+      from the exact Z2 structure and the network learns the within-well non-Gaussianity.
+
     The training loss is the same DSM loss with ``lambda(t) = std(t)^2`` in all cases.
 
     Attributes: ``net`` (:class:`UNet`), ``sde`` (:class:`VESDE`), ``lattice_shape``, ``scaling``
@@ -101,6 +111,7 @@ class ScoreModel(nn.Module):
         parametrization: str = "edm",
         sigma_data: float = 1.0,
         power_spectrum: torch.Tensor | np.ndarray | None = None,
+        vacuum: float | None = None,
     ):
         super().__init__()
         if parametrization not in PARAMETRIZATIONS:
@@ -109,9 +120,13 @@ class ScoreModel(nn.Module):
             raise LftmlError(f"sigma_data must be positive, got {sigma_data}")
         self.parametrization = parametrization
         self.sigma_data = float(sigma_data)
-        if parametrization == "gaussian":
+        if parametrization == "mixture":
+            if vacuum is None or not (float(vacuum) > 0 and math.isfinite(float(vacuum))):
+                raise LftmlError(f"the mixture parametrization needs a positive vacuum value, got {vacuum}")
+        self.vacuum = float(vacuum) if parametrization == "mixture" else None
+        if parametrization in ("gaussian", "mixture"):
             if power_spectrum is None:
-                raise LftmlError("the gaussian parametrization needs the training data's power spectrum")
+                raise LftmlError(f"the {parametrization} parametrization needs the training data's power spectrum")
             ps = torch.as_tensor(np.asarray(power_spectrum), dtype=torch.float32)
             if tuple(ps.shape) != tuple(int(v) for v in lattice_shape):
                 raise LftmlError(f"power spectrum shape {tuple(ps.shape)} does not match the lattice {tuple(lattice_shape)}")
@@ -163,10 +178,15 @@ class ScoreModel(nn.Module):
             return -x / (s * s + sd2), correction
         dims = tuple(range(1, x.ndim))
         xh = torch.fft.fftn(x, dim=dims)
-        return -torch.fft.ifftn(xh / (self.power_spectrum + s * s), dim=dims).real.to(x.dtype), correction
+        analytic = -torch.fft.ifftn(xh / (self.power_spectrum + s * s), dim=dims).real.to(x.dtype)
+        if self.parametrization == "mixture":
+            analytic = analytic + mixture_mean_term(x, s, self.vacuum, self.power_spectrum.flatten()[0])
+        return analytic, correction
 
-    def analytic_divergence(self, t: torch.Tensor) -> torch.Tensor | None:
-        """Exact divergence (per configuration, float64) of the analytic part of the score."""
+    def analytic_divergence(self, t: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Exact divergence (per configuration, float64) of the analytic part of the score; the
+        ``mixture`` part's depends on ``x`` (``sech^2(mu.A x) V vacuum^2 / (c_0 + s^2)^2`` on top of
+        the Gaussian's ``-sum_p 1/(c_p + s^2)``), so it needs ``x``."""
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
         s2 = (self.sde.std(t) ** 2)[:, None]
         if self.parametrization == "reference":
@@ -174,7 +194,19 @@ class ScoreModel(nn.Module):
         if self.parametrization == "edm":
             return (-self.volume / (s2 + self.sigma_data**2)).reshape(-1)
         ps = self.power_spectrum.to(torch.float64).cpu().reshape(1, -1)
-        return -(1.0 / (ps + s2)).sum(dim=1)
+        div = -(1.0 / (ps + s2)).sum(dim=1)
+        if self.parametrization == "mixture":
+            if x is None:
+                raise LftmlError("the mixture part's divergence depends on the configuration: pass x")
+            c0 = ps[0, 0]
+            xs = x.detach().to(torch.float64).cpu().reshape(x.shape[0], -1).sum(1)
+            a = self.vacuum * xs / (c0 + s2[:, 0])
+            div = div + self.volume * self.vacuum**2 / (c0 + s2[:, 0]) ** 2 / torch.cosh(a) ** 2
+        return div
+
+    def analytic_vacuum(self) -> float | None:
+        """``vacuum`` (model units) of the ``mixture`` part, ``None`` otherwise."""
+        return self.vacuum
 
     def analytic_power_spectrum(self) -> torch.Tensor | None:
         """Per-mode variance ``c_p`` (model units, float64, lattice shape) of the Gaussian whose exact
@@ -185,7 +217,7 @@ class ScoreModel(nn.Module):
             return None
         if self.parametrization == "edm":
             return torch.full(self.lattice_shape, self.sigma_data**2, dtype=torch.float64)
-        return self.power_spectrum.detach().to(torch.float64).cpu()
+        return self.power_spectrum.detach().to(torch.float64).cpu()  # gaussian; mixture: within-well C
 
     @staticmethod
     def estimate_power_spectrum(x: torch.Tensor) -> torch.Tensor:
@@ -210,6 +242,19 @@ class ScoreModel(nn.Module):
             )
 
 
+def mixture_mean_term(x: torch.Tensor, s, vacuum: float, c0) -> torch.Tensor:
+    """``tanh(mu.A x) A mu`` of the mixture score (a constant field per configuration): ``mu = vacuum *
+    1``, ``A mu = mu / (c_0 + s^2)``, ``mu.A x = vacuum sum_x x / (c_0 + s^2)``; ``s`` a float or a
+    tensor broadcastable to ``(n, 1, ..., 1)``, ``c_0`` the zero-mode variance of ``C``."""
+    n = x.shape[0]
+    shape = (n, *([1] * (x.ndim - 1)))
+    s2 = (torch.as_tensor(s, dtype=x.dtype, device=x.device) ** 2).reshape(-1)
+    s2 = s2.expand(n) if s2.numel() == 1 else s2
+    denom = (torch.as_tensor(c0, dtype=x.dtype, device=x.device) + s2)
+    a = vacuum * x.reshape(n, -1).sum(1) / denom
+    return (torch.tanh(a) * vacuum / denom).reshape(shape)
+
+
 def _describe(d: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
 
@@ -231,6 +276,7 @@ def save_model(model: ScoreModel, path: str | Path, *, ema_state: dict | None = 
         "parametrization": model.parametrization,
         "sigma_data": model.sigma_data,
         "power_spectrum": None if model.power_spectrum is None else model.power_spectrum.detach().cpu().clone(),
+        "vacuum": model.vacuum,
     }
     from lftml.safeio import atomic_output
 
@@ -272,6 +318,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ScoreMod
             parametrization=payload.get("parametrization", "reference"),
             sigma_data=float(payload.get("sigma_data", 1.0)),
             power_spectrum=payload.get("power_spectrum"),
+            vacuum=payload.get("vacuum"),
         )
     except (KeyError, RuntimeError, TypeError) as exc:
         raise FileFormatError(f"{path}: damaged lftml diffusion model ({exc})") from None

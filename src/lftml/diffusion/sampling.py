@@ -50,6 +50,10 @@ WEIGHTS = ("path", "ode", "none")
 
 
 SCHEDULES = ("uniform", "edm")
+#: default of ``--network-below``: the ``exp`` sampler evaluates the network only at noise levels up to
+#: 4 per-site data widths (above, the diffused density is Gaussian to the accuracy that matters:
+#: measured equal acceptance at 32x32, kappa = 0.21, with 12 of 20 evaluations; benchmarks/diffusion_results.md)
+NETWORK_BELOW = 4.0
 
 
 def time_grid(sde: VESDE, steps: int, schedule: str = "edm", rho: float = 7.0, dtype=torch.float32,
@@ -95,11 +99,13 @@ def sample(
     device: str | torch.device = "cpu",
     x_init: torch.Tensor | None = None,
     schedule: str = "edm",
+    network_max_std: float | None = None,
 ) -> tuple[torch.Tensor, list[tuple[float, torch.Tensor]]]:
     """Draw ``shape[0]`` configurations of shape ``shape[1:]`` (model units).
 
     Returns ``(x, snapshots)`` where ``snapshots`` holds ``(t, x_t)`` (cpu copies) at the first grid
-    time <= each requested ``snapshot_times`` entry (for the denoising strip)."""
+    time <= each requested ``snapshot_times`` entry (for the denoising strip). ``network_max_std``:
+    ``exp`` only, see :func:`sample_path_weighted`."""
     if sampler not in SAMPLERS:
         raise LftmlError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if sampler == "exp":
@@ -107,7 +113,7 @@ def sample(
             raise LftmlError("the exp sampler draws its own prior N(0, C + sigma_max^2); x_init is not supported")
         x, _, info = sample_path_weighted(score_fn, sde, shape, steps=steps, generator=generator, schedule=schedule,
                                           device=device, net_dtype=dtype if dtype != torch.float64 else torch.float64,
-                                          snapshot_times=snapshot_times)
+                                          snapshot_times=snapshot_times, network_max_std=network_max_std)
         return x.to(dtype), info["snapshots"]
     ts = time_grid(sde, steps, schedule, dtype=dtype, device=device)
     if x_init is None:
@@ -174,6 +180,30 @@ class SampleResult:
     log_weights: np.ndarray | None = None
 
 
+#: activation memory per batch that :func:`auto_batch_size` aims at (fits the L2/L3 caches of CPUs)
+BATCH_BYTES = 8 * 2**20
+
+
+def auto_batch_size(model) -> int:
+    """Sampling batch whose largest U-Net activation (full-resolution concatenation, doubled by the
+    Z2 antisymmetrisation) is about :data:`BATCH_BYTES`: a power of two in ``[1, 256]``. Measured on
+    one core (benchmarks/diffusion_results.md): the ``equi`` preset at 32x32 costs 4.6-5.1 ms per
+    sample and network evaluation at batch 16 against 8.8 ms at batch 64 (cache misses); ``fast``
+    is flat between 16 and 64."""
+    net = getattr(model, "net", None)
+    cfg = getattr(net, "config", None)
+    if cfg is None:
+        return 64
+    n, V, largest, stride = len(cfg.channels), math.prod(model.lattice_shape), 0, 1
+    for i, (c, st) in enumerate(zip(cfg.channels, cfg.strides)):
+        stride *= st
+        width = 2 * c if i < n - 1 else c  # decoder concatenation with the skip of this level
+        largest = max(largest, width * V // stride**cfg.ndim)
+    per_config = largest * 4 * (2 if cfg.odd else 1)
+    b = max(1, BATCH_BYTES // per_config)
+    return int(min(256, 2 ** int(math.log2(b))))
+
+
 def check_weights_option(sampler: str, weights: str) -> None:
     """One-line errors for a ``--weights`` choice the sampler cannot provide."""
     if weights not in WEIGHTS:
@@ -194,7 +224,7 @@ def generate(
     sampler: str = "em",
     steps: int = 200,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     snr: float = 0.16,
     corrector_steps: int = 1,
     device: str | torch.device = "auto",
@@ -203,22 +233,37 @@ def generate(
     schedule: str = "edm",
     weights: str = "none",
     probes: int = 1,
+    network_below: float | None = None,
 ) -> SampleResult:
     """Generate ``n`` configurations from a :class:`~lftml.diffusion.model.ScoreModel`, in batches
-    of ``batch_size``, with the noise stream seeded by ``seed``; returns engine units (the model's
+    of ``batch_size`` (default :func:`auto_batch_size`; the samples depend on it, and it is recorded),
+    with the noise stream seeded by ``seed``; returns engine units (the model's
     data scaling inverted), float64. Snapshots (if requested) are taken from the first batch.
 
     ``weights``: ``none``; ``path`` (sampler ``exp``): exact path-space log weights
     ``-S(phi_0) - V log(scale) + log_r_over_q`` (:func:`sample_path_weighted`); ``ode`` (sampler
     ``ode``): ``-S - log q`` with log q from the Heun PF-ODE and ``probes`` Hutchinson probes for the
-    network part (approximate: ODE discretisation and probe noise)."""
+    network part (approximate: ODE discretisation and probe noise).
+
+    ``network_below`` (``exp`` sampler): the network is evaluated only at noise levels
+    ``std <= network_below * sigma_data`` (the model's per-site data width; default
+    :data:`NETWORK_BELOW`; ``inf`` for every step); the weights stay exact (see
+    :func:`sample_path_weighted`). Ignored by the other samplers."""
     from lftml.diffusion.training import resolve_device
 
     if n < 1:
         raise LftmlError(f"--n-configs must be >= 1, got {n}")
+    if batch_size is None:
+        batch_size = auto_batch_size(model)
     if batch_size < 1:
         raise LftmlError(f"--batch-size must be >= 1, got {batch_size}")
     check_weights_option(sampler, weights)
+    network_below = NETWORK_BELOW if network_below is None else float(network_below)
+    if not network_below > 0:
+        raise LftmlError(f"--network-below must be > 0 (inf: the network on every step), got {network_below}")
+    net_max = None
+    if sampler == "exp" and math.isfinite(network_below) and getattr(model, "analytic_power_spectrum", lambda: None)() is not None:
+        net_max = network_below * float(model.sigma_data)
     theory = None
     if weights != "none":
         from lftml.theories import theory_from_dict
@@ -239,6 +284,7 @@ def generate(
         bar = tqdm(total=n, desc=f"sample ({sampler})", unit="cfg", dynamic_ncols=True)
     t0 = time.perf_counter()
     done = 0
+    nfe = None
     V = model.volume
     log_jac = model.scaling.log_jacobian(V)
     while done < n:
@@ -249,8 +295,9 @@ def generate(
         if weights == "path":
             with torch.no_grad():
                 x, log_ratio, info = sample_path_weighted(model, model.sde, shape, steps=steps, generator=g,
-                                                          schedule=schedule, device=dev, snapshot_times=times)
-            s = info["snapshots"]
+                                                          schedule=schedule, device=dev, snapshot_times=times,
+                                                          network_max_std=net_max)
+            s, nfe = info["snapshots"], info["nfe"]
         elif weights == "ode":
             from lftml.diffusion.likelihood import LikelihoodSettings, sample_with_log_likelihood
 
@@ -261,7 +308,7 @@ def generate(
         else:
             x, s = sample(model, model.sde, shape, sampler=sampler, steps=steps, generator=g,
                           snr=snr, corrector_steps=corrector_steps, device=dev,
-                          snapshot_times=times, schedule=schedule)
+                          snapshot_times=times, schedule=schedule, network_max_std=net_max)
         if not torch.all(torch.isfinite(x)):
             raise LftmlError("the sampler produced NaN/inf configurations: the model is broken or --steps too small")
         phi = model.scaling.to_data(x.to(torch.float64)).cpu()
@@ -284,7 +331,9 @@ def generate(
     settings = {"sampler": sampler, "steps": steps, "seed": int(seed), "batch_size": batch_size,
                 "snr": snr if sampler == "pc" else None, "corrector_steps": corrector_steps if sampler == "pc" else None,
                 "device": str(dev), "schedule": schedule, "weights": weights,
-                "probes": probes if weights == "ode" else None}
+                "probes": probes if weights == "ode" else None,
+                "network_below": network_below if sampler == "exp" else None,
+                "network_evaluations_per_sample": nfe}
     return SampleResult(torch.cat(out).numpy(), wall, settings, snaps,
                         np.concatenate(lws) if lws else None)
 
@@ -337,6 +386,27 @@ def _filter(z: torch.Tensor, sqrt_var: torch.Tensor, dims: tuple[int, ...]) -> t
     return torch.fft.ifftn(torch.fft.fftn(z, dim=dims) * sqrt_var, dim=dims).real
 
 
+def _draw_sign(p_plus: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``+1`` with probability ``p_plus``, else ``-1`` (float64, one uniform per configuration)."""
+    u = torch.rand(p_plus.shape, generator=generator, dtype=torch.float64, device=generator.device).to(p_plus.device)
+    return torch.where(u < p_plus, 1.0, -1.0).to(torch.float64)
+
+
+def _minus_log_two_component(z: torch.Tensor, sign: torch.Tensor, shift: float, log_pi_same: torch.Tensor,
+                             log_pi_other: torch.Tensor) -> torch.Tensor:
+    """``-log sum_c pi_c exp(-|z_c|^2 / 2)`` (without the ``logdet / 2``) for a two-component
+    Gaussian mixture whose components share a covariance and differ by a constant field: ``z`` is the
+    whitened draw of the component taken (``sign``), ``z' = z + sign * shift / sqrt(V) * 1`` that of
+    the other one (``shift`` = the whitened distance of the two means, a zero-mode vector)."""
+    n = z.shape[0]
+    V = z[0].numel()
+    q = z.reshape(n, -1)
+    zz = (q * q).sum(1)
+    zbar = q.sum(1) / math.sqrt(V)  # unitary zero-mode coordinate of z
+    other = zz + 2.0 * sign * shift * zbar + shift * shift
+    return -torch.logaddexp(log_pi_same - 0.5 * zz, log_pi_other - 0.5 * other)
+
+
 def sample_path_weighted(
     score_fn: ScoreFn,
     sde: VESDE,
@@ -349,6 +419,7 @@ def sample_path_weighted(
     device: str | torch.device = "cpu",
     net_dtype: torch.dtype = torch.float32,
     snapshot_times: Sequence[float] | None = None,
+    network_max_std: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     r"""Reverse process as ``steps`` Gaussian transitions with exact densities (model units).
 
@@ -374,7 +445,15 @@ def sample_path_weighted(
     ``r_k = N(x_{k-1}, d_k)`` the exact forward (noising) kernel. The path-space importance weight of
     a target density ``p(x_0) ~ exp(log_target(x_0))`` is ``log w = log_target(x_0) + log_r_over_q``:
     exact, since both path densities are known in closed form (no ODE, no probes).
-    ``info``: ``nfe`` (network evaluations = ``steps``), ``snapshots``.
+
+    ``network_max_std``: evaluate the network only on steps with ``s_k <= network_max_std`` (model
+    units); above it the step uses the analytic part alone, which is then the exact posterior of
+    that Gaussian. The weights stay exact (every transition density is still known): the cut only
+    decides where the proposal uses the learned correction. Far above the data's per-site width the
+    diffused density is Gaussian to high accuracy and the correction is noise (32x32, kappa = 0.21:
+    the same acceptance with the network on all 20 steps and on the 12 below ``4 sigma_data``; see
+    benchmarks/diffusion_results.md). Ignored without an analytic part (the network is the score).
+    ``info``: ``nfe`` (network evaluations), ``snapshots``.
     """
     if steps < 2:
         raise LftmlError(f"the samplers need --steps >= 2, got {steps}")
@@ -404,7 +483,8 @@ def sample_path_weighted(
     def sum_sites(a: torch.Tensor) -> torch.Tensor:
         return a.reshape(n, -1).sum(1)
 
-    # prior N(0, c + s_N^2)
+    vac = score_fn.analytic_vacuum() if (c is not None and hasattr(score_fn, "analytic_vacuum")) else None
+    # prior N(0, c + s_N^2), or the mixture 1/2 N(+-mu, c + s_N^2)
     sN2 = float(levels[0]) ** 2
     z = white()
     var = cc + sN2
@@ -415,6 +495,13 @@ def sample_path_weighted(
         x = math.sqrt(sN2) * z
         logdet = V * math.log(2 * math.pi * sN2)
     log_ratio = 0.5 * sum_sites(z * z) + 0.5 * logdet  # -log p_N(x_N)
+    if vac is not None:
+        # prior 1/2 N(+mu, .) + 1/2 N(-mu, .): draw the component, then the Gaussian around it
+        sign = _draw_sign(torch.full((n,), 0.5, dtype=f64, device=device), generator)
+        x = x + (sign * vac).reshape(-1, *([1] * len(dims)))
+        half = torch.full((n,), math.log(0.5), dtype=f64, device=device)
+        log_ratio = _minus_log_two_component(z, sign, 2.0 * vac * math.sqrt(V) / math.sqrt(float(var.reshape(-1)[0])),
+                                             half, half) + 0.5 * logdet
     pending = sorted((float(s) for s in (snapshot_times or [])), reverse=True)
     snaps: list[tuple[float, torch.Tensor]] = []
 
@@ -424,6 +511,7 @@ def sample_path_weighted(
             snaps.append((t, xx.detach().cpu().clone()))
 
     record(1.0, x)
+    nfe = 0
     for k in range(steps):
         s_hi2, s_lo2 = float(levels[k]) ** 2, float(levels[k + 1]) ** 2
         d = s_hi2 - s_lo2
@@ -431,23 +519,42 @@ def sample_path_weighted(
         xin = x.to(net_dtype)
         if c is not None:
             analytic = -torch.fft.ifftn(torch.fft.fftn(x, dim=dims) / (c + s_hi2), dim=dims).real
-            if has_parts:
-                network = score_fn.score_parts(xin, tb)[1].to(f64)
+            if vac is not None:
+                # exact mixture posterior: component +-1 with its responsibility at x_k, then the
+                # Gaussian posterior of that component (mean shifted by +- d A mu, A mu = b * 1)
+                b = vac / (float(c.reshape(-1)[0]) + s_hi2)
+                a2 = 2.0 * b * sum_sites(x)  # log(pi_+ / pi_-) = 2 mu.A x
+                log_pp, log_pm = torch.nn.functional.logsigmoid(a2), torch.nn.functional.logsigmoid(-a2)
+                comp = _draw_sign(torch.exp(log_pp), generator)
+                analytic = analytic + (comp * b).reshape(-1, *([1] * len(dims)))
+            if network_max_std is not None and float(levels[k]) > network_max_std:
+                score = analytic
             else:
-                network = score_fn(xin, tb).to(f64) - analytic
-            score = analytic + network
+                nfe += 1
+                if has_parts:
+                    network = score_fn.score_parts(xin, tb)[1].to(f64)
+                else:
+                    network = score_fn(xin, tb).to(f64) - analytic
+                score = analytic + network
             sig = d * (c + s_lo2) / (c + s_hi2)
             z = white()
             noise = _filter(z, torch.sqrt(sig), dims)
             logdet = float(torch.log(2 * math.pi * sig).sum())
         else:
+            nfe += 1
             score = score_fn(xin, tb).to(f64)
             z = white()
             noise = math.sqrt(d) * z
             logdet = V * math.log(2 * math.pi * d)
         x_new = x + d * score + noise
         # - log q_k(x_new | x): noise = A z with A^2 = Sigma, so the quadratic form is |z|^2
-        log_ratio = log_ratio + 0.5 * sum_sites(z * z) + 0.5 * logdet
+        if vac is not None and c is not None:
+            same = torch.where(comp > 0, log_pp, log_pm)
+            other = torch.where(comp > 0, log_pm, log_pp)
+            shift = 2.0 * d * b * math.sqrt(V) / math.sqrt(float(sig.reshape(-1)[0]))
+            log_ratio = log_ratio + _minus_log_two_component(z, comp, shift, same, other) + 0.5 * logdet
+        else:
+            log_ratio = log_ratio + 0.5 * sum_sites(z * z) + 0.5 * logdet
         # + log r_k(x | x_new), forward kernel N(x_new, d)
         dx = x - x_new
         log_ratio = log_ratio - 0.5 * sum_sites(dx * dx) / d - 0.5 * V * math.log(2 * math.pi * d)
@@ -455,4 +562,4 @@ def sample_path_weighted(
         record(float(ts[k + 1]) if k + 1 < steps else 0.0, x)
     for _ in list(pending):
         snaps.append((0.0, x.detach().cpu().clone()))
-    return x, log_ratio, {"nfe": steps, "snapshots": snaps}
+    return x, log_ratio, {"nfe": nfe, "snapshots": snaps}

@@ -35,7 +35,7 @@ from lftml.devices import resolve_device  # the package's one device rule (re-ex
 from lftml.errors import FileFormatError, LftmlError
 from lftml.diffusion import distributed
 from lftml.diffusion.losses import T_SAMPLING, TARGETS, WEIGHTINGS, dsm_loss
-from lftml.diffusion.model import DataScaling, ScoreModel, save_model
+from lftml.diffusion.model import PARAMETRIZATIONS, DataScaling, ScoreModel, save_model
 from lftml.diffusion.nets import DEFAULT_PRESET, PRESETS, UNet, UNetConfig, preset
 from lftml.diffusion.sde import VESDE, check_sigma_max
 
@@ -112,8 +112,9 @@ class TrainConfig:
             raise LftmlError(f"--lr must be a positive number, got {self.lr}")
         if not (0.0 <= self.ema_decay < 1.0):
             raise LftmlError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
-        if self.parametrization not in ("gaussian", "edm", "reference"):
-            raise LftmlError(f"--parametrization must be gaussian, edm or reference, got {self.parametrization!r}")
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise LftmlError(f"--parametrization must be one of {', '.join(PARAMETRIZATIONS)}, "
+                             f"got {self.parametrization!r}")
         if self.t_sampling not in T_SAMPLING:
             raise LftmlError(f"--t-sampling must be one of {', '.join(T_SAMPLING)}, got {self.t_sampling!r}")
         if self.target not in TARGETS:
@@ -438,7 +439,12 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     sde = VESDE(config.sigma, config.eps)
     scaling = DataScaling.fit(x_np)
     x_all = torch.as_tensor(x_np, dtype=torch.float32) * scaling.scale
-    pair_dist = check_sigma_max(sde, x_all)
+    if config.parametrization == "mixture":
+        # the prior is the two-vacuum mixture: what sigma_max must cover is the spread within a well
+        m_sign = torch.where(x_all.reshape(x_all.shape[0], -1).mean(1) >= 0, 1.0, -1.0)
+        pair_dist = check_sigma_max(sde, x_all * m_sign.reshape(-1, *([1] * (x_all.ndim - 1))))
+    else:
+        pair_dist = check_sigma_max(sde, x_all)
     seeds = derive_seeds(config.seed)
     g_init = torch.Generator().manual_seed(seeds["init"])
     g_data = torch.Generator().manual_seed(seeds["data"])
@@ -468,8 +474,17 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     info["sigma_data"] = sigma_data
     ps_data = ScoreModel.estimate_power_spectrum(x_all).float()
     ps = ps_data if config.parametrization == "gaussian" else None
+    vacuum = None
+    if config.parametrization == "mixture":
+        from lftml.diffusion.baselines import MixtureBaseline
+
+        mix = MixtureBaseline.fit(x_all.to(torch.float64)).component  # sign-aligned fit, model units
+        ps, vacuum = mix.power_spectrum.float(), mix.mean
+        info["vacuum"] = vacuum
+        if not vacuum > 0:
+            raise LftmlError("--parametrization mixture: the sign-aligned data have no vacuum (mean <= 0)")
     model = ScoreModel(net, sde, lattice_shape, scaling, theory, info, parametrization=config.parametrization,
-                       sigma_data=sigma_data, power_spectrum=ps).to(dev)
+                       sigma_data=sigma_data, power_spectrum=ps, vacuum=vacuum).to(dev)
     mf = torch.channels_last if (config.channels_last and len(lattice_shape) == 2) else torch.preserve_format
     if mf is torch.channels_last:
         model.net.to(memory_format=mf)
@@ -505,7 +520,8 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     n = x_all.shape[0]
     x_all = x_all.to(dev)
     f_all = None if f_all is None else f_all.to(dev)
-    ps_dev = ps_data.to(dev)
+    # blend of the TSM target: zero variance for the analytic Gaussian (or for each mixture component)
+    ps_dev = (model.power_spectrum if model.power_spectrum is not None else ps_data).to(dev)
     if ck is not None:
         perm, pos = ck["perm"], int(ck["pos"])
     else:

@@ -74,10 +74,11 @@ def _lock_and_interrupts(out: str | Path):
 
 
 def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: str = "exp", steps: int = 200,
-                   seed: int = 0, batch_size: int = 64, schedule: str = "edm", snr: float = 0.16,
+                   seed: int = 0, batch_size: int | None = None, schedule: str = "edm", snr: float = 0.16,
                    corrector_steps: int = 1, device: str = "auto", progress: bool = True,
                    strip_png: str | Path | None = None, strip_times: Sequence[float] | None = None,
-                   weights: str = "none", probes: int = 1, overwrite: bool = True) -> dict[str, Any]:
+                   weights: str = "none", probes: int = 1, overwrite: bool = True,
+                   network_below: float | None = None) -> dict[str, Any]:
     """Generate ``n`` configurations into an engine ensemble file (and optionally a denoising strip PNG).
 
     ``weights`` = ``path`` (sampler ``exp``) or ``ode`` (sampler ``ode``) stores each sample's log
@@ -100,7 +101,7 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
     with _lock_and_interrupts(out):
         res = generate(model, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, snr=snr,
                        corrector_steps=corrector_steps, device=device, progress=progress, snapshot_times=times,
-                       schedule=schedule, weights=weights, probes=probes)
+                       schedule=schedule, weights=weights, probes=probes, network_below=network_below)
         with atomic_output(out, suffix=".h5") as tmp:
             write_generated(tmp, res, model, model_path=str(model_path))
     summary = {"out": str(out), "n": n, "wall_seconds": res.wall_seconds, **res.settings}
@@ -230,10 +231,10 @@ def likelihood_report(model_path: str | Path, *, data: str | Path | None = None,
 
 
 def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, n: int = 1024, weights: str = "path",
-                      steps: int | None = None, probes: int = 1, settings=None, seed: int = 0, batch_size: int = 64,
+                      steps: int | None = None, probes: int = 1, settings=None, seed: int = 0, batch_size: int | None = None,
                       max_lag: int = 30, png: str | Path | None = None, out: str | Path | None = None,
                       device: str = "cpu", progress: bool = True, overwrite: bool = True,
-                      schedule: str = "edm") -> dict[str, Any]:
+                      schedule: str = "edm", network_below: float | None = None) -> dict[str, Any]:
     """Exactness by independence Metropolis against exp(-S) over ``n`` proposals.
 
     ``weights = "path"`` (default): proposals are whole reverse paths of the ``exp`` sampler with
@@ -283,7 +284,7 @@ def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, 
     with ctx:
         res = generate(model, n, sampler="exp" if weights == "path" else "ode", steps=steps, seed=seed,
                        batch_size=batch_size, device=device, progress=progress, schedule=schedule, weights=weights,
-                       probes=probes)
+                       probes=probes, network_below=network_below)
         phi, log_w = res.configs, res.log_weights
         S = theory.action(torch.as_tensor(phi, dtype=torch.float64)).numpy()
         rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])

@@ -45,9 +45,11 @@ def train(
                                             "sigma2 (the reference) or edm (Karras)."),
     noise_draws: Optional[int] = typer.Option(None, "--noise-draws", help="(t, z) draws per configuration and update (default 2)."),
     parametrization: Optional[str] = typer.Option(None, "--parametrization",
-                                                  help="gaussian (default: exact Gaussian part from the data's power "
-                                                       "spectrum + U-Net), mixture (broken phase: exact sign-aligned "
-                                                       "two-Gaussian part + U-Net), edm, or reference (net/std)."),
+                                                  help="auto (default: gaussian or mixture, whichever exact baseline "
+                                                       "is the better proposal for exp(-S) on the data), gaussian (exact "
+                                                       "Gaussian part from the data's power spectrum + U-Net), mixture "
+                                                       "(broken phase: exact sign-aligned two-Gaussian part + U-Net), "
+                                                       "edm, or reference (net/std)."),
     checkpoint_every: int = typer.Option(250, "--checkpoint-every", help="Updates between checkpoints."),
     thin: str = typer.Option("1", "--thin", help="Stride along Monte Carlo time, or 'auto' (2 tau_int(M))."),
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="Held-out ensemble: log the likelihood gain over "

@@ -66,6 +66,78 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("rng torch path: counter not advanced (stream reuse)", "lftml/samplers/rng.py",
      "        self.counters += np.uint64((m + 1) // 2)\n", "        pass\n",
      "tests/test_engine_rng.py"),
+    # issue 11's physics fixes (each row reverts one fix)
+    ("HMC stability bound at phi = 0 only (mean-field vacuum ignored)", "lftml/samplers/stability.py",
+     "    v2 = vacuum_field2(theory) if vacuum else 0.0\n", "    v2 = 0.0\n",
+     "tests/test_nearcrit_fa_hmc.py::test_stability_bound_is_the_max_over_zero_and_the_mean_field_vacuum"),
+    ("float32 HMC: end-point action summed in float32 (eager)", "lftml/samplers/hmc.py",
+     "                s1 = self.theory.action(phi1.to(torch.float64))\n", "                s1 = self.theory.action(phi1)\n",
+     "tests/test_nearcrit_fa_hmc.py::test_float32_hmc_forms_dh_in_float64"),
+    ("float32 HMC: kinetic energy summed in float32 (eager)", "lftml/samplers/kinetic.py",
+     "        p = pi.to(torch.float64)\n        return 0.5 * (p * p).sum(dim=dims)",
+     "        p = pi\n        return 0.5 * (p * p).sum(dim=dims)",
+     "tests/test_nearcrit_fa_hmc.py::test_float32_hmc_forms_dh_in_float64"),
+    ("EM sampler final step reuses the previous dt (no Tweedie step)", "lftml/diffusion/sampling.py",
+     "            if k + 1 < steps:\n                mean = x + g2 * score_fn(x, tb) * dt",
+     "            if True:\n                mean = x + g2 * score_fn(x, tb) * dt",
+     "tests/test_diffusion_exact.py::test_em_final_step_no_longer_shrinks_the_uv_modes"),
+    ("CL boundary plateau: old rule min(z_tail, z_deep) (= the deep maximum)", "lftml/complex/diagnostics.py",
+     "        zp = plateau_zscore(ests[i_tail], ests[i_deep])\n",
+     "        zp = min(max((zs[i] for i in tail), default=0.0), max((zs[i] for i in deep), default=math.inf))\n",
+     "tests/test_cl_diagnostics.py::test_correct_gaussian_run_has_no_boundary_plateau_at_two_statistics"),
+    ("CL boundary plateau: same sign at both cut-offs not required", "lftml/complex/diagnostics.py",
+     "        if va * vb <= 0:\n", "        if False:\n",
+     "tests/test_cl_diagnostics.py::test_plateau_needs_both_cut_offs_with_one_sign"),
+    ("adaptive Heun CL: noise drawn first, step shortened on the noisy predictor (noise reused)",
+     "lftml/complex/langevin.py",
+     "        eps, _ = self.step_sizes(state, kmax)\n"
+     "        eta = rng.normal(z.shape[1:], dtype=torch.float64).to(z.device) * math.sqrt(2.0)\n",
+     "        eta = rng.normal(z.shape[1:], dtype=torch.float64).to(z.device) * math.sqrt(2.0)\n"
+     "        eps, _ = self.step_sizes(replace(state, drift=drift + eta / math.sqrt(float(self.settings.step_size))), kmax)\n",
+     "tests/test_cl_sampler.py::test_adaptive_heun_step_depends_on_the_state_only_and_its_noise_is_drawn_for_it"),
+    ("adaptive CL: <K_max> frozen only when the last chain measures", "lftml/complex/langevin.py",
+     "            if bool(measuring.any()):\n                state = sampler.freeze(state)",
+     "            if bool((state.t >= therm * (1 - 1e-12)).all()):\n                state = sampler.freeze(state)",
+     "tests/test_cl_sampler.py::test_drift_reference_is_frozen_when_the_first_chain_starts_measuring"),
+    ("analyze: Langevin free-field values labelled exact", "lftml/analysis.py",
+     '"langevin": "dt0_limit"}', '"langevin": "exact"}',
+     "tests/test_engine_analysis_values.py::test_free_field_labels_exact_for_hmc_and_dt0_limit_for_langevin"),
+    ("analyze: effective-mass reference labelled with the last row label (<S>/V)", "lftml/cli/engine.py",
+     "(f\"   ({label}: {exact['effective_mass']:.6g})\"", "(f\"   ({row_label}: {exact['effective_mass']:.6g})\"",
+     "tests/test_engine_analysis_values.py::test_free_field_labels_exact_for_hmc_and_dt0_limit_for_langevin"),
+    ("extrapolate: no warning when the fit does not describe the data", "lftml/cli/engine.py",
+     "            if not ex.acceptable:\n", "            if False:\n",
+     "tests/test_cl_extrapolate.py::test_cli_reports_fit_quality_and_warns_when_the_model_does_not_describe_the_data"),
+    ("extrapolate: every fit acceptable", "lftml/samplers/langevin.py",
+     "        return p is None or p >= FIT_P_MIN\n", "        return True\n",
+     "tests/test_cl_extrapolate.py::test_p_values_of_correct_fits_are_uniform_and_wrong_models_are_refused_as_acceptable"),
+    ("Gamma: C_F clamped at 0 (no naive-error fallback)", "lftml/stats.py",
+     "    if not c_f > 0 or (c_f < resolution and rho[1] < 0):\n", "    if (c_f := max(c_f, 0.0)) < 0:\n",
+     "tests/test_stats_unresolved.py::test_unresolved_anticorrelated_sum_never_gives_an_error_below_the_exact_one"),
+    ("Gamma: anticorrelated window not completed by (odd, even) pairs", "lftml/stats.py",
+     "    if tau_of_w[window - 1] < 0.5 and w_max >= 2:", "    if False:",
+     "tests/test_stats_replica.py::test_anticorrelated_series_never_gets_error_zero"),
+    ("Gamma: anticorrelated C_F not resolved from 0 accepted", "lftml/stats.py",
+     " or (c_f < resolution and rho[1] < 0):\n", ":\n",
+     "tests/test_stats_unresolved.py::test_unresolved_anticorrelated_sum_never_gives_an_error_below_the_exact_one"),
+    # second, independent killers of rows that one test alone used to kill
+    ("HMC Metropolis sign (unfused path), eager physics test", "lftml/samplers/hmc.py",
+     "accept = torch.log(u) < -torch.nan_to_num(dH, nan=math.inf)",
+     "accept = torch.log(u) < torch.nan_to_num(dH, nan=-math.inf)",
+     "tests/test_engine_hmc_eager.py"),
+    ("HMC eager: proposal kept on rejection", "lftml/samplers/hmc.py",
+     "new = HMCState(torch.where(mask, phi1, phi0), torch.where(accept, s1, state.action), n_updates)",
+     "new = HMCState(phi1, s1, n_updates)",
+     "tests/test_engine_hmc_eager.py"),
+    ("chi_2 missing V, closed-form test", "lftml/analysis.py",
+     "lambda m2, m: V * (m2 - m * m)", "lambda m2, m: (m2 - m * m)",
+     "tests/test_engine_summary_closed_form.py"),
+    ("Binder factor 3 -> 2, closed-form test", "lftml/analysis.py",
+     "1.0 - m4 / (3.0 * m2 * m2)", "1.0 - m4 / (2.0 * m2 * m2)",
+     "tests/test_engine_summary_closed_form.py"),
+    ("chi_abs from <M> instead of <|M|>", "lftml/analysis.py",
+     "lambda m2, a: V * (m2 - a * a), M2, absM", "lambda m2, a: V * (m2 - a * a), M2, M",
+     "tests/test_engine_summary_closed_form.py"),
 ]
 
 
@@ -82,8 +154,10 @@ def run_one(name: str, rel: str, old: str, new: str, node: str) -> tuple[bool, s
                    NUMBA_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
         proc = subprocess.run([sys.executable, "-m", "pytest", node, "-x", "-q", "-p", "no:cacheprovider"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    last = (proc.stdout.strip().splitlines() or [""])[-1]
-    return proc.returncode == 1, last  # 1 = a test failed; 2-5 = collection/usage error, not a kill
+    lines = proc.stdout.strip().splitlines() or [""]
+    # the first "E   ..." line says why the test failed (an assertion, or an exception the mutation caused)
+    why = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), "")
+    return proc.returncode == 1, lines[-1] + (f" [{why[:160]}]" if why else "")  # 1 = a test failed; 2-5: not a kill
 
 
 def main() -> int:

@@ -138,6 +138,19 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("chi_abs from <M> instead of <|M|>", "lftml/analysis.py",
      "lambda m2, a: V * (m2 - a * a), M2, absM", "lambda m2, a: V * (m2 - a * a), M2, M",
      "tests/test_engine_summary_closed_form.py"),
+    # issue 11's CLI findings
+    ("warnings lose the observable's name", "lftml/analysis.py",
+     "            out.append(f\"{k}: {v['warning']}\")\n", "            out.append(v['warning'])\n",
+     "tests/test_engine_analysis_values.py::test_unreliable_warning_names_the_observable_in_json"),
+    ("hmc --json: warnings only under analysis (not top level)", "lftml/cli/engine.py",
+     "        summary[\"warnings\"] = list(summary[\"analysis\"][\"warnings\"])\n", "        pass\n",
+     "tests/test_engine_analysis_values.py::test_unreliable_warning_names_the_observable_in_hmc_json"),
+    ("rbm analytic: model file records the default schedule (n_updates 1000)", "lftml/rbm/workflows.py",
+     "        return {\"method\": \"analytic\", \"n_updates\": 0}\n", "        return config.to_dict()\n",
+     "tests/test_rbm_defaults.py::test_analytic_method_reports_no_update_count"),
+    ("rbm analytic: typed update options silently ignored", "lftml/cli/rbm.py",
+     "        if unused:\n", "        if False:\n",
+     "tests/test_rbm_defaults.py::test_analytic_method_warns_that_typed_update_options_are_not_used"),
 ]
 
 

@@ -151,6 +151,13 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("rbm analytic: typed update options silently ignored", "lftml/cli/rbm.py",
      "        if unused:\n", "        if False:\n",
      "tests/test_rbm_defaults.py::test_analytic_method_warns_that_typed_update_options_are_not_used"),
+    ("EM sampler final step reuses the previous dt, exact-recursion test", "lftml/diffusion/sampling.py",
+     "            if k + 1 < steps:\n                mean = x + g2 * score_fn(x, tb) * dt",
+     "            if True:\n                mean = x + g2 * score_fn(x, tb) * dt",
+     "tests/test_diffusion_em_exact.py"),
+    ("EM sampler: score at the end of the step (t_{k+1})", "lftml/diffusion/sampling.py",
+     "                mean = x + g2 * score_fn(x, tb) * dt", "                mean = x + g2 * score_fn(x, ts[k + 1].expand(n)) * dt",
+     "tests/test_diffusion_em_exact.py"),
 ]
 
 

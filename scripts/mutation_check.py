@@ -158,6 +158,12 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("EM sampler: score at the end of the step (t_{k+1})", "lftml/diffusion/sampling.py",
      "                mean = x + g2 * score_fn(x, tb) * dt", "                mean = x + g2 * score_fn(x, ts[k + 1].expand(n)) * dt",
      "tests/test_diffusion_em_exact.py"),
+    ("HMC eager: stored action not updated on acceptance", "lftml/samplers/hmc.py",
+     "torch.where(accept, s1, state.action), n_updates)", "state.action, n_updates)",
+     "tests/test_engine_hmc_eager.py"),
+    ("HMC: acceptance probability exp(-dH) not clamped at 1", "lftml/samplers/hmc.py",
+     "\"acceptance_probability\": torch.clamp(torch.exp(-dH_safe), max=1.0),", "\"acceptance_probability\": torch.exp(-dH_safe),",
+     "tests/test_engine_hmc_eager.py::test_eager_hmc_dH_satisfies_the_exact_equilibrium_identities"),
 ]
 
 

@@ -88,8 +88,31 @@ def test_unreliable_warning_names_the_observable_in_json(tmp_path):
                           observables=measure_history(configs, theory))
     data = run_cli("analyze", path, "--json", check=True).json()
     assert any(w.startswith("magnetisation:") and "unreliable" in w for w in data["warnings"]), data["warnings"]
-    assert all(w.split(":")[0] in data for w in data["warnings"])
+    # every warning names an observable of the result: a key, or a point "correlator(t=2)" of a list
+    for w in data["warnings"]:
+        name = w.split(":")[0]
+        if "(t=" in name:
+            key, t = name[:-1].split("(t=")
+            assert any(d["t"] == int(t) and d.get("warning") for d in data[key]), w
+        else:
+            assert data[name].get("warning"), w
+    assert any(w.startswith("correlator(t=") for w in data["warnings"]), data["warnings"]
     assert "warning: magnetisation:" in run_cli("analyze", path, check=True).stdout
+
+
+def test_unreliable_warning_names_the_observable_in_hmc_json(tmp_path):
+    """`lftml hmc --json` on chains far shorter than their autocorrelation time (30 trajectories of
+    length 0.05, tau_int ~ 15): the 'errors are unreliable' warnings name the observable, in the
+    summary's top-level `warnings` (as `analyze --json`) and under `analysis`. Catches warnings that
+    reach only the log (stderr) or lose the observable's name."""
+    out = run_cli("hmc", "--shape", "4", "4", "--kappa", "0.2", "--lam", "0.02", "--traj-length", "0.05",
+                  "--md-steps", "1", "--chains", "64", "--n-configs", "30", "--therm", "10", "--seed", "1",
+                  "--no-progress", "--json", "--out", tmp_path / "short.h5", check=True).json()
+    warnings = out["warnings"]
+    assert warnings == out["analysis"]["warnings"]
+    flagged = {w.split(":")[0] for w in warnings if "unreliable" in w}
+    assert {"magnetisation", "susceptibility", "binder"} <= flagged, warnings
+    assert all(out["analysis"][k]["warning"] in w for w in warnings for k in [w.split(":")[0]])
 
 
 def test_store_does_not_measure_and_one_resolve_device():

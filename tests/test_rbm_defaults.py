@@ -74,6 +74,30 @@ def test_analytic_method_reports_no_update_count(tmp_path):
     r = invoke("rbm", "train", "--shape", "10", "--m2", "4", "--hidden", "6", "--method", "analytic", "--out",
                str(tmp_path / "b.pt"), "--json")
     assert json.loads(r.stdout)["n_updates"] is None
+    # nor does the model file: it records no update schedule (it stored the default n_updates = 1000)
+    _, rec = load_model(tmp_path / "a.pt")
+    assert rec["meta"]["train_config"] == {"method": "analytic", "n_updates": 0}
+    assert rec["history"]["n_updates"] == 0
+
+
+def test_analytic_method_warns_that_typed_update_options_are_not_used(tmp_path):
+    """`--method analytic --updates 500 --lr 0.1`: the options have no effect, so they are named in one
+    warning line, and '500 updates' is reported nowhere (stdout, JSON, model file)."""
+    args = ["rbm", "train", "--shape", "10", "--m2", "4", "--hidden", "6", "--method", "analytic", "--updates", "500",
+            "--lr", "0.1"]
+    r = invoke(*args, "--out", str(tmp_path / "a.pt"))
+    assert r.exit_code == 0, r.output
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "--updates" in warn[0] and "--lr" in warn[0] and "not used" in warn[0], r.stderr
+    assert "500" not in r.stdout
+    _, rec = load_model(tmp_path / "a.pt")
+    assert "500" not in json.dumps(rec["meta"]["train_config"])
+    r = invoke(*args, "--out", str(tmp_path / "b.pt"), "--json")
+    assert json.loads(r.stdout)["n_updates"] is None
+    # without typed update options: no warning
+    r = invoke("rbm", "train", "--shape", "10", "--m2", "4", "--hidden", "6", "--method", "analytic", "--out",
+               str(tmp_path / "c.pt"))
+    assert "warning" not in r.stderr
 
 
 def test_unbounded_likelihood_is_detected(tmp_path):

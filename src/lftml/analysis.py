@@ -76,6 +76,26 @@ def _entry(e: Estimate) -> dict[str, float]:
     return e.to_dict()
 
 
+def _list_entry(t: int, e: Estimate) -> dict[str, Any]:
+    """``{"t", "value", "error"}`` of a correlator/effective-mass point, plus ``"warning"`` when flagged."""
+    out: dict[str, Any] = {"t": t, "value": e.value, "error": e.error}
+    if e.note:
+        out["warning"] = e.note
+    return out
+
+
+def collect_warnings(result: dict[str, Any]) -> list[str]:
+    """``"observable: note"`` for every flagged estimate in an analysis result (entries that are dicts
+    with a ``"warning"``, and points ``{"t", ..., "warning"}`` of its lists, as ``"name(t=...)"``)."""
+    out = []
+    for k, v in result.items():
+        if isinstance(v, dict) and v.get("warning"):
+            out.append(f"{k}: {v['warning']}")
+        elif isinstance(v, list):
+            out.extend(f"{k}(t={d['t']}): {d['warning']}" for d in v if isinstance(d, dict) and d.get("warning"))
+    return out
+
+
 def summarize(
     M: np.ndarray,
     volume: int,
@@ -146,8 +166,8 @@ def correlator(slice_mean: np.ndarray, M: np.ndarray, volume: int, S: float = 2.
     prods = [np.mean(s * np.roll(s, -t, axis=-1), axis=-1) for t in range(T // 2 + 1)]
     corr = []
     for t, A in enumerate(prods):
-        e = derived(lambda a, m: Vs * (a - m * m), A, M)
-        corr.append({"t": t, "value": e.value, "error": e.error})
+        e = derived(lambda a, m: Vs * (a - m * m), A, M, name=f"correlator(t={t})")
+        corr.append(_list_entry(t, e))
     meff = []
     for t in range(1, T // 2):
         def f(a_m, a_0, a_p, m):
@@ -156,11 +176,11 @@ def correlator(slice_mean: np.ndarray, M: np.ndarray, volume: int, S: float = 2.
             return math.acosh(x) if x > 1.0 else float("nan")
 
         try:
-            e = derived(f, prods[t - 1], prods[t], prods[t + 1], M)
+            e = derived(f, prods[t - 1], prods[t], prods[t + 1], M, name=f"effective_mass(t={t})")
         except LftmlError:
             continue
         if math.isfinite(e.value):
-            meff.append({"t": t, "value": e.value, "error": e.error})
+            meff.append(_list_entry(t, e))
     return {"correlator": corr, "effective_mass": meff}
 
 
@@ -219,8 +239,7 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[s
     result["cost_per_independent_config_s"] = (
         ens.wall_time_s * 2.0 * tau / (n_tot * result.get("ess_fraction", 1.0)) if ens.wall_time_s > 0 else None
     )
-    result["warnings"] = [f"{k}: {v['warning']}" for k, v in result.items()
-                          if isinstance(v, dict) and v.get("warning")]
+    result["warnings"] = collect_warnings(result)
     for w in result["warnings"]:
         log.warning("%s: %s", ens.path, w)
     theory = ens.theory

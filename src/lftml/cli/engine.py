@@ -224,6 +224,8 @@ def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, star
     }
     if result.n_configs >= 4:
         summary["analysis"] = analyze(out, correlators=False)
+        # top level as in `lftml analyze --json` / `lftml extrapolate --json`: "observable: why" per flagged estimate
+        summary["warnings"] = list(summary["analysis"]["warnings"])
     if as_json:
         emit_json(summary)
         return

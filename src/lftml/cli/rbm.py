@@ -186,6 +186,14 @@ def train(
     if held is not None:
         summary["heldout_loglik_per_image"] = heldout_loglik(model, held.x)
         summary["heldout_gap"] = summary["train_loglik_per_image"]["mean"] - summary["heldout_loglik_per_image"]["mean"]
+    if method == "analytic":
+        from lftml.cli.engine import _given_on_command_line
+
+        unused = sorted(_given_on_command_line() & ANALYTIC_UNUSED)
+        if unused:
+            names = ", ".join("--" + n.replace("_", "-") for n in unused)
+            typer.echo(f"warning: {names} not used: --method analytic sets the closed-form ML optimum directly "
+                       "(no updates were made)", err=True)
     if as_json:
         emit_json(summary)
         return
@@ -204,6 +212,11 @@ def train(
             typer.echo(f"log-likelihood per image ({label}, {v['n']} images, exact closed form): {fmt_err(v['mean'], v['error'])}")
     if "heldout_gap" in summary:
         typer.echo(f"train - held-out gap: {summary['heldout_gap']:.4g}")
+
+
+#: ``rbm train`` options of the iterative methods: typed with ``--method analytic`` they have no effect (warned).
+ANALYTIC_UNUSED = frozenset({"recipe", "tol", "optimizer", "updates", "lr", "momentum", "l2", "lr_decay", "decay_every",
+                             "mu_lr_scale", "k", "pcd_chains", "chains", "batch_size", "data_term", "log_every"})
 
 
 #: ``rbm train`` options stored in an interrupted model file (``meta["cli_options"]``) and taken from

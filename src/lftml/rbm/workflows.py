@@ -152,7 +152,7 @@ def run_training(
             f"raise --mu2/--mu0 or lower --init-std"
         ) from None
     t0 = time.perf_counter()
-    meta0 = {"seed": int(seed), "stream_seeds": seeds, "train_config": config.to_dict(),
+    meta0 = {"seed": int(seed), "stream_seeds": seeds, "train_config": config_record(config),
              "init": {"mu0": mu0, "init_std": init_std, "mu2": mu2, "learn_mu2": learn_mu2}}
     if cli_options is not None:
         meta0["cli_options"] = dict(cli_options)
@@ -161,7 +161,7 @@ def run_training(
     meta = {
         "seed": int(seed),
         "stream_seeds": seeds,
-        "train_config": config.to_dict(),
+        "train_config": config_record(config),
         "init": {"mu0": mu0, "init_std": init_std, "mu2": mu2, "learn_mu2": learn_mu2},
         "lftml_version": lftml.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -173,6 +173,15 @@ def run_training(
     summary.update({"out": None if out is None else str(out), "method": config.method, "seed": int(seed), "wall_time_s": wall},
                    **_training_outcome(history, config))
     return model, summary
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    """The training settings stored in a model file. ``analytic`` sets the closed-form ML optimum and
+    makes no updates, so none of the schedule (``n_updates``, ``lr``, ...) applies: only the method and
+    ``n_updates = 0`` are recorded (a stored default of 1000 updates would report updates never made)."""
+    if config.method == "analytic":
+        return {"method": "analytic", "n_updates": 0}
+    return config.to_dict()
 
 
 def _training_outcome(history: dict, config: TrainConfig) -> dict[str, Any]:
@@ -288,7 +297,7 @@ def _continue_training(
     target.check_model(model)
     gens, seeds = stream_generators(seed)
     t0 = time.perf_counter()
-    meta0 = {"seed": int(seed), "stream_seeds": seeds, "train_config": config.to_dict(), "init_from": str(init_from)}
+    meta0 = {"seed": int(seed), "stream_seeds": seeds, "train_config": config_record(config), "init_from": str(init_from)}
     history = _train_interruptible(model, target, config, gens, progress, out, meta0)
     wall = time.perf_counter() - t0
     previous = rec["history"] or {}
@@ -297,7 +306,7 @@ def _continue_training(
         history = {k: (list(previous.get(k, [])) + ([u + offset for u in v[1:]] if k == "update" else list(v[1:])))
                    if isinstance(v, list) else v for k, v in history.items()}
     meta = {
-        "seed": int(seed), "stream_seeds": seeds, "train_config": config.to_dict(), "init_from": str(init_from),
+        "seed": int(seed), "stream_seeds": seeds, "train_config": config_record(config), "init_from": str(init_from),
         "previous_meta": rec["meta"], "lftml_version": lftml.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_time_s": wall,
     }

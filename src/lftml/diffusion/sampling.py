@@ -41,7 +41,8 @@ from lftml.errors import LftmlError
 from lftml.samplers.rng import torch_generator
 from lftml.diffusion.sde import VESDE
 
-__all__ = ["SAMPLERS", "SampleResult", "time_grid", "sample", "generate", "write_generated"]
+__all__ = ["SAMPLERS", "SampleResult", "ExpSampler", "ExpState", "time_grid", "sample", "sample_path_weighted", "generate",
+           "write_generated", "auto_batch_size"]
 
 log = logging.getLogger(__name__)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -407,6 +408,150 @@ def _minus_log_two_component(z: torch.Tensor, sign: torch.Tensor, shift: float, 
     return -torch.logaddexp(log_pi_same - 0.5 * zz, log_pi_other - 0.5 * other)
 
 
+@dataclass
+class ExpState:
+    """State of :class:`ExpSampler` after ``k`` of its steps (model units, float64): the batch ``x`` at
+    level ``s_{N-k}``, the accumulated ``log_ratio`` (``log r/q`` of the path so far, minus the
+    prior's log density; per configuration) and the network evaluations ``nfe`` so far."""
+
+    x: torch.Tensor
+    k: int
+    log_ratio: torch.Tensor
+    nfe: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class ExpSampler:
+    """The ``exp`` reverse process as a Markov chain in diffusion time, in the engine's convention
+    (frozen settings, a small state, ``init(n, generator) -> state``, ``step(state, generator) ->
+    (state, info)``); :func:`sample_path_weighted` runs it to the end. Conventions and exactness:
+    see there. ``score_fn`` may provide ``score_parts``, ``analytic_power_spectrum`` and
+    ``analytic_vacuum`` (a :class:`~lftml.diffusion.model.ScoreModel` does)."""
+
+    score_fn: ScoreFn
+    sde: VESDE
+    lattice_shape: tuple[int, ...]
+    steps: int
+    schedule: str = "edm"
+    power_spectrum: torch.Tensor | np.ndarray | None = None
+    device: str | torch.device = "cpu"
+    net_dtype: torch.dtype = torch.float32
+    network_max_std: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 2:
+            raise LftmlError(f"the samplers need --steps >= 2, got {self.steps}")
+        f64 = torch.float64
+        ps = self.power_spectrum
+        if ps is None and hasattr(self.score_fn, "analytic_power_spectrum"):
+            ps = self.score_fn.analytic_power_spectrum()
+        c = None
+        if ps is not None:
+            c = torch.as_tensor(np.asarray(ps) if not isinstance(ps, torch.Tensor) else ps)
+            c = symmetrize_spectrum(c.to(f64).cpu()).to(self.device)
+            if tuple(c.shape) != tuple(self.lattice_shape):
+                raise LftmlError(f"power spectrum shape {tuple(c.shape)} does not match the lattice {tuple(self.lattice_shape)}")
+            if not bool(torch.all(c > 0)):
+                raise LftmlError("the analytic part's power spectrum has a non-positive mode; refit it on more data")
+        vac = self.score_fn.analytic_vacuum() if (c is not None and hasattr(self.score_fn, "analytic_vacuum")) else None
+        ts = time_grid(self.sde, self.steps, self.schedule, dtype=f64)
+        object.__setattr__(self, "_c", c)
+        object.__setattr__(self, "_vac", vac)
+        object.__setattr__(self, "_ts", ts)
+        object.__setattr__(self, "_levels", torch.cat([self.sde.std(ts).to(f64), torch.zeros(1, dtype=f64)]))
+        object.__setattr__(self, "_dims", tuple(range(1, len(self.lattice_shape) + 1)))
+        object.__setattr__(self, "_V", int(np.prod(self.lattice_shape)))
+
+    def time(self, k: int) -> float:
+        """Diffusion time of the level after ``k`` steps (1 = prior, 0 = data)."""
+        return float(self._ts[k]) if k < self.steps else 0.0
+
+    def _white(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn((n, *self.lattice_shape), generator=generator, dtype=torch.float64,
+                           device=generator.device).to(self.device)
+
+    def init(self, n: int, generator: torch.Generator) -> ExpState:
+        """``n`` draws from the prior ``N(0, C + s_N^2)`` (mixture: ``1/2 N(+-mu, C + s_N^2)``; no
+        analytic part: ``N(0, s_N^2)``) with ``log_ratio = -log p_N(x_N)``."""
+        c, vac, V, dims = self._c, self._vac, self._V, self._dims
+        sN2 = float(self._levels[0]) ** 2
+        z = self._white(n, generator)
+        if c is not None:
+            var = c + sN2
+            x = _filter(z, torch.sqrt(var), dims)
+            logdet = float(torch.log(2 * math.pi * var).sum())
+        else:
+            x = math.sqrt(sN2) * z
+            logdet = V * math.log(2 * math.pi * sN2)
+        log_ratio = 0.5 * _sum_sites(z * z) + 0.5 * logdet  # -log p_N(x_N)
+        if vac is not None:
+            # 1/2 N(+mu, .) + 1/2 N(-mu, .): draw the component, then the Gaussian around it
+            sign = _draw_sign(torch.full((n,), 0.5, dtype=torch.float64, device=self.device), generator)
+            x = x + (sign * vac).reshape(-1, *([1] * len(dims)))
+            half = torch.full((n,), math.log(0.5), dtype=torch.float64, device=self.device)
+            shift = 2.0 * vac * math.sqrt(V) / math.sqrt(float((c + sN2).reshape(-1)[0]))
+            log_ratio = _minus_log_two_component(z, sign, shift, half, half) + 0.5 * logdet
+        return ExpState(x, 0, log_ratio, 0)
+
+    def step(self, state: ExpState, generator: torch.Generator) -> tuple[ExpState, dict]:
+        """One transition ``x_k -> x_{k-1}`` with its exact density; ``info``: ``t`` (the new
+        level's time), ``std`` (the level it came from), ``network`` (whether the network ran)."""
+        if state.k >= self.steps:
+            raise LftmlError(f"the exp sampler has done all its {self.steps} steps")
+        c, vac, V, dims = self._c, self._vac, self._V, self._dims
+        k, x, n = state.k, state.x, state.x.shape[0]
+        f64 = torch.float64
+        s_hi2, s_lo2 = float(self._levels[k]) ** 2, float(self._levels[k + 1]) ** 2
+        d = s_hi2 - s_lo2
+        tb = self._ts[k].to(self.net_dtype).expand(n).to(self.device)
+        xin = x.to(self.net_dtype)
+        use_net = True
+        if c is not None:
+            analytic = -torch.fft.ifftn(torch.fft.fftn(x, dim=dims) / (c + s_hi2), dim=dims).real
+            if vac is not None:
+                # exact mixture posterior: component +-1 with its responsibility at x_k, then the
+                # Gaussian posterior of that component (mean shifted by +- d A mu, A mu = b * 1)
+                b = vac / (float(c.reshape(-1)[0]) + s_hi2)
+                a2 = 2.0 * b * _sum_sites(x)  # log(pi_+ / pi_-) = 2 mu.A x
+                log_pp, log_pm = torch.nn.functional.logsigmoid(a2), torch.nn.functional.logsigmoid(-a2)
+                comp = _draw_sign(torch.exp(log_pp), generator)
+                analytic = analytic + (comp * b).reshape(-1, *([1] * len(dims)))
+            use_net = self.network_max_std is None or float(self._levels[k]) <= self.network_max_std
+            if not use_net:
+                score = analytic
+            elif hasattr(self.score_fn, "score_parts"):
+                score = analytic + self.score_fn.score_parts(xin, tb)[1].to(f64)
+            else:
+                score = self.score_fn(xin, tb).to(f64)
+            sig = d * (c + s_lo2) / (c + s_hi2)
+            z = self._white(n, generator)
+            noise = _filter(z, torch.sqrt(sig), dims)
+            logdet = float(torch.log(2 * math.pi * sig).sum())
+        else:
+            score = self.score_fn(xin, tb).to(f64)
+            z = self._white(n, generator)
+            noise = math.sqrt(d) * z
+            logdet = V * math.log(2 * math.pi * d)
+        x_new = x + d * score + noise
+        # - log q_k(x_new | x): noise = A z with A^2 = Sigma, so the quadratic form is |z|^2
+        if vac is not None:
+            same = torch.where(comp > 0, log_pp, log_pm)
+            other = torch.where(comp > 0, log_pm, log_pp)
+            shift = 2.0 * d * b * math.sqrt(V) / math.sqrt(float(sig.reshape(-1)[0]))
+            log_ratio = state.log_ratio + _minus_log_two_component(z, comp, shift, same, other) + 0.5 * logdet
+        else:
+            log_ratio = state.log_ratio + 0.5 * _sum_sites(z * z) + 0.5 * logdet
+        # + log r_k(x | x_new), forward kernel N(x_new, d)
+        dx = x - x_new
+        log_ratio = log_ratio - 0.5 * _sum_sites(dx * dx) / d - 0.5 * V * math.log(2 * math.pi * d)
+        new = ExpState(x_new, k + 1, log_ratio, state.nfe + int(use_net))
+        return new, {"t": self.time(k + 1), "std": math.sqrt(s_hi2), "network": use_net}
+
+
+def _sum_sites(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(a.shape[0], -1).sum(1)
+
+
 def sample_path_weighted(
     score_fn: ScoreFn,
     sde: VESDE,
@@ -455,53 +600,9 @@ def sample_path_weighted(
     benchmarks/diffusion_results.md). Ignored without an analytic part (the network is the score).
     ``info``: ``nfe`` (network evaluations), ``snapshots``.
     """
-    if steps < 2:
-        raise LftmlError(f"the samplers need --steps >= 2, got {steps}")
-    dims = tuple(range(1, len(shape)))
-    f64 = torch.float64
-    if power_spectrum is None and hasattr(score_fn, "analytic_power_spectrum"):
-        power_spectrum = score_fn.analytic_power_spectrum()
-    c = None
-    if power_spectrum is not None:
-        c = torch.as_tensor(np.asarray(power_spectrum) if not isinstance(power_spectrum, torch.Tensor) else power_spectrum)
-        c = symmetrize_spectrum(c.to(f64).cpu()).to(device)
-        if tuple(c.shape) != tuple(shape[1:]):
-            raise LftmlError(f"power spectrum shape {tuple(c.shape)} does not match the lattice {tuple(shape[1:])}")
-        if not bool(torch.all(c > 0)):
-            raise LftmlError("the analytic part's power spectrum has a non-positive mode; refit it on more data")
-    has_parts = hasattr(score_fn, "score_parts")
-    ts = time_grid(sde, steps, schedule, dtype=f64)
-    levels = torch.cat([sde.std(ts).to(f64), torch.zeros(1, dtype=f64)])  # s_N ... s_1, s_0 = 0
-    n = shape[0]
-    V = int(np.prod(shape[1:]))
-    zero = torch.zeros((), dtype=f64, device=device)
-    cc = c if c is not None else zero
-
-    def white() -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=f64, device=generator.device).to(device)
-
-    def sum_sites(a: torch.Tensor) -> torch.Tensor:
-        return a.reshape(n, -1).sum(1)
-
-    vac = score_fn.analytic_vacuum() if (c is not None and hasattr(score_fn, "analytic_vacuum")) else None
-    # prior N(0, c + s_N^2), or the mixture 1/2 N(+-mu, c + s_N^2)
-    sN2 = float(levels[0]) ** 2
-    z = white()
-    var = cc + sN2
-    if c is not None:
-        x = _filter(z, torch.sqrt(var), dims)
-        logdet = float(torch.log(2 * math.pi * var).sum())
-    else:
-        x = math.sqrt(sN2) * z
-        logdet = V * math.log(2 * math.pi * sN2)
-    log_ratio = 0.5 * sum_sites(z * z) + 0.5 * logdet  # -log p_N(x_N)
-    if vac is not None:
-        # prior 1/2 N(+mu, .) + 1/2 N(-mu, .): draw the component, then the Gaussian around it
-        sign = _draw_sign(torch.full((n,), 0.5, dtype=f64, device=device), generator)
-        x = x + (sign * vac).reshape(-1, *([1] * len(dims)))
-        half = torch.full((n,), math.log(0.5), dtype=f64, device=device)
-        log_ratio = _minus_log_two_component(z, sign, 2.0 * vac * math.sqrt(V) / math.sqrt(float(var.reshape(-1)[0])),
-                                             half, half) + 0.5 * logdet
+    sampler = ExpSampler(score_fn, sde, tuple(shape[1:]), steps, schedule, power_spectrum, device, net_dtype,
+                         network_max_std)
+    state = sampler.init(shape[0], generator)
     pending = sorted((float(s) for s in (snapshot_times or [])), reverse=True)
     snaps: list[tuple[float, torch.Tensor]] = []
 
@@ -510,56 +611,10 @@ def sample_path_weighted(
             pending.pop(0)
             snaps.append((t, xx.detach().cpu().clone()))
 
-    record(1.0, x)
-    nfe = 0
-    for k in range(steps):
-        s_hi2, s_lo2 = float(levels[k]) ** 2, float(levels[k + 1]) ** 2
-        d = s_hi2 - s_lo2
-        tb = ts[k].to(net_dtype).expand(n).to(device)
-        xin = x.to(net_dtype)
-        if c is not None:
-            analytic = -torch.fft.ifftn(torch.fft.fftn(x, dim=dims) / (c + s_hi2), dim=dims).real
-            if vac is not None:
-                # exact mixture posterior: component +-1 with its responsibility at x_k, then the
-                # Gaussian posterior of that component (mean shifted by +- d A mu, A mu = b * 1)
-                b = vac / (float(c.reshape(-1)[0]) + s_hi2)
-                a2 = 2.0 * b * sum_sites(x)  # log(pi_+ / pi_-) = 2 mu.A x
-                log_pp, log_pm = torch.nn.functional.logsigmoid(a2), torch.nn.functional.logsigmoid(-a2)
-                comp = _draw_sign(torch.exp(log_pp), generator)
-                analytic = analytic + (comp * b).reshape(-1, *([1] * len(dims)))
-            if network_max_std is not None and float(levels[k]) > network_max_std:
-                score = analytic
-            else:
-                nfe += 1
-                if has_parts:
-                    network = score_fn.score_parts(xin, tb)[1].to(f64)
-                else:
-                    network = score_fn(xin, tb).to(f64) - analytic
-                score = analytic + network
-            sig = d * (c + s_lo2) / (c + s_hi2)
-            z = white()
-            noise = _filter(z, torch.sqrt(sig), dims)
-            logdet = float(torch.log(2 * math.pi * sig).sum())
-        else:
-            nfe += 1
-            score = score_fn(xin, tb).to(f64)
-            z = white()
-            noise = math.sqrt(d) * z
-            logdet = V * math.log(2 * math.pi * d)
-        x_new = x + d * score + noise
-        # - log q_k(x_new | x): noise = A z with A^2 = Sigma, so the quadratic form is |z|^2
-        if vac is not None and c is not None:
-            same = torch.where(comp > 0, log_pp, log_pm)
-            other = torch.where(comp > 0, log_pm, log_pp)
-            shift = 2.0 * d * b * math.sqrt(V) / math.sqrt(float(sig.reshape(-1)[0]))
-            log_ratio = log_ratio + _minus_log_two_component(z, comp, shift, same, other) + 0.5 * logdet
-        else:
-            log_ratio = log_ratio + 0.5 * sum_sites(z * z) + 0.5 * logdet
-        # + log r_k(x | x_new), forward kernel N(x_new, d)
-        dx = x - x_new
-        log_ratio = log_ratio - 0.5 * sum_sites(dx * dx) / d - 0.5 * V * math.log(2 * math.pi * d)
-        x = x_new
-        record(float(ts[k + 1]) if k + 1 < steps else 0.0, x)
+    record(1.0, state.x)
+    while state.k < steps:
+        state, info = sampler.step(state, generator)
+        record(info["t"], state.x)
     for _ in list(pending):
-        snaps.append((0.0, x.detach().cpu().clone()))
-    return x, log_ratio, {"nfe": nfe, "snapshots": snaps}
+        snaps.append((0.0, state.x.detach().cpu().clone()))
+    return state.x, state.log_ratio, {"nfe": state.nfe, "snapshots": snaps}

@@ -167,6 +167,9 @@ def sample(
                                                   "e.g. 16 for equi at 32x32; recorded, the samples depend on it)."),
     snr: float = typer.Option(0.16, "--snr", help="Signal-to-noise ratio of the pc corrector."),
     network_below: Optional[float] = NETWORK_BELOW_OPTION,
+    smc_moves: int = typer.Option(0, "--smc-moves",
+                                  help="Resample by the weights, then this many HMC trajectories under exp(-S) per "
+                                       "particle: an equally weighted ensemble (default 0: keep the weights)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG strip of the backward process."),
     strip: Optional[Path] = typer.Option(None, "--strip", hidden=True, help="Deprecated: use --plot."),
     out: Path = typer.Option(..., "--out", help="Ensemble file to write (HDF5, engine format)."),
@@ -203,7 +206,7 @@ def sample(
         res = sample_to_file(model, out, n=n_configs, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
                              schedule=schedule, snr=snr, device=device, progress=_progress(progress, as_json),
                              strip_png=plot, weights=weights, probes=probes, overwrite=overwrite,
-                             network_below=network_below)
+                             network_below=network_below, smc_moves=smc_moves)
     except KeyboardInterrupt:
         _interrupted(out)
     if as_json:
@@ -215,8 +218,12 @@ def sample(
            f"in {res['wall_seconds']:.1f} s")
     if "weights_summary" in res:
         w = res["weights_summary"]
-        msg += (f"; {weights} log weights stored: ESS/N = {w['ess_fraction']:.3f}, "
-                f"sigma_lw/sqrt(V) = {w['log_weight_std_per_sqrt_site']:.4f}")
+        msg += (f"; {weights} log weights {'used for resampling' if 'smc' in res else 'stored'}: "
+                f"ESS/N = {w['ess_fraction']:.3f}, sigma_lw/sqrt(V) = {w['log_weight_std_per_sqrt_site']:.4f}")
+    if "smc" in res:
+        smc = res["smc"]
+        msg += (f"; resampled ({smc['distinct_ancestors']} distinct ancestors) and moved by {smc['moves']} HMC "
+                f"trajectories (acceptance {smc['hmc_acceptance']:.3f}): equally weighted")
     typer.echo(msg)
 
 

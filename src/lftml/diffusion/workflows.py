@@ -78,12 +78,16 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
                    corrector_steps: int = 1, device: str = "auto", progress: bool = True,
                    strip_png: str | Path | None = None, strip_times: Sequence[float] | None = None,
                    weights: str = "none", probes: int = 1, overwrite: bool = True,
-                   network_below: float | None = None) -> dict[str, Any]:
+                   network_below: float | None = None, smc_moves: int = 0) -> dict[str, Any]:
     """Generate ``n`` configurations into an engine ensemble file (and optionally a denoising strip PNG).
 
     ``weights`` = ``path`` (sampler ``exp``) or ``ode`` (sampler ``ode``) stores each sample's log
-    weight ``-S - log q`` as ``/log_weights``, so ``lftml analyze`` reweights. All checks (output
-    policy of :mod:`lftml.safeio`, options) run before any sampling; the file is written atomically."""
+    weight ``-S - log q`` as ``/log_weights``, so ``lftml analyze`` reweights. ``smc_moves > 0``:
+    instead, resample by the weights and apply that many HMC trajectories under exp(-S) to every
+    particle (:func:`lftml.diffusion.smc.resample_move`); the file then holds an equally weighted
+    ensemble in ancestor order, with the resampling record under ``smc`` in its metadata. All checks
+    (output policy of :mod:`lftml.safeio`, options) run before any sampling; the file is written
+    atomically."""
     from lftml.diffusion.model import load_model
     from lftml.diffusion.sampling import check_weights_option, generate, write_generated
     from lftml.safeio import atomic_output, check_output
@@ -91,6 +95,10 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
     if n < 1:
         raise LftmlError(f"--n-configs must be >= 1, got {n}")
     check_weights_option(sampler, weights)
+    if isinstance(smc_moves, bool) or int(smc_moves) != smc_moves or smc_moves < 0:
+        raise LftmlError(f"--smc-moves must be a non-negative integer, got {smc_moves}")
+    if smc_moves and weights == "none":
+        raise LftmlError("--smc-moves resamples by the log weights: use --weights path (or ode), not none")
     check_output(out, overwrite=overwrite, inputs=[model_path], option="--out")
     if strip_png is not None:
         check_output(strip_png, overwrite=overwrite, inputs=[model_path, out], option="--plot")
@@ -102,11 +110,23 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
         res = generate(model, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, snr=snr,
                        corrector_steps=corrector_steps, device=device, progress=progress, snapshot_times=times,
                        schedule=schedule, weights=weights, probes=probes, network_below=network_below)
+        weights_summary = None if res.log_weights is None else weight_diagnostics(res.log_weights, model.volume)
+        extra = None
+        if smc_moves:
+            from lftml.diffusion.smc import resample_move
+            from lftml.theories import theory_from_dict
+
+            configs, smc = resample_move(res.configs, res.log_weights, theory_from_dict(model.theory), moves=smc_moves,
+                                         seed=seed)
+            res.configs, res.log_weights = configs, None
+            extra = {"smc": smc}
         with atomic_output(out, suffix=".h5") as tmp:
-            write_generated(tmp, res, model, model_path=str(model_path))
+            write_generated(tmp, res, model, model_path=str(model_path), extra=extra)
     summary = {"out": str(out), "n": n, "wall_seconds": res.wall_seconds, **res.settings}
-    if res.log_weights is not None:
-        summary["weights_summary"] = weight_diagnostics(res.log_weights, model.volume)
+    if weights_summary is not None:
+        summary["weights_summary"] = weights_summary
+    if extra is not None:
+        summary["smc"] = extra["smc"]
     if strip_png is not None:
         from lftml.diffusion.evaluation import plot_denoising_strip
 

@@ -58,6 +58,7 @@ def train_from_file(data: str | Path, out: str | Path, config, *, thin: int | st
         "sigma_max": r.model.sde.sigma_max, "training": r.model.info.get("training"),
         "seeds": r.model.info.get("seeds"), "settings": r.model.info.get("train_config"),
         "monitor": r.model.info.get("monitor"),
+        "parametrization": r.model.parametrization, "parametrization_auto": r.model.info.get("parametrization_auto"),
     }
 
 

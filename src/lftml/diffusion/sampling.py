@@ -53,7 +53,7 @@ WEIGHTS = ("path", "ode", "none")
 SCHEDULES = ("uniform", "edm")
 #: default of ``--network-below``: the ``exp`` sampler evaluates the network only at noise levels up to
 #: 4 per-site data widths (above, the diffused density is Gaussian to the accuracy that matters:
-#: measured equal acceptance at 32x32, kappa = 0.21, with 12 of 20 evaluations; benchmarks/diffusion_results.md)
+#: measured equal acceptance at 32x32, kappa = 0.21, with 11 of 20 evaluations; docs/diffusion.md, "Speed")
 NETWORK_BELOW = 4.0
 
 
@@ -408,7 +408,7 @@ def _minus_log_two_component(z: torch.Tensor, sign: torch.Tensor, shift: float, 
     return -torch.logaddexp(log_pi_same - 0.5 * zz, log_pi_other - 0.5 * other)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExpState:
     """State of :class:`ExpSampler` after ``k`` of its steps (model units, float64): the batch ``x`` at
     level ``s_{N-k}``, the accumulated ``log_ratio`` (``log r/q`` of the path so far, minus the
@@ -596,8 +596,8 @@ def sample_path_weighted(
     that Gaussian. The weights stay exact (every transition density is still known): the cut only
     decides where the proposal uses the learned correction. Far above the data's per-site width the
     diffused density is Gaussian to high accuracy and the correction is noise (32x32, kappa = 0.21:
-    the same acceptance with the network on all 20 steps and on the 12 below ``4 sigma_data``; see
-    benchmarks/diffusion_results.md). Ignored without an analytic part (the network is the score).
+    the same acceptance with the network on all 20 steps and on the 11 below ``4 sigma_data``; see
+    docs/diffusion.md, "Speed"). Ignored without an analytic part (the network is the score).
     ``info``: ``nfe`` (network evaluations), ``snapshots``.
     """
     sampler = ExpSampler(score_fn, sde, tuple(shape[1:]), steps, schedule, power_spectrum, device, net_dtype,

@@ -59,8 +59,8 @@ class GaussianScore:
         """Per-mode data variance ``a^2 / (p_hat^2 + m^2)`` (model units, float64)."""
         return self._data_var.clone()
 
-    def analytic_divergence(self, t: torch.Tensor) -> torch.Tensor:
-        """``div s = -sum_p 1 / v_p(t)`` (exact)."""
+    def analytic_divergence(self, t: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """``div s = -sum_p 1 / v_p(t)`` (exact; the same for every ``x``)."""
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
         return -(1.0 / self.variances(t)).reshape(t.shape[0], -1).sum(1)
 

@@ -164,7 +164,8 @@ def correlator(slice_mean: np.ndarray, M: np.ndarray, volume: int, S: float = 2.
     return {"correlator": corr, "effective_mass": meff}
 
 
-def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, correlators: bool = True) -> dict[str, Any]:
+def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, correlators: bool = True,
+            log_warnings: bool = True) -> dict[str, Any]:
     """Analyse an ensemble file: :func:`summarize` plus sampler statistics and provenance.
 
     ``discard`` drops that many leading configurations (extra thermalisation). Adds
@@ -173,17 +174,19 @@ def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, cor
     ``cost_per_independent_config_s`` = wall time x 2 tau_int(|M|) / (n_configs n_chains).
     For the free field the exact values are added under ``exact`` (under ``target`` for ensembles of
     generative models, whose stored theory is the one they were trained on).
+    The reliability warnings are in ``result["warnings"]`` and, unless ``log_warnings=False`` (a caller
+    that prints them itself, e.g. the CLI's table), also logged once each.
     """
     ens = source if isinstance(source, Ensemble) else Ensemble.open(source)
     try:
         with _warn_once():
-            return _analyze(ens, discard, S, correlators)
+            return _analyze(ens, discard, S, correlators, log_warnings)
     finally:
         if not isinstance(source, Ensemble):
             ens.close()
 
 
-def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[str, Any]:
+def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool, log_warnings: bool = True) -> dict[str, Any]:
     if ens.n_configs - discard < 4:
         raise LftmlError(
             f"{ens.path} holds {ens.n_configs} configurations"
@@ -221,7 +224,7 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[s
     )
     result["warnings"] = [f"{k}: {v['warning']}" for k, v in result.items()
                           if isinstance(v, dict) and v.get("warning")]
-    for w in result["warnings"]:
+    for w in result["warnings"] if log_warnings else ():
         log.warning("%s: %s", ens.path, w)
     theory = ens.theory
     if theory is not None and theory.to_dict().get("name") == "free":

@@ -108,9 +108,11 @@ def normalize_argv(args: list[str]) -> list[str]:
         i += 1
         if tok in MULTI_VALUE_OPTIONS:
             vals = []
-            # any number-like token (8.5, 1e3, -4 included) belongs to --shape, so parse_shape can
-            # name the bad value instead of click reporting a stray argument
-            while i < len(args) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?(,[^,]+)*", args[i]):
+            # every token up to the next option belongs to --shape (a number-like one such as 8.5, 1e3
+            # or -4 too), so parse_shape names --shape and the bad value (`--shape x 8`) instead of
+            # click reporting a stray argument. No command with --shape takes positional arguments.
+            while i < len(args) and (not args[i].startswith("-")
+                                     or re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?(,[^,]+)*", args[i])):
                 vals.append(args[i])
                 i += 1
             if vals:
@@ -123,7 +125,7 @@ def parse_shape(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     if isinstance(text, (list, tuple)):
         parts = [str(t) for t in text]
     else:
-        parts = [p for p in re.split(r"[,x\s]+", str(text).strip()) if p]
+        parts = re.split(r"[,x\s]+", str(text).strip())  # an empty part (`x,8`, `8,`) is an error, not dropped
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:

@@ -20,6 +20,8 @@ Actions::
     sigint / sigterm       send the signal to this process (delivered at that point)
     pause                  create the file $LFTML_FAULT_READY, wait until $LFTML_FAULT_GO exists
     interrupt              raise KeyboardInterrupt
+    a callable             call it (in-process only), then let the call proceed: e.g. run a reader
+                           while the writer sits at exactly that point
 
 In-process: ``with inject("fsync", 2, "enospc"): ...`` (a context manager; nests).
 In a subprocess: :func:`run_lftml` runs ``python -m lftml ARGS`` with faults given by the
@@ -72,7 +74,10 @@ def _resolve(point: str) -> tuple[Any, str]:
     return obj, name
 
 
-def _act(action: str, point: str, count: int) -> None:
+def _act(action: str | Callable[[], Any], point: str, count: int) -> None:
+    if callable(action):
+        action()
+        return
     if action in _ERRNOS:
         code = _ERRNOS[action]
         raise OSError(code, f"{os.strerror(code)} (injected at {point} #{count})")
@@ -95,7 +100,7 @@ def _act(action: str, point: str, count: int) -> None:
 
 
 @contextlib.contextmanager
-def inject(point: str, at: int, action: str, counter: dict | None = None) -> Iterator[dict]:
+def inject(point: str, at: int, action: str | Callable[[], Any], counter: dict | None = None) -> Iterator[dict]:
     """Patch ``point`` so that its ``at``-th call performs ``action``; yields the call counter
     ``{"calls": n, "fired": bool}``. Signals/pauses then let the call proceed; errors replace it."""
     owner, name = _resolve(point)

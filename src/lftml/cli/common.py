@@ -135,9 +135,21 @@ def parse_shape(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+def being_written(path: str | Path, what: str = "file") -> LftmlError | None:
+    """The one-line error for an input that does not exist yet because a live lftml run is writing
+    it (its ``PATH.lock`` is held; one-shot writers rename the file into place at the end)."""
+    from lftml.safeio import lock_holder
+
+    holder = lock_holder(path)
+    if holder is None:
+        return None
+    return LftmlError(f"{what} {path} is being written by another lftml process ({holder}); it appears when "
+                      "that run finishes")
+
+
 def require_file(path: Path, what: str = "file") -> Path:
     if not Path(path).exists():
-        raise LftmlError(f"{what} {path} does not exist")
+        raise being_written(path, what) or LftmlError(f"{what} {path} does not exist")
     if Path(path).is_dir():
         raise LftmlError(f"{what} {path} is a directory, expected a file")
     return Path(path)

@@ -129,7 +129,13 @@ def _progress(flag: Optional[bool], as_json: bool) -> bool:
     return bool(flag)
 
 
-def _interrupted(out: Optional[Path]) -> None:
+def _interrupted(out: Optional[Path], exc: BaseException | None = None) -> None:
+    """The one line for SIGINT/SIGTERM in a one-shot writer (exit 130); names what was completed."""
+    written = list(getattr(exc, "written", []) or [])
+    if written:
+        typer.echo(f"interrupted: {', '.join(written)} was written completely, the --plot figure was not; "
+                   "rerun with --overwrite to make both", err=True)
+        raise typer.Exit(130)
     where = f"nothing was written to {out}" if out is not None else "nothing was written"
     typer.echo(f"interrupted: {where} (the file is written whole at the end); rerun the command to sample again",
                err=True)
@@ -193,8 +199,8 @@ def sample(
         res = sample_to_file(model, out, n=n_configs, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
                              schedule=schedule, snr=snr, device=device, progress=_progress(progress, as_json),
                              strip_png=plot, weights=weights, probes=probes, overwrite=overwrite)
-    except KeyboardInterrupt:
-        _interrupted(out)
+    except KeyboardInterrupt as exc:
+        _interrupted(out, exc)
     if as_json:
         emit_json(res)
         return

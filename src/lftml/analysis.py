@@ -195,6 +195,8 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool, log_warni
         )
     obs = ens.observables
     if "M" not in obs:
+        if ens.metadata.get("kind") == "complex_langevin":
+            raise LftmlError(f"{ens.path} is a complex Langevin run; analyse it with `lftml cl diagnose {ens.path}`")
         raise LftmlError(f"{ens.path} has no magnetisation observable (is it a complex-field ensemble?)")
     sl = slice(discard, None)
     result = summarize(

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from lftml.errors import LftmlError
+from lftml.errors import LftmlError, WriteError
 
 __all__ = [
     "check_output",
@@ -50,13 +50,14 @@ _REASONS = {
 }
 
 
-def write_error(exc: BaseException, path: str | os.PathLike, action: str = "write") -> LftmlError:
-    """One-line :class:`LftmlError` for an ``OSError`` raised while writing ``path``."""
+def write_error(exc: BaseException, path: str | os.PathLike, action: str = "write") -> WriteError:
+    """One-line :class:`~lftml.errors.WriteError` (an :class:`LftmlError`) for an ``OSError`` raised
+    while writing ``path``."""
     code = getattr(exc, "errno", None)
     reason = _REASONS.get(code) if code is not None else None
     if reason is None:
         reason = str(getattr(exc, "strerror", None) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
-    return LftmlError(f"cannot {action} {os.fspath(path)}: {reason}")
+    return WriteError(f"cannot {action} {os.fspath(path)}: {reason}", code)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

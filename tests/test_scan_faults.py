@@ -218,3 +218,26 @@ def test_live_reader_first_does_not_stop_the_scan(tmp_path, scan_file, reference
     assert held.later is not None and held.later[0] in (held.n_configs, N)
     for p in POINTS:
         assert_same_ensemble(out / f"{p}.h5", reference / f"{p}.h5")
+
+
+def test_write_error_in_a_pool_worker_stops_the_scan_too(tmp_path, scan_file, reference):
+    """The same through an executor (threads here; a Dask worker's error arrives pickled, so the
+    error class and its errno must survive pickling): WriteError, the other point is not started or
+    is left resumable, and the rerun completes bit-identically."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lftml.errors import WriteError
+    from lftml.scan import load_scan, run_scan
+
+    e = pickle.loads(pickle.dumps(WriteError("cannot write x: no space left on the device", 28)))
+    assert isinstance(e, WriteError) and e.errno == 28 and str(e) == "cannot write x: no space left on the device"
+    out = tmp_path / "DIR"
+    with ThreadPoolExecutor(1) as pool, inject("replace", _onto("kappa=0.2.h5"), "enospc"):
+        with pytest.raises(WriteError, match="the scan stopped there.*free space"):
+            run_scan(load_scan(scan_file), out, executor=pool)
+    assert leftovers(out) == []
+    again = _scan(scan_file, out)
+    assert again.exit_code == 0, again.stderr
+    for p in POINTS:
+        assert_same_ensemble(out / f"{p}.h5", reference / f"{p}.h5")

@@ -157,6 +157,20 @@ def test_interrupt_while_the_plot_is_drawn_names_what_was_written(tmp_path, inpu
     assert content(out) == content(full / "out.h5")
 
 
+def test_interrupt_while_the_grid_is_drawn_names_what_was_written(tmp_path, inputs, reference, sigterm_guard):
+    """The same for `rbm sample --out --grid`: SIGTERM at the grid image's write (after the ensemble
+    is complete): one line saying --out is complete and the grid is not, no PNG, --out undisturbed."""
+    out, png = tmp_path / "out.h5", tmp_path / "grid.png"
+    args = [*_args(inputs, "rbm sample", out), "--grid", png, "--grid-size", "4"]
+    with inject("lftml.plots:save_figure", 1, "sigterm") as state:
+        res = run_cli(*args)
+    assert state["fired"] and res.exit_code == 130, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted: {out} was written completely"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+    assert content(out) == content(reference["rbm sample"])
+
+
 def test_a_figure_is_written_atomically(tmp_path, monkeypatch):
     """save_figure under a full disk at its rename: one-line error, no PNG, no temporary (it wrote
     straight to the path before, leaving half an image)."""

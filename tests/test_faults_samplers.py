@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_tiny_inputs
+from conftest import run_cli
 from faults import Paused, inject, leftovers, run_lftml
 
 WRITERS = ["rbm sample", "diffusion sample"]
@@ -40,10 +40,8 @@ VOLATILE = {"created", "wall_time_s", "wall_seconds"}
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("in")
-    write_tiny_inputs(d)
-    return d
+def inputs(tiny_inputs):
+    return tiny_inputs
 
 
 def _args(d, writer, out, seed=3):

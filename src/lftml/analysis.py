@@ -45,6 +45,11 @@ class _OncePerMessage(logging.Filter):
         return True
 
 
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: ARG002
+        return False
+
+
 @contextmanager
 def _warn_once() -> Iterator[None]:
     stats_log = logging.getLogger("lftml.stats")
@@ -178,15 +183,19 @@ def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, cor
     that prints them itself, e.g. the CLI's table), also logged once each.
     """
     ens = source if isinstance(source, Ensemble) else Ensemble.open(source)
+    quiet = _DropAll()
     try:
         with _warn_once():
-            return _analyze(ens, discard, S, correlators, log_warnings)
+            if not log_warnings:
+                log.addFilter(quiet)  # the per-result warnings this module logs (they stay in result["warnings"])
+            return _analyze(ens, discard, S, correlators)
     finally:
+        log.removeFilter(quiet)
         if not isinstance(source, Ensemble):
             ens.close()
 
 
-def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool, log_warnings: bool = True) -> dict[str, Any]:
+def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[str, Any]:
     if ens.n_configs - discard < 4:
         raise LftmlError(
             f"{ens.path} holds {ens.n_configs} configurations"
@@ -226,7 +235,7 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool, log_warni
     )
     result["warnings"] = [f"{k}: {v['warning']}" for k, v in result.items()
                           if isinstance(v, dict) and v.get("warning")]
-    for w in result["warnings"] if log_warnings else ():
+    for w in result["warnings"]:
         log.warning("%s: %s", ens.path, w)
     theory = ens.theory
     if theory is not None and theory.to_dict().get("name") == "free":

@@ -129,9 +129,12 @@ def _progress(flag: Optional[bool], as_json: bool) -> bool:
     return bool(flag)
 
 
-def _interrupted(out: Optional[Path], exc: BaseException | None = None) -> None:
-    """The one line for SIGINT/SIGTERM in a one-shot writer (exit 130); names what was completed."""
-    written = list(getattr(exc, "written", []) or [])
+def _interrupted(out: Optional[Path]) -> None:
+    """The one line for SIGINT/SIGTERM in a one-shot writer (exit 130), called in its ``except
+    KeyboardInterrupt``: names what was completed (:class:`~lftml.diffusion.workflows.OutputsInterrupted`)."""
+    import sys
+
+    written = list(getattr(sys.exc_info()[1], "written", []) or [])
     if written:
         typer.echo(f"interrupted: {', '.join(written)} was written completely, the --plot figure was not; "
                    "rerun with --overwrite to make both", err=True)
@@ -199,8 +202,8 @@ def sample(
         res = sample_to_file(model, out, n=n_configs, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
                              schedule=schedule, snr=snr, device=device, progress=_progress(progress, as_json),
                              strip_png=plot, weights=weights, probes=probes, overwrite=overwrite)
-    except KeyboardInterrupt as exc:
-        _interrupted(out, exc)
+    except KeyboardInterrupt:
+        _interrupted(out)
     if as_json:
         emit_json(res)
         return

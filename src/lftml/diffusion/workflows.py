@@ -97,29 +97,35 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
     times = None
     if strip_png is not None:
         times = list(strip_times) if strip_times else [1.0, 0.6, 0.4, 0.3, 0.2, 0.12, 0.06, 0.0]
-    written: list[str] = []
-    try:
-        with _lock_and_interrupts(out):  # the strip too: SIGTERM while it is drawn must not kill the process
-            res = generate(model, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, snr=snr,
-                           corrector_steps=corrector_steps, device=device, progress=progress, snapshot_times=times,
-                           schedule=schedule, weights=weights, probes=probes)
-            with atomic_output(out, suffix=".h5") as tmp:
-                write_generated(tmp, res, model, model_path=str(model_path))
-            written.append(str(out))
-            summary = {"out": str(out), "n": n, "wall_seconds": res.wall_seconds, **res.settings}
-            if res.log_weights is not None:
-                summary["weights_summary"] = weight_diagnostics(res.log_weights, model.volume)
-            if strip_png is not None:
-                from lftml.diffusion.evaluation import plot_denoising_strip
-
-                pyplot()  # Agg backend before the figure exists
-                axes = plot_denoising_strip(res.snapshots, model.sde)
-                axes[0].figure.suptitle("backward process: noise (left) to configuration (right)", fontsize=9)
-                save_figure(axes[0].figure, strip_png, dpi=120)
-                summary["strip_png"] = str(strip_png)
-    except KeyboardInterrupt:
-        raise OutputsInterrupted(written) from None
+    with _lock_and_interrupts(out):
+        res = generate(model, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, snr=snr,
+                       corrector_steps=corrector_steps, device=device, progress=progress, snapshot_times=times,
+                       schedule=schedule, weights=weights, probes=probes)
+        with atomic_output(out, suffix=".h5") as tmp:
+            write_generated(tmp, res, model, model_path=str(model_path))
+    summary = {"out": str(out), "n": n, "wall_seconds": res.wall_seconds, **res.settings}
+    if res.log_weights is not None:
+        summary["weights_summary"] = weight_diagnostics(res.log_weights, model.volume)
+    if strip_png is not None:
+        _write_strip(res, model, strip_png, out)
+        summary["strip_png"] = str(strip_png)
     return summary
+
+
+def _write_strip(res: Any, model: Any, strip_png: str | Path, out: str | Path) -> None:
+    """The denoising strip PNG, after ``out`` is complete. SIGTERM while it is drawn is an interrupt
+    (not a silent kill) and, like SIGINT, says that ``out`` is complete (:class:`OutputsInterrupted`)."""
+    from lftml.diffusion.evaluation import plot_denoising_strip
+    from lftml.safeio import interrupts_as_keyboard_interrupt
+
+    try:
+        with interrupts_as_keyboard_interrupt():
+            pyplot()  # Agg backend before the figure exists
+            axes = plot_denoising_strip(res.snapshots, model.sde)
+            axes[0].figure.suptitle("backward process: noise (left) to configuration (right)", fontsize=9)
+            save_figure(axes[0].figure, strip_png, dpi=120)
+    except KeyboardInterrupt:
+        raise OutputsInterrupted([str(out)]) from None
 
 
 class OutputsInterrupted(KeyboardInterrupt):

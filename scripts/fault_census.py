@@ -16,8 +16,9 @@ import subprocess
 import sys
 
 BAD = ["tests/test_engine_bad_input.py", "tests/test_bad_input_all_commands.py"]
-FAULTS = ["tests/test_faults_engine.py", "tests/test_faults_writers.py", "tests/test_cl_faults.py",
-          "tests/test_diffusion_train_cli.py", "tests/test_safeio.py"]
+FAULTS = ["tests/test_faults_engine.py", "tests/test_faults_writers.py", "tests/test_faults_samplers.py",
+          "tests/test_cl_faults.py", "tests/test_scan_faults.py", "tests/test_diffusion_train_cli.py",
+          "tests/test_safeio.py"]
 
 
 def _run(files: list[str], select: str | None = None) -> dict[str, int]:

@@ -57,6 +57,15 @@ def write_tiny_inputs(d) -> None:
             "--noise-draws", "1", "--updates", "2", "--out", d / "dm.pt", "--json", check=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory):
+    """One folder of :func:`write_tiny_inputs` for the whole session (read-only for the tests that
+    share it: about 10 s to make, so the fault modules make it once)."""
+    d = tmp_path_factory.mktemp("tiny-inputs")
+    write_tiny_inputs(d)
+    return d
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -20,6 +20,8 @@ Actions::
     sigint / sigterm       send the signal to this process (delivered at that point)
     pause                  create the file $LFTML_FAULT_READY, wait until $LFTML_FAULT_GO exists
     interrupt              raise KeyboardInterrupt
+    a callable             call it (in-process only), then let the call proceed: e.g. run a reader
+                           while the writer sits at exactly that point
 
 In-process: ``with inject("fsync", 2, "enospc"): ...`` (a context manager; nests).
 In a subprocess: :func:`run_lftml` runs ``python -m lftml ARGS`` with faults given by the
@@ -72,7 +74,10 @@ def _resolve(point: str) -> tuple[Any, str]:
     return obj, name
 
 
-def _act(action: str, point: str, count: int) -> None:
+def _act(action: str | Callable[[], Any], point: str, count: int) -> None:
+    if callable(action):
+        action()
+        return
     if action in _ERRNOS:
         code = _ERRNOS[action]
         raise OSError(code, f"{os.strerror(code)} (injected at {point} #{count})")
@@ -95,9 +100,12 @@ def _act(action: str, point: str, count: int) -> None:
 
 
 @contextlib.contextmanager
-def inject(point: str, at: int, action: str, counter: dict | None = None) -> Iterator[dict]:
+def inject(point: str, at: int | Callable[..., bool], action: str | Callable[[], Any],
+           counter: dict | None = None) -> Iterator[dict]:
     """Patch ``point`` so that its ``at``-th call performs ``action``; yields the call counter
-    ``{"calls": n, "fired": bool}``. Signals/pauses then let the call proceed; errors replace it."""
+    ``{"calls": n, "fired": bool}``. Signals/pauses then let the call proceed; errors replace it.
+    ``at`` may instead be a predicate of the call's arguments: the first call it accepts fires (e.g.
+    the rename onto one named file, whatever else was renamed before)."""
     owner, name = _resolve(point)
     original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
     state = counter if counter is not None else {"calls": 0, "fired": False}
@@ -105,7 +113,8 @@ def inject(point: str, at: int, action: str, counter: dict | None = None) -> Ite
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         state["calls"] += 1
-        if state["calls"] == at and not state["fired"]:
+        hit = at(*args, **kwargs) if callable(at) else state["calls"] == at
+        if hit and not state["fired"]:
             state["fired"] = True
             _act(action, point, state["calls"])
         return raw(*args, **kwargs)
@@ -191,6 +200,48 @@ class Paused:
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class HeldOpen:
+    """Another process (a bare interpreter: h5py only, well under a second to start) that opens
+    ``path`` read-only with HDF5's default file locking and holds it open until :meth:`close` (a
+    context manager). ``n_configs`` is the file's committed count when it was opened. A reader in
+    the test's own process cannot stand in for it: HDF5 refuses to open one file twice in one
+    process with different locking flags, which no user's separate reader ever meets."""
+
+    _SCRIPT = ("import sys, h5py\n"
+               "f = h5py.File(sys.argv[1], 'r')\n"
+               "print(int(f.attrs['n_configs']), flush=True)\n"
+               "sys.stdin.read()\n"
+               "print(int(f.attrs['n_configs']), f['configs'].shape[0], flush=True)\n")
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 60):
+        self.proc = subprocess.Popen([sys.executable, "-c", self._SCRIPT, str(path)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the reader could not open {path}: {self.proc.communicate(timeout=timeout)[1]}")
+        self.n_configs = int(line)
+        self.later: tuple[int, int] | None = None
+
+    def close(self, timeout: float = 60) -> None:
+        """Let the reader go; it reads the header once more (``later``: n_configs, rows) and exits."""
+        if self.proc.poll() is None:
+            out, err = self.proc.communicate("", timeout=timeout)
+            if self.proc.returncode != 0:
+                raise AssertionError(f"the held reader failed: {err}")
+            a, b = out.split()
+            self.later = (int(a), int(b))
+
+    def __enter__(self) -> "HeldOpen":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.close()
+        finally:
+            if self.proc.poll() is None:
                 self.proc.kill()
 
 

@@ -5,6 +5,7 @@ resume refusals that name the differing setting."""
 from __future__ import annotations
 
 import errno
+import shutil
 import os
 import signal
 import subprocess
@@ -168,3 +169,98 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     with OutputLock(out):
         res = run_cli(*[a if a != "4000" else "2000" for a in ARGS], "--out", out)
     assert res.exit_code == 2 and f"pid {os.getpid()}" in res.stderr and not out.exists()
+
+
+# ------------------------------------------------------------------ live readers (issue 10 leftover)
+
+LIVE = [*[a if a != "4000" else "800" for a in ARGS], "--checkpoint-every", "10"]
+
+
+@pytest.fixture(scope="module")
+def live_runs(tmp_path_factory):
+    """The undisturbed short run, and an earlier file (another seed) for --overwrite to replace."""
+    d = tmp_path_factory.mktemp("live")
+    run_cli(*LIVE, "--out", d / "clean.h5", check=True)
+    run_cli(*[a if a != "4" else "5" for a in LIVE], "--out", d / "earlier.h5", check=True)
+    return d / "clean.h5", d / "earlier.h5"
+
+
+def _seed_of(path):
+    import json
+
+    with h5py.File(path, "r") as f:  # HDF5's default file locking
+        return json.loads(f.attrs["metadata"])["seed"]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-out", "overwrite"])
+@pytest.mark.parametrize("point", ["lftml.complex.runner:write_checkpoint", "lftml.ensemble:write_ensemble"],
+                         ids=["at-a-checkpoint", "at-the-final-write"])
+def test_live_reader_while_cl_run_writes(tmp_path, live_runs, point, existing):
+    """Writer first: while `cl run` sits at its second checkpoint or at its final write, `lftml cl
+    diagnose OUT` and `lftml analyze OUT` run. No OUT yet: one line "being written by another lftml
+    process (pid ...)", exit 2 (it said "does not exist"); with --overwrite: the earlier file, whole
+    (seed 5), also through h5py with default locking, and `analyze` says in one line that it is a
+    complex Langevin run. The writer is not disturbed: its file equals the undisturbed run's."""
+    from faults import inject
+
+    clean, earlier = live_runs
+    out = tmp_path / "live.h5"
+    args = [*LIVE, "--out", out]
+    if existing:
+        shutil.copy(earlier, out)
+        args.append("--overwrite")
+    seen = {}
+
+    def reader():
+        seen["diagnose"] = run_cli("cl", "diagnose", out, "--json")
+        seen["analyze"] = run_cli("analyze", out)
+        if existing:
+            seen["seed"] = _seed_of(out)
+
+    with inject(point, 2 if "checkpoint" in point else 1, reader) as state:
+        res = run_cli(*args)
+    assert state["fired"] and res.exit_code == 0, res.stderr
+    if existing:
+        assert seen["diagnose"].exit_code == 0 and seen["diagnose"].json()["seed"] == 5 and seen["seed"] == 5
+        lines = seen["analyze"].stderr.strip().splitlines()
+        assert seen["analyze"].exit_code == 2 and len(lines) == 1 and "lftml cl diagnose" in lines[0], lines
+    else:
+        for key in ("diagnose", "analyze"):
+            r = seen[key]
+            lines = r.stderr.strip().splitlines()
+            assert r.exit_code == 2 and len(lines) == 1, (key, r.exit_code, r.stderr)
+            assert "is being written by another lftml process" in lines[0] and f"pid {os.getpid()}" in lines[0]
+    _same_run(out, clean)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.h5"]
+
+
+def test_live_reader_first_does_not_stop_cl_run(tmp_path, live_runs):
+    """Reader first: h5py (default locking) holds the earlier OUT open while `cl run --overwrite`
+    runs: the run finishes with the undisturbed content and the reader still reads the earlier file."""
+    clean, earlier = live_runs
+    out = tmp_path / "live.h5"
+    shutil.copy(earlier, out)
+    with h5py.File(out, "r") as held:
+        before = held["configs"][()]
+        res = run_cli(*LIVE, "--out", out, "--overwrite")
+        assert res.exit_code == 0, res.stderr
+        assert np.array_equal(held["configs"][()], before)
+    _same_run(out, clean)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.h5"]
+
+
+@pytest.mark.slow
+def test_live_reader_of_a_paused_cl_run_process(tmp_path, live_runs):
+    """A `cl run` process paused at its second checkpoint: `cl diagnose OUT` in this process names
+    the writer's PID ("being written"); released, the writer finishes with the undisturbed content."""
+    from faults import Paused
+
+    clean, _ = live_runs
+    out = tmp_path / "live.h5"
+    with Paused(tmp_path, [*LIVE, "--out", out], "lftml.complex.runner:write_checkpoint", 2) as w:
+        r = run_cli("cl", "diagnose", out)
+        assert r.exit_code == 2 and f"being written by another lftml process (pid {w.proc.pid} " in r.stderr, r.stderr
+        w.release()
+        done = w.wait()
+    assert done.returncode == 0, done.stderr
+    _same_run(out, clean)

@@ -11,17 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_tiny_inputs
+from conftest import run_cli
 from faults import inject
 
 RT = ["rbm", "train", "--shape", "8", "8", "--m2", "1", "--hidden", "4", "--method", "analytic", "--json"]
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("in")
-    write_tiny_inputs(d)
-    return d
+def inputs(tiny_inputs):
+    return tiny_inputs
 
 
 def _commands(d, out):

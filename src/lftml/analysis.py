@@ -45,6 +45,11 @@ class _OncePerMessage(logging.Filter):
         return True
 
 
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: ARG002
+        return False
+
+
 @contextmanager
 def _warn_once() -> Iterator[None]:
     stats_log = logging.getLogger("lftml.stats")
@@ -184,7 +189,8 @@ def correlator(slice_mean: np.ndarray, M: np.ndarray, volume: int, S: float = 2.
     return {"correlator": corr, "effective_mass": meff}
 
 
-def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, correlators: bool = True) -> dict[str, Any]:
+def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, correlators: bool = True,
+            log_warnings: bool = True) -> dict[str, Any]:
     """Analyse an ensemble file: :func:`summarize` plus sampler statistics and provenance.
 
     ``discard`` drops that many leading configurations (extra thermalisation). Adds
@@ -193,12 +199,18 @@ def analyze(source: str | Path | Ensemble, discard: int = 0, S: float = 2.0, cor
     ``cost_per_independent_config_s`` = wall time x 2 tau_int(|M|) / (n_configs n_chains).
     For the free field the exact values are added under ``exact`` (under ``target`` for ensembles of
     generative models, whose stored theory is the one they were trained on).
+    The reliability warnings are in ``result["warnings"]`` and, unless ``log_warnings=False`` (a caller
+    that prints them itself, e.g. the CLI's table), also logged once each.
     """
     ens = source if isinstance(source, Ensemble) else Ensemble.open(source)
+    quiet = _DropAll()
     try:
         with _warn_once():
+            if not log_warnings:
+                log.addFilter(quiet)  # the per-result warnings this module logs (they stay in result["warnings"])
             return _analyze(ens, discard, S, correlators)
     finally:
+        log.removeFilter(quiet)
         if not isinstance(source, Ensemble):
             ens.close()
 
@@ -212,6 +224,8 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[s
         )
     obs = ens.observables
     if "M" not in obs:
+        if ens.metadata.get("kind") == "complex_langevin":
+            raise LftmlError(f"{ens.path} is a complex Langevin run; analyse it with `lftml cl diagnose {ens.path}`")
         raise LftmlError(f"{ens.path} has no magnetisation observable (is it a complex-field ensemble?)")
     sl = slice(discard, None)
     result = summarize(

@@ -158,6 +158,12 @@ def open_checked(path: str | os.PathLike, mode: str) -> h5py.File:
     """Open an lftml ensemble (``mode`` ``"r"`` or ``"a"``); one-line :class:`FileFormatError` otherwise."""
     path = Path(path)
     if not path.exists():
+        from lftml.safeio import lock_holder
+
+        holder = lock_holder(path)
+        if holder is not None:
+            raise FileFormatError(f"ensemble file {path} is being written by another lftml process ({holder}); "
+                                  "it appears when that run finishes")
         raise FileFormatError(f"ensemble file {path} does not exist")
     if path.is_dir():
         raise FileFormatError(f"ensemble file {path} is a directory, expected a file")

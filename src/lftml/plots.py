@@ -20,19 +20,23 @@ def pyplot():
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """``tight_layout``, write ``fig`` to ``path`` and close it (also when writing fails).
+    """``tight_layout``, write ``fig`` to ``path`` atomically (a temporary beside it, then a rename:
+    a full disk or an interrupt leaves no half-written image) and close it (also when writing fails).
     A path that cannot be written is a one-line :class:`~lftml.errors.LftmlError`."""
     from lftml.errors import LftmlError
+    from lftml.safeio import atomic_output
 
     plt = pyplot()
+    path = Path(path)
     try:
         fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
+        with atomic_output(path, suffix=path.suffix or ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, format=(path.suffix.lstrip(".") or "png").lower())
     except OSError as exc:
         raise LftmlError(f"cannot write {path}: {exc}") from None
     finally:
         plt.close(fig)
-    return Path(path)
+    return path
 
 
 def plot_history(ax, M: np.ndarray, max_chains: int = 4, label: str = "M"):

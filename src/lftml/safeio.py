@@ -13,6 +13,7 @@
 * :func:`interrupts_as_keyboard_interrupt` — SIGTERM raised as ``KeyboardInterrupt`` inside the block,
   so SIGINT and SIGTERM stop a command through the same path (flush, one message, exit 130).
 * :func:`write_error` — an ``OSError`` from writing, as one line (ENOSPC, EROFS, EACCES named).
+* :func:`lock_holder` — who holds a path's lock (readers say "being written" instead of "missing").
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from lftml.errors import LftmlError
+from lftml.errors import LftmlError, WriteError
 
 __all__ = [
     "check_output",
@@ -35,6 +36,7 @@ __all__ = [
     "interrupts_as_keyboard_interrupt",
     "write_error",
     "same_file",
+    "lock_holder",
 ]
 
 _REASONS = {
@@ -48,13 +50,14 @@ _REASONS = {
 }
 
 
-def write_error(exc: BaseException, path: str | os.PathLike, action: str = "write") -> LftmlError:
-    """One-line :class:`LftmlError` for an ``OSError`` raised while writing ``path``."""
+def write_error(exc: BaseException, path: str | os.PathLike, action: str = "write") -> WriteError:
+    """One-line :class:`~lftml.errors.WriteError` (an :class:`LftmlError`) for an ``OSError`` raised
+    while writing ``path``."""
     code = getattr(exc, "errno", None)
     reason = _REASONS.get(code) if code is not None else None
     if reason is None:
         reason = str(getattr(exc, "strerror", None) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
-    return LftmlError(f"cannot {action} {os.fspath(path)}: {reason}")
+    return WriteError(f"cannot {action} {os.fspath(path)}: {reason}", code)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -209,6 +212,31 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """``"pid N on host H"`` when a live lftml process holds :class:`OutputLock` on ``path``, else None.
+
+    For readers: a one-shot writer creates its output only at the end (atomically), so a reader that
+    finds no file but a held lock can say "being written" instead of "does not exist". The probe only
+    reads ``PATH.lock`` (it never takes the lock, which could make a starting writer fail); a holder
+    on this host counts as live while its PID exists (a SIGKILLed holder leaves the file behind)."""
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        text = lock_path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    parts = text.split()
+    if len(parts) < 5 or parts[0] != "pid" or not parts[1].isdigit():
+        return None
+    if parts[4] == socket.gethostname():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass  # it exists (another user's process)
+    return text
 
 
 @contextlib.contextmanager

@@ -108,9 +108,11 @@ def normalize_argv(args: list[str]) -> list[str]:
         i += 1
         if tok in MULTI_VALUE_OPTIONS:
             vals = []
-            # any number-like token (8.5, 1e3, -4 included) belongs to --shape, so parse_shape can
-            # name the bad value instead of click reporting a stray argument
-            while i < len(args) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?(,[^,]+)*", args[i]):
+            # every token up to the next option belongs to --shape (a number-like one such as 8.5, 1e3
+            # or -4 too), so parse_shape names --shape and the bad value (`--shape x 8`) instead of
+            # click reporting a stray argument. No command with --shape takes positional arguments.
+            while i < len(args) and (not args[i].startswith("-")
+                                     or re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?(,[^,]+)*", args[i])):
                 vals.append(args[i])
                 i += 1
             if vals:
@@ -123,7 +125,7 @@ def parse_shape(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     if isinstance(text, (list, tuple)):
         parts = [str(t) for t in text]
     else:
-        parts = [p for p in re.split(r"[,x\s]+", str(text).strip()) if p]
+        parts = re.split(r"[,x\s]+", str(text).strip())  # an empty part (`x,8`, `8,`) is an error, not dropped
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
@@ -133,9 +135,21 @@ def parse_shape(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+def being_written(path: str | Path, what: str = "file") -> LftmlError | None:
+    """The one-line error for an input that does not exist yet because a live lftml run is writing
+    it (its ``PATH.lock`` is held; one-shot writers rename the file into place at the end)."""
+    from lftml.safeio import lock_holder
+
+    holder = lock_holder(path)
+    if holder is None:
+        return None
+    return LftmlError(f"{what} {path} is being written by another lftml process ({holder}); it appears when "
+                      "that run finishes")
+
+
 def require_file(path: Path, what: str = "file") -> Path:
     if not Path(path).exists():
-        raise LftmlError(f"{what} {path} does not exist")
+        raise being_written(path, what) or LftmlError(f"{what} {path} does not exist")
     if Path(path).is_dir():
         raise LftmlError(f"{what} {path} is a directory, expected a file")
     return Path(path)

@@ -137,6 +137,15 @@ def _progress(flag: Optional[bool], as_json: bool) -> bool:
 
 
 def _interrupted(out: Optional[Path]) -> None:
+    """The one line for SIGINT/SIGTERM in a one-shot writer (exit 130), called in its ``except
+    KeyboardInterrupt``: names what was completed (:class:`~lftml.diffusion.workflows.OutputsInterrupted`)."""
+    import sys
+
+    written = list(getattr(sys.exc_info()[1], "written", []) or [])
+    if written:
+        typer.echo(f"interrupted: {', '.join(written)} was written completely, the --plot figure was not; "
+                   "rerun with --overwrite to make both", err=True)
+        raise typer.Exit(130)
     where = f"nothing was written to {out}" if out is not None else "nothing was written"
     typer.echo(f"interrupted: {where} (the file is written whole at the end); rerun the command to sample again",
                err=True)

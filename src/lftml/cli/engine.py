@@ -223,7 +223,8 @@ def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, star
         "sampler": result.sampler, "wall_time_s": result.wall_time_s,
     }
     if result.n_configs >= 4:
-        summary["analysis"] = analyze(out, correlators=False)
+        # the table prints the warnings (as `warning:` lines); only --json needs them logged on stderr
+        summary["analysis"] = analyze(out, correlators=False, log_warnings=as_json)
         # top level as in `lftml analyze --json` / `lftml extrapolate --json`: "observable: why" per flagged estimate
         summary["warnings"] = list(summary["analysis"]["warnings"])
     if as_json:
@@ -368,7 +369,7 @@ def register(app: typer.Typer) -> None:
             if plot.suffix.lower() != ".png":
                 raise LftmlError(f"--plot {plot}: figures are PNG files; give a name ending in .png")
             check_output(plot, overwrite=True, inputs=[path], option="--plot")
-        result = analyze_file(path, discard=discard, S=S)
+        result = analyze_file(path, discard=discard, S=S, log_warnings=as_json)  # the table prints them
         if plot is not None:
             from lftml.plots import ensemble_overview
 

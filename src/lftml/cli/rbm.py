@@ -496,7 +496,12 @@ def sample(
             if grid is not None:
                 summary["grid"] = digit_grid(model, grid, n_images=grid_size, n_sweeps=therm, seed=seed, method=method)
     except KeyboardInterrupt:
-        typer.echo("interrupted: nothing was written (each output is written whole at the end); rerun the command", err=True)
+        if out is not None and summary:  # the ensemble was complete (written atomically); the grid was not
+            typer.echo(f"interrupted: {out} was written completely, the --grid image was not; rerun with --overwrite "
+                       "to make both", err=True)
+        else:
+            typer.echo("interrupted: nothing was written (each output is written whole at the end); rerun the command",
+                       err=True)
         raise typer.Exit(130) from None
     if as_json:
         emit_json(summary)

@@ -129,14 +129,34 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
     if extra is not None:
         summary["smc"] = extra["smc"]
     if strip_png is not None:
-        from lftml.diffusion.evaluation import plot_denoising_strip
-
-        pyplot()  # Agg backend before the figure exists
-        axes = plot_denoising_strip(res.snapshots, model.sde)
-        axes[0].figure.suptitle("backward process: noise (left) to configuration (right)", fontsize=9)
-        save_figure(axes[0].figure, strip_png, dpi=120)
+        _write_strip(res, model, strip_png, out)
         summary["strip_png"] = str(strip_png)
     return summary
+
+
+def _write_strip(res: Any, model: Any, strip_png: str | Path, out: str | Path) -> None:
+    """The denoising strip PNG, after ``out`` is complete. SIGTERM while it is drawn is an interrupt
+    (not a silent kill) and, like SIGINT, says that ``out`` is complete (:class:`OutputsInterrupted`)."""
+    from lftml.diffusion.evaluation import plot_denoising_strip
+    from lftml.safeio import interrupts_as_keyboard_interrupt
+
+    try:
+        with interrupts_as_keyboard_interrupt():
+            pyplot()  # Agg backend before the figure exists
+            axes = plot_denoising_strip(res.snapshots, model.sde)
+            axes[0].figure.suptitle("backward process: noise (left) to configuration (right)", fontsize=9)
+            save_figure(axes[0].figure, strip_png, dpi=120)
+    except KeyboardInterrupt:
+        raise OutputsInterrupted([str(out)]) from None
+
+
+class OutputsInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped a one-shot writer; ``written`` lists the outputs already complete
+    (each is written whole, atomically; the others were not written at all)."""
+
+    def __init__(self, written: Sequence[str] = ()):
+        super().__init__()
+        self.written = list(written)
 
 
 def weight_diagnostics(log_w: np.ndarray, volume: int) -> dict[str, Any]:

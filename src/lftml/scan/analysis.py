@@ -73,15 +73,27 @@ def point_table(directory: str | Path, discard: int = 0) -> list[dict[str, Any]]
     """One row per finished point of the scan in ``directory`` (index order)."""
     from lftml.analysis import analyze
 
+    from lftml.safeio import lock_holder
+    from lftml.scan.tasks import file_state
+
     index = read_index(directory)
     if not index["points"]:
         raise LftmlError(f"{directory} holds no scan index ({INDEX}); run `lftml scan SCAN.toml --out {directory}` first")
+    live = lock_holder(Path(directory) / INDEX)  # a scan is writing the folder now
     rows = []
+    unfinished: list[str] = []
     for name, entry in index["points"].items():
         path = Path(directory) / entry["file"]
-        if not path.exists() or entry.get("status") != "done":
-            log.warning("point %s is not finished (%s); left out of the analysis", name, entry.get("status"))
+        if not path.exists():
+            unfinished.append(f"{name} ({entry.get('status')})")
             continue
+        if entry.get("status") != "done":
+            # a live scan rewrites its index every few seconds: the file is the truth for "done"
+            state = file_state(path)
+            want = (entry.get("options") or {}).get("n_configs")
+            if state is None or want is None or state["n_configs"] < int(want):
+                unfinished.append(f"{name} ({entry.get('status')})")
+                continue
         res = analyze(path, discard=discard, correlators=False)
         opts = entry.get("options", {})
         shape = opts.get("shape") or res["theory"].get("shape")
@@ -92,8 +104,14 @@ def point_table(directory: str | Path, discard: int = 0) -> list[dict[str, Any]]
             if key in res:
                 row[key] = res[key]
         rows.append(row)
+    running = f"a scan is writing {directory} now ({live}); " if live else ""
     if not rows:
-        raise LftmlError(f"{directory}: no finished point to analyse; rerun the scan to finish them")
+        raise LftmlError(f"{directory}: {running}no point is finished yet"
+                         + ("; analyse again when some are" if live else "; rerun the scan to finish them"))
+    if unfinished:
+        shown = ", ".join(unfinished[:3]) + (f" and {len(unfinished) - 3} more" if len(unfinished) > 3 else "")
+        log.warning("%s%d of %d points are not finished (%s); analysing the %d finished ones", running,
+                    len(unfinished), len(index["points"]), shown, len(rows))
     return rows
 
 

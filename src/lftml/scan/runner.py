@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lftml
-from lftml.errors import LftmlError
+from lftml.errors import LftmlError, WriteError
 from lftml.safeio import OutputLock, interrupts_as_keyboard_interrupt
 from lftml.scan.executor import Backend, check_backend, execute, open_executor
 from lftml.scan.grid import ScanSpec
@@ -134,7 +136,20 @@ def run_scan(
     try:
         config = {**spec.to_dict(), "lftml_version": lftml.__version__,
                   "fixed_resolved": _common(planned), "points": [t.name for t, _ in planned]}
-        write_config(out, config)
+        def undo_new_folder() -> None:
+            """A folder this scan made holds nothing but its config yet: leave no trace of the attempt."""
+            if created:
+                lock.release()  # its lock file is in the folder (release is idempotent)
+                for name in ("scan.json", "scan.toml", INDEX):
+                    (out / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+
+        try:
+            write_config(out, config)
+        except BaseException:
+            undo_new_folder()
+            raise
         points = index["points"]
         parameters = {p.name: p.parameters for p in spec.points()}
         for task, resolved in planned:
@@ -146,7 +161,11 @@ def run_scan(
             }
             points[task.name].pop("error", None)
         index.update(format=FORMAT, format_version=1, command=spec.command, lftml_version=lftml.__version__)
-        write_index(out, index)
+        try:
+            write_index(out, index)
+        except BaseException:
+            undo_new_folder()
+            raise
         todo = [t for t, _ in planned if statuses[t.name] != "done"]
         skipped = len(planned) - len(todo)
         failed: dict[str, str] = {}
@@ -166,6 +185,12 @@ def run_scan(
             if error is not None:
                 msg = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 entry.update(status="failed", error=msg)
+                if isinstance(error, WriteError):
+                    # a full disk or an I/O error: every further point would fail the same way (and start
+                    # files that cannot grow); stop here. The point's file keeps its last checkpoint.
+                    fix = "free space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+                    raise WriteError(f"{msg}; the scan stopped there (finished points are kept, unfinished ones "
+                                     f"resume bit-identically): {fix}, then rerun the scan", error.errno)
                 failed[task.name] = msg
                 log.warning("point %s failed: %s", task.name, msg)
             else:
@@ -192,14 +217,20 @@ def run_scan(
                         if on_backend is not None:
                             on_backend(be)
                         execute(run_point, todo, be.executor, on_result, key=lambda t: t.name)
-        except BaseException:
+        except BaseException as exc:
             for task in todo:
                 if points[task.name]["status"] not in ("done", "failed"):
                     st = file_state(task.path) if Path(task.path).exists() else None
                     points[task.name]["status"] = "interrupted" if st is not None else "pending"
                     if st is not None:
                         points[task.name]["n_configs"] = st["n_configs"]
-            write_index(out, index)
+            try:
+                write_index(out, index)
+            except WriteError:
+                if not isinstance(exc, WriteError):
+                    raise
+                # the disk that stopped the scan refuses the index too: the files are the truth for "done"
+                # (a rerun reads them), and the first error is the one to report
             raise
         else:
             write_index(out, index)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from lftml.errors import LftmlError
+from lftml.errors import LftmlError, WriteError
 from lftml.scan.grid import Point, check_minimum, click_command, command_options
 
 log = logging.getLogger(__name__)
@@ -132,10 +132,10 @@ def expected_metadata(resolved: Mapping[str, Any]) -> dict[str, Any]:
 def file_state(path: str | Path) -> dict[str, Any] | None:
     """``{"n_configs", "metadata"}`` of an existing ensemble file, or None when it cannot be read
     (e.g. a worker was killed inside one of HDF5's few-millisecond metadata writes)."""
-    import h5py
+    from lftml.ensemble import h5open
 
     try:
-        with h5py.File(path, "r") as f:
+        with h5open(path, "r") as f:  # no HDF5 file lock: a live writer's flush must not fail because of us
             return {"n_configs": int(f.attrs["n_configs"]), "metadata": json.loads(f.attrs["metadata"])}
     except (OSError, KeyError, ValueError):
         return None
@@ -189,6 +189,8 @@ def run_point(task: PointTask) -> dict[str, Any]:
                     resume = True
             argv = [*task.argv, "--out", str(path), "--no-progress", "--json", *(["--resume"] if resume else [])]
             summary = json.loads(_invoke(task.command, argv))
+    except WriteError as exc:  # kept a WriteError: the scan stops at a full disk instead of failing every point
+        raise WriteError(f"point {task.name}: {exc}", exc.errno) from None
     except LftmlError as exc:
         raise LftmlError(f"point {task.name}: {exc}") from None
     return {

@@ -26,7 +26,7 @@ def test_interrupted_training_resumes_bit_identically(tmp_path, method, at):
                 "--log-every", "10", "--seed", "3", "--method", "cd", "--lr", "0.001"]
     full, part = tmp_path / "full.pt", tmp_path / "part.pt"
     run_cli("rbm", "train", *args, "--out", full, check=True)
-    with inject("lftml.rbm.training:_kl_and_loglik", at, "interrupt") as st:
+    with inject("lftml.rbm.training:kl_and_loglik", at, "interrupt") as st:
         r = run_cli("rbm", "train", *args, "--out", part)
     assert st["fired"] and r.exit_code == 130 and "--resume" in r.stderr, r.stderr
     stopped = load_model(part)[1]["meta"]["interrupted_at_update"]
@@ -46,7 +46,7 @@ def test_resume_refuses_a_finished_run_and_changed_options(tmp_path):
     r = run_cli("rbm", "train", *COMMON, "--method", "pcd", "--out", out, "--resume")
     assert r.exit_code == 2 and "resume" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     part = tmp_path / "p.pt"
-    with inject("lftml.rbm.training:_kl_and_loglik", 4, "interrupt"):
+    with inject("lftml.rbm.training:kl_and_loglik", 4, "interrupt"):
         assert run_cli("rbm", "train", *COMMON, "--method", "pcd", "--out", part).exit_code == 130
     r = run_cli("rbm", "train", *COMMON[:-2], "--seed", "4", "--method", "pcd", "--out", part, "--resume")
     assert r.exit_code == 2 and "--seed" in r.stderr
@@ -62,7 +62,7 @@ def test_resume_takes_the_options_from_the_file(tmp_path):
     args = COMMON + ["--method", "pcd", "--k", "2"]  # --k 2 differs from the default, so a default fallback shows
     full, part = tmp_path / "full.pt", tmp_path / "part.pt"
     run_cli("rbm", "train", *args, "--out", full, check=True)
-    with inject("lftml.rbm.training:_kl_and_loglik", 4, "interrupt"):
+    with inject("lftml.rbm.training:kl_and_loglik", 4, "interrupt"):
         assert run_cli("rbm", "train", *args, "--out", part).exit_code == 130
     r = run_cli("rbm", "train", "--out", part, "--resume", "--k", "3")
     assert r.exit_code == 2 and "--k" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -80,7 +80,7 @@ def test_resume_with_no_options_is_bit_identical(tmp_path):
             "--log-every", "10", "--seed", "5", "--method", "cd", "--lr", "0.001"]
     full, part = tmp_path / "full.pt", tmp_path / "part.pt"
     run_cli("rbm", "train", *args, "--out", full, check=True)
-    with inject("lftml.rbm.training:_kl_and_loglik", 5, "interrupt"):
+    with inject("lftml.rbm.training:kl_and_loglik", 5, "interrupt"):
         assert run_cli("rbm", "train", *args, "--out", part).exit_code == 130
     run_cli("rbm", "train", "--out", part, "--resume", check=True)
     (a, ra), (b, rb) = load_model(full), load_model(part)

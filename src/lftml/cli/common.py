@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on the typer release
 
 __all__ = [
     "JSON_OPTION", "SEED_OPTION", "MULTI_VALUE_OPTIONS", "ParameterSource", "UsageError", "emit_json", "fmt_err",
+    "given_on_command_line",
     "get_current_context", "normalize_argv", "parse_shape", "require_file", "to_jsonable",
 ]
 
@@ -153,3 +154,12 @@ def require_file(path: Path, what: str = "file") -> Path:
     if Path(path).is_dir():
         raise LftmlError(f"{what} {path} is a directory, expected a file")
     return Path(path)
+
+
+def given_on_command_line() -> set[str]:
+    """Names of the current command's parameters the user typed (not defaults)."""
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return set()
+
+    return {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}

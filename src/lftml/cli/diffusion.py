@@ -70,7 +70,7 @@ def train(
     import sys
     from dataclasses import replace
 
-    from lftml.diffusion.training import (TrainConfig, TrainingInterrupted, _refuse_interrupted, check_resume_settings,
+    from lftml.diffusion.training import (TrainConfig, TrainingInterrupted, refuse_interrupted, check_resume_settings,
                                           stored_config)
     from lftml.diffusion.workflows import set_threads, train_from_file
     from lftml.safeio import check_output
@@ -88,7 +88,7 @@ def train(
     if heldout is not None:
         require_file(heldout, "held-out ensemble")
     check_output(out, overwrite=True, resume=resume, inputs=[data, heldout])  # inputs, folder
-    _refuse_interrupted(out, resume, overwrite)
+    refuse_interrupted(out, resume, overwrite)
     check_output(out, overwrite=overwrite, resume=resume, inputs=[data, heldout])
     if resume and overwrite:
         raise LftmlError("--resume continues a run and --overwrite starts afresh; give one of them")

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 import typer
 
-from lftml.cli.common import JSON_OPTION, deprecated_option, SEED_OPTION, emit_json, fmt_err, parse_shape, require_file
+from lftml.cli.common import (JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, given_on_command_line,
+                              parse_shape, require_file)
 from lftml.errors import LftmlError
 from lftml.lattice import Lattice
 from lftml.theories import FreeScalar, Phi4
@@ -150,17 +151,6 @@ STORED_RUN_OPTIONS = {
 THEORY_OPTIONS = ("shape", "kappa", "lam", "m2", "lam4", "g")
 
 
-def _given_on_command_line() -> set[str]:
-    """Names of the current command's parameters the user typed (not defaults)."""
-    from lftml.cli.common import ParameterSource, get_current_context
-
-    ctx = get_current_context(silent=True)
-    if ctx is None:
-        return set()
-
-    return {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
-
-
 def with_stored_options(kind: str, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """For ``--resume`` on an existing file: options the user did not type are taken from the file
     (theory, chains, seed, sampler settings, the requested --n-configs); typed ones are kept and
@@ -174,7 +164,7 @@ def with_stored_options(kind: str, values: dict[str, Any]) -> tuple[dict[str, An
     meta = stored_metadata(out)
     if meta.get("kind") != kind:
         raise LftmlError(f"cannot resume {out} with 'lftml {kind}': it is a {meta.get('kind') or 'unknown'} ensemble")
-    given = _given_on_command_line()
+    given = given_on_command_line()
     values = dict(values)
     for name, (section, key) in STORED_RUN_OPTIONS.items():
         if name in values and name not in given and key in (meta.get(section) or {}):
@@ -279,13 +269,13 @@ def register(app: typer.Typer) -> None:
         from dataclasses import replace
 
         o, stored = with_stored_options("hmc", dict(locals()))
-        if stored and "algorithm" not in _given_on_command_line():
+        if stored and "algorithm" not in given_on_command_line():
             mass = (stored.get("sampler") or {}).get("mass") or {}
             o["algorithm"] = "fa-hmc" if mass.get("kind") == "fourier" else "hmc"
         theory = build_theory(o["shape"], o["kappa"], o["lam"], o["m2"], o["lam4"], o["g"])
         sampler = build_hmc(theory, traj_length, o["md_steps"], o["integrator"], backend, o["step_jitter"],
                             o["algorithm"], mass_from, o["cluster"], o["cluster_every"], out)
-        if stored and "traj_length" not in _given_on_command_line() and "step_size" in stored.get("sampler", {}):
+        if stored and "traj_length" not in given_on_command_line() and "step_size" in stored.get("sampler", {}):
             sampler = replace(sampler, step_size=float(stored["sampler"]["step_size"]))  # the stored step, exactly
         _run_command(sampler, theory, chains=o["chains"], n_configs=o["n_configs"], therm=o["therm"], every=o["every"],
                      seed=o["seed"], start=o["start"], out=out, resume=resume, adapt=o["adapt"],

@@ -187,9 +187,9 @@ def train(
         summary["heldout_loglik_per_image"] = heldout_loglik(model, held.x)
         summary["heldout_gap"] = summary["train_loglik_per_image"]["mean"] - summary["heldout_loglik_per_image"]["mean"]
     if method == "analytic":
-        from lftml.cli.engine import _given_on_command_line
+        from lftml.cli.common import given_on_command_line
 
-        unused = sorted(_given_on_command_line() & ANALYTIC_UNUSED)
+        unused = sorted(given_on_command_line() & ANALYTIC_UNUSED)
         if unused:
             names = ", ".join("--" + n.replace("_", "-") for n in unused)
             typer.echo(f"warning: {names} not used: --method analytic sets the closed-form ML optimum directly "
@@ -230,7 +230,7 @@ RESUME_OPTIONS = ("data", "shape", "m2", "target", "hidden", "mu2", "learn_mu2",
 def _with_stored_train_options(out: Path, values: dict) -> dict:
     """``--resume``: options not typed are taken from ``out``'s stored ``cli_options``; typed ones that
     contradict them are refused by name. Files without stored options (older runs) keep ``values``."""
-    from lftml.cli.engine import _given_on_command_line
+    from lftml.cli.common import given_on_command_line
     from lftml.rbm.io import load_model
 
     try:
@@ -241,7 +241,7 @@ def _with_stored_train_options(out: Path, values: dict) -> dict:
         return values
     if not stored:
         return values
-    given = _given_on_command_line() | ({"pcd_chains"} if "chains" in _given_on_command_line() else set())
+    given = given_on_command_line() | ({"pcd_chains"} if "chains" in given_on_command_line() else set())
     vals = dict(values)
     for name in RESUME_OPTIONS:
         if name not in stored:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
-from lftml.diffusion.sampling import _filter, symmetrize_spectrum
+from lftml.diffusion.sampling import color_noise, symmetrize_spectrum
 
 __all__ = ["GaussianBaseline", "MixtureBaseline", "BASELINES", "fit_baseline"]
 
@@ -88,7 +88,7 @@ class GaussianBaseline:
         if n < 1:
             raise LftmlError(f"--n-configs must be >= 1, got {n}")
         z = torch.randn((n, *self.lattice_shape), generator=generator, dtype=torch.float64)
-        return self.mean + _filter(z, torch.sqrt(self.power_spectrum), _dims(z))
+        return self.mean + color_noise(z, torch.sqrt(self.power_spectrum), _dims(z))
 
     def log_prob(self, phi) -> torch.Tensor:
         """Exact ``log q(phi)`` per configuration (float64)."""

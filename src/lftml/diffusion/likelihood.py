@@ -157,7 +157,7 @@ def _heun_times(sde: VESDE, t0: float, t1: float, settings: LikelihoodSettings) 
     return ts
 
 
-def _integrate(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t0: float, t1: float, settings: LikelihoodSettings,
+def integrate_pf_ode(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t0: float, t1: float, settings: LikelihoodSettings,
                probes, *, times: np.ndarray | None = None, divergence: bool = True,
                callback=None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Integrate the PF-ODE from t0 to t1; returns ``(x(t1), int_{t0}^{t1} div f dt, nfe)``.
@@ -208,7 +208,7 @@ def _integrate(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, t0: float, t1: fl
     return xe, torch.as_tensor(y[n * m :], dtype=torch.float64), nfe
 
 
-def _prior(score_fn, sde: VESDE):
+def pf_ode_prior(score_fn, sde: VESDE):
     """``(log_prob, sample)`` of the prior at t = 1: ``N(0, C + sigma_max^2)`` when the score has an
     analytic Gaussian part with per-mode variance ``c_p`` (exact for that part), the mixture
     ``1/2 N(+-mu, C + sigma_max^2)`` when that part is a sign-aligned mixture (``analytic_vacuum``),
@@ -216,7 +216,7 @@ def _prior(score_fn, sde: VESDE):
     c = score_fn.analytic_power_spectrum() if hasattr(score_fn, "analytic_power_spectrum") else None
     if c is None:
         return sde.prior_log_prob, sde.prior_sample
-    from lftml.diffusion.sampling import _filter, symmetrize_spectrum
+    from lftml.diffusion.sampling import color_noise, symmetrize_spectrum
 
     var = symmetrize_spectrum(torch.as_tensor(c, dtype=torch.float64).cpu()) + sde.sigma_max**2
     logdet = float(torch.log(2 * math.pi * var).sum())
@@ -235,7 +235,7 @@ def _prior(score_fn, sde: VESDE):
 
     def sample(shape, generator, dtype=torch.float32, device="cpu"):
         z = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-        x = _filter(z, torch.sqrt(var), tuple(range(1, len(shape))))
+        x = color_noise(z, torch.sqrt(var), tuple(range(1, len(shape))))
         if vac is not None:
             u = torch.rand(shape[0], generator=generator, dtype=torch.float64, device=generator.device).cpu()
             x = x + torch.where(u < 0.5, vac, -vac).reshape(-1, *([1] * (len(shape) - 1)))
@@ -250,8 +250,8 @@ def log_likelihood(score_fn: ScoreFn, sde: VESDE, x0: torch.Tensor, *, settings:
 
     Returns ``(log_q, info)`` with ``info = {"nfe", "prior_log_prob", "divergence_integral"}``."""
     probes = _draw_probes(tuple(x0.shape), settings, generator, x0.dtype, x0.device)
-    x1, integral, nfe = _integrate(score_fn, sde, x0, sde.eps, 1.0, settings, probes)
-    prior = _prior(score_fn, sde)[0](x1.to(torch.float64)).cpu()
+    x1, integral, nfe = integrate_pf_ode(score_fn, sde, x0, sde.eps, 1.0, settings, probes)
+    prior = pf_ode_prior(score_fn, sde)[0](x1.to(torch.float64)).cpu()
     return prior + integral.cpu(), {"nfe": nfe, "prior_log_prob": prior, "divergence_integral": integral.cpu()}
 
 
@@ -260,10 +260,10 @@ def sample_with_log_likelihood(score_fn: ScoreFn, sde: VESDE, shape: tuple[int, 
                                generator: torch.Generator, dtype=torch.float32, device="cpu"
                                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Draw ``x(1)`` from the prior, integrate the PF-ODE to ``eps``; returns ``(x, log_q, info)``."""
-    prior_log_prob, prior_sample = _prior(score_fn, sde)
+    prior_log_prob, prior_sample = pf_ode_prior(score_fn, sde)
     x1 = prior_sample(shape, generator, dtype=dtype, device=device)
     probes = _draw_probes(shape, settings, generator, dtype, device)
-    x0, integral, nfe = _integrate(score_fn, sde, x1, 1.0, sde.eps, settings, probes)
+    x0, integral, nfe = integrate_pf_ode(score_fn, sde, x1, 1.0, sde.eps, settings, probes)
     prior = prior_log_prob(x1.to(torch.float64)).cpu()
     return x0, prior - integral.cpu(), {"nfe": nfe}
 

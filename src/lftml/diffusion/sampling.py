@@ -23,7 +23,7 @@ has an analytic Gaussian part of per-mode variance ``c_p`` (exact for that part)
   evaluations.
 * ``ode``: probability-flow ODE ``dx/dt = -g^2 s / 2`` with Heun's method (second order), a
   deterministic map from prior noise to configurations, by the package's one Heun integrator
-  (:func:`lftml.diffusion.likelihood._integrate`). ``2 (steps - 1)`` evaluations.
+  (:func:`lftml.diffusion.likelihood.integrate_pf_ode`). ``2 (steps - 1)`` evaluations.
 """
 
 from __future__ import annotations
@@ -118,9 +118,9 @@ def sample(
         return x.to(dtype), info["snapshots"]
     ts = time_grid(sde, steps, schedule, dtype=dtype, device=device)
     if x_init is None:
-        from lftml.diffusion.likelihood import _prior
+        from lftml.diffusion.likelihood import pf_ode_prior
 
-        x = _prior(score_fn, sde)[1](shape, generator, dtype=dtype, device=device)  # N(0, C + sigma_max^2)
+        x = pf_ode_prior(score_fn, sde)[1](shape, generator, dtype=dtype, device=device)  # N(0, C + sigma_max^2)
     else:
         x = x_init.to(device, dtype)
     n = shape[0]
@@ -155,10 +155,10 @@ def sample(
                 # (exact for any target given the exact score); reusing the previous dt here
                 # shrank the stiff UV modes (issue 11: ~53% of the (pi, pi) variance kept at 100 steps)
                 x = x + sde.std(t) ** 2 * score_fn(x, tb)
-        else:  # ode: the package's one Heun integrator (lftml.diffusion.likelihood._integrate)
-            from lftml.diffusion.likelihood import LikelihoodSettings, _integrate
+        else:  # ode: the package's one Heun integrator (lftml.diffusion.likelihood.integrate_pf_ode)
+            from lftml.diffusion.likelihood import LikelihoodSettings, integrate_pf_ode
 
-            x, _, _ = _integrate(score_fn, sde, x, float(ts[0]), float(ts[-1]), LikelihoodSettings(solver="heun"),
+            x, _, _ = integrate_pf_ode(score_fn, sde, x, float(ts[0]), float(ts[-1]), LikelihoodSettings(solver="heun"),
                                  None, times=ts.to(torch.float64).cpu().numpy(), divergence=False, callback=record)
             break
         t_now = float(ts[k + 1]) if k + 1 < steps else float(ts[-1])
@@ -381,7 +381,7 @@ def symmetrize_spectrum(c: torch.Tensor) -> torch.Tensor:
     return 0.5 * (c + flipped)
 
 
-def _filter(z: torch.Tensor, sqrt_var: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def color_noise(z: torch.Tensor, sqrt_var: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``A z`` with ``A = F^-1 diag(sqrt_var) F`` (real symmetric for even ``sqrt_var``): a sample of
     ``N(0, F^-1 diag(sqrt_var^2) F)`` from white noise ``z``."""
     return torch.fft.ifftn(torch.fft.fftn(z, dim=dims) * sqrt_var, dim=dims).real
@@ -478,7 +478,7 @@ class ExpSampler:
         z = self._white(n, generator)
         if c is not None:
             var = c + sN2
-            x = _filter(z, torch.sqrt(var), dims)
+            x = color_noise(z, torch.sqrt(var), dims)
             logdet = float(torch.log(2 * math.pi * var).sum())
         else:
             x = math.sqrt(sN2) * z
@@ -525,7 +525,7 @@ class ExpSampler:
                 score = self.score_fn(xin, tb).to(f64)
             sig = d * (c + s_lo2) / (c + s_hi2)
             z = self._white(n, generator)
-            noise = _filter(z, torch.sqrt(sig), dims)
+            noise = color_noise(z, torch.sqrt(sig), dims)
             logdet = float(torch.log(2 * math.pi * sig).sum())
         else:
             score = self.score_fn(xin, tb).to(f64)

@@ -252,7 +252,7 @@ def check_resume_settings(stored: TrainConfig, given: dict) -> None:
                              f"continue with the stored settings, or start a new run (--overwrite)")
 
 
-def _refuse_interrupted(out: str | Path, resume: bool, overwrite: bool) -> None:
+def refuse_interrupted(out: str | Path, resume: bool, overwrite: bool) -> None:
     if resume or overwrite:
         return
     run = interrupted_run(out)
@@ -388,7 +388,7 @@ def train(
     cfg_net = net_config or preset(config.preset, ndim=len(lattice_shape))
     cfg_net.check_lattice(lattice_shape)
     ckpt = checkpoint_path(out)
-    _refuse_interrupted(out, resume, overwrite)
+    refuse_interrupted(out, resume, overwrite)
     check_output(out, overwrite=overwrite, resume=resume)
     if ckpt.exists() and not resume and not overwrite:
         raise LftmlError(f"{ckpt} holds an earlier run of this output; pass --resume to continue it or "

@@ -40,7 +40,7 @@ def spectral_analysis(model: GaussianRBM, target: Any = None) -> dict[str, Any]:
     (ascending lists), ``singular_values`` of W (descending), ``mu2`` (number or per-site list),
     ``loglik`` (exact <log p>_target) and ``kl`` (KL(target || model), None unless the target
     kernel is exact). Target-dependent entries are None without a target."""
-    from lftml.rbm.training import _kl_and_loglik
+    from lftml.rbm.training import kl_and_loglik
 
     out: dict[str, Any] = {
         "n_visible": model.n_visible,
@@ -62,7 +62,7 @@ def spectral_analysis(model: GaussianRBM, target: Any = None) -> dict[str, Any]:
     if target is not None:
         out["target_eigenvalues"] = [float(v) for v in target.eigenvalues()]
         if out["positive_definite"]:
-            ll, kl = _kl_and_loglik(model, target)
+            ll, kl = kl_and_loglik(model, target)
             out["loglik"], out["kl"] = ll, kl
     return out
 

@@ -252,7 +252,7 @@ def _make_optimizer(model: GaussianRBM, config: TrainConfig) -> torch.optim.Opti
 
 
 # ---------------------------------------------------------------------------------- training
-def _kl_and_loglik(model: GaussianRBM, target: Target) -> tuple[float, float | None]:
+def kl_and_loglik(model: GaussianRBM, target: Target) -> tuple[float, float | None]:
     with torch.no_grad():
         ll = float(gaussian_log_likelihood(model.kernel(), model.source(), target.second_moment, target.mean))
     H = target.entropy()
@@ -342,7 +342,7 @@ def train(
 
     def record(step: int) -> None:
         try:
-            ll, kl = _kl_and_loglik(model, target)
+            ll, kl = kl_and_loglik(model, target)
         except LftmlError:
             raise TrainingDiverged(
                 f"training diverged at update {step}: K stopped being positive definite; lower the learning rate (now {config.lr})"
@@ -638,7 +638,7 @@ def _train_exact_converge(
 
     def record(step: int, th: np.ndarray, gmax: float) -> None:
         _unpack_into(model, th)
-        ll, kl = _kl_and_loglik(model, target)
+        ll, kl = kl_and_loglik(model, target)
         history["update"].append(step)
         history["loglik"].append(ll)
         history["kl"].append(kl)
@@ -716,7 +716,7 @@ def _set_analytic_optimum(model: GaussianRBM, target: Target) -> dict[str, list]
             model.mu.copy_(torch.tensor(math.sqrt(mu2), dtype=model.dtype))
     history: dict[str, Any] = {"update": [0], "loglik": [], "kl": [], "mu2": [mu2], "lr": [0.0]}
     try:
-        ll, kl = _kl_and_loglik(model, target)
+        ll, kl = kl_and_loglik(model, target)
     except LftmlError:
         ll, kl = float("nan"), None
     history["loglik"].append(ll)

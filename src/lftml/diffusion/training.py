@@ -461,22 +461,94 @@ def choose_parametrization(phi: np.ndarray, theory, n: int = 1024, seed: int = 0
     return choice, {"ess_fraction_gaussian": ess["gaussian"], "ess_fraction_mixture": ess["mixture"], "n": n}
 
 
+def _fit_analytic_part(x_np: np.ndarray, x_all: torch.Tensor, theory, sde: VESDE, config: TrainConfig) -> dict:
+    """The score's analytic part from the training data (model units ``x_all``): the parametrisation
+    (``auto`` resolved by :func:`choose_parametrization`), its power spectrum and vacuum, the data's
+    spectrum (for the TSM blend of non-mixture models), and the sigma_max check (within a well for
+    the mixture, whose prior has both vacua)."""
+    param, auto_info = config.parametrization, None
+    if param == "auto":
+        param, auto_info = choose_parametrization(x_np, theory, seed=config.seed)
+        log.info("--parametrization auto: %s (%s)", param, auto_info)
+    if param == "mixture":
+        m_sign = torch.where(x_all.reshape(x_all.shape[0], -1).mean(1) >= 0, 1.0, -1.0)
+        pair_dist = check_sigma_max(sde, x_all * m_sign.reshape(-1, *([1] * (x_all.ndim - 1))))
+    else:
+        pair_dist = check_sigma_max(sde, x_all)
+    ps_data = ScoreModel.estimate_power_spectrum(x_all).float()
+    ps, vacuum = (ps_data if param == "gaussian" else None), None
+    if param == "mixture":
+        from lftml.diffusion.baselines import MixtureBaseline
+
+        mix = MixtureBaseline.fit(x_all.to(torch.float64)).component  # sign-aligned fit, model units
+        ps, vacuum = mix.power_spectrum.float(), mix.mean
+        if not vacuum > 0:
+            raise LftmlError("--parametrization mixture: the sign-aligned data have no vacuum (mean <= 0)")
+    return {"parametrization": param, "auto": auto_info, "pair_dist": pair_dist, "ps_data": ps_data,
+            "power_spectrum": ps, "vacuum": vacuum}
+
+
+def _check_checkpoint_matches(ck: dict, ckpt: Path, config: TrainConfig, cfg_net: UNetConfig, fingerprint: str) -> None:
+    """``--resume`` only continues the same run: same result settings, network and data."""
+    stored = TrainConfig(**json.loads(ck["train_config"])) if "train_config" in ck else None
+    if stored is None or stored.result_settings() != config.result_settings():
+        diff = [k for k in RESULT_SETTINGS if stored is None or getattr(stored, k) != getattr(config, k)]
+        raise LftmlError(f"--resume: the checkpoint {ckpt} was written with other settings ({', '.join(diff)}); "
+                         "resume without those options or start afresh with --overwrite")
+    if ck["net_config"] != cfg_net.to_dict() or ck["fingerprint"] != fingerprint:
+        raise LftmlError(f"--resume: the checkpoint {ckpt} belongs to a different run (other data or network); "
+                         "pass --overwrite to start afresh")
+
+
+def _write_loss_files(out: Path, losses: np.ndarray, config: TrainConfig) -> Path | None:
+    """``<out>_loss.csv`` (atomic) and ``<out>_loss.png`` (a plotting failure never loses the model)."""
+    from lftml.safeio import atomic_output
+
+    done = len(losses)
+    csv = out.with_name(out.stem + "_loss.csv")
+    with atomic_output(csv) as tmp:
+        np.savetxt(tmp, np.column_stack([np.arange(1, done + 1), losses]), delimiter=",", header="update,loss",
+                   comments="", fmt=["%d", "%.6g"])
+    png = out.with_name(out.stem + "_loss.png")
+    try:
+        from lftml.plots import pyplot, save_figure
+
+        pyplot()  # Agg backend before the figure exists
+        ax = plot_loss_curve(losses)
+        ax.set_title(f"score-matching training ({config.preset} preset, {done} updates)")
+        save_figure(ax.figure, png)
+    except Exception as exc:  # plotting must never lose a trained model
+        log.warning("could not write the loss-curve PNG: %s", exc)
+        png = None
+    return png
+
+
+def _check_divergence(lv: float, losses: list[float], step: int, config: TrainConfig, ckpt: Path,
+                      last_good: int | None, n_ref: int = 10) -> None:
+    """Raise :class:`TrainingDivergedError` for a non-finite loss, or when the running mean over the
+    last ``n_ref`` updates exceeds ``divergence_factor`` times the first update's loss (the untrained
+    model's, i.e. its analytic part's): runaway growth, not only NaN."""
+    diverged = not math.isfinite(lv)
+    ref = losses[0] if losses else lv
+    if not diverged and losses:
+        recent = float(np.mean(losses[-(n_ref - 1):] + [lv]))
+        diverged = recent > config.divergence_factor * max(ref, 1e-12)
+    if diverged:
+        where = (f"the last good checkpoint {ckpt} (update {last_good}) is kept" if last_good is not None
+                 else "no checkpoint had been written yet")
+        raise TrainingDivergedError(
+            f"training diverged: loss became {lv:.3g} at update {step + 1} (first update: {ref:.3g}); "
+            f"{where}. Lower --lr (now {config.lr:g}) or check the data for outliers"
+        )
+
+
 def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, data_info, resume, progress,
                   max_steps_this_call, heldout, monitor_every, ctx) -> TrainResult:
     sde = VESDE(config.sigma, config.eps)
     scaling = DataScaling.fit(x_np)
     x_all = torch.as_tensor(x_np, dtype=torch.float32) * scaling.scale
-    param = config.parametrization
-    auto_info = None
-    if param == "auto":
-        param, auto_info = choose_parametrization(x_np, theory, seed=config.seed)
-        log.info("--parametrization auto: %s (%s)", param, auto_info)
-    if param == "mixture":
-        # the prior is the two-vacuum mixture: what sigma_max must cover is the spread within a well
-        m_sign = torch.where(x_all.reshape(x_all.shape[0], -1).mean(1) >= 0, 1.0, -1.0)
-        pair_dist = check_sigma_max(sde, x_all * m_sign.reshape(-1, *([1] * (x_all.ndim - 1))))
-    else:
-        pair_dist = check_sigma_max(sde, x_all)
+    fit = _fit_analytic_part(x_np, x_all, theory, sde, config)
+    param, pair_dist = fit["parametrization"], fit["pair_dist"]
     seeds = derive_seeds(config.seed)
     g_init = torch.Generator().manual_seed(seeds["init"])
     g_data = torch.Generator().manual_seed(seeds["data"])
@@ -504,19 +576,11 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     }
     sigma_data = float(x_all.std())
     info["sigma_data"] = sigma_data
-    ps_data = ScoreModel.estimate_power_spectrum(x_all).float()
-    ps = ps_data if param == "gaussian" else None
-    vacuum = None
-    if auto_info is not None:
-        info["parametrization_auto"] = {"chosen": param, **auto_info}
-    if param == "mixture":
-        from lftml.diffusion.baselines import MixtureBaseline
-
-        mix = MixtureBaseline.fit(x_all.to(torch.float64)).component  # sign-aligned fit, model units
-        ps, vacuum = mix.power_spectrum.float(), mix.mean
+    ps_data, ps, vacuum = fit["ps_data"], fit["power_spectrum"], fit["vacuum"]
+    if fit["auto"] is not None:
+        info["parametrization_auto"] = {"chosen": param, **fit["auto"]}
+    if vacuum is not None:
         info["vacuum"] = vacuum
-        if not vacuum > 0:
-            raise LftmlError("--parametrization mixture: the sign-aligned data have no vacuum (mean <= 0)")
     model = ScoreModel(net, sde, lattice_shape, scaling, theory, info, parametrization=param,
                        sigma_data=sigma_data, power_spectrum=ps, vacuum=vacuum).to(dev)
     mf = torch.channels_last if (config.channels_last and len(lattice_shape) == 2) else torch.preserve_format
@@ -530,14 +594,7 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     ck = None
     if resume:
         ck = _load_checkpoint(ckpt)
-        stored = TrainConfig(**json.loads(ck["train_config"])) if "train_config" in ck else None
-        if stored is None or stored.result_settings() != config.result_settings():
-            diff = [k for k in RESULT_SETTINGS if stored is None or getattr(stored, k) != getattr(config, k)]
-            raise LftmlError(f"--resume: the checkpoint {ckpt} was written with other settings ({', '.join(diff)}); "
-                             "resume without those options or start afresh with --overwrite")
-        if ck["net_config"] != cfg_net.to_dict() or ck["fingerprint"] != info["data"]["fingerprint"]:
-            raise LftmlError(f"--resume: the checkpoint {ckpt} belongs to a different run (other data or network); "
-                             "pass --overwrite to start afresh")
+        _check_checkpoint_matches(ck, ckpt, config, cfg_net, info["data"]["fingerprint"])
         model.net.load_state_dict(ck["net"])
         ema = ck["ema"]
         opt.load_state_dict(ck["optimizer"])
@@ -596,7 +653,6 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     wall_before = float(model.info.get("wall_seconds_before_resume", 0.0))
     last_good = start_step if resume else None
     model.net.train()
-    n_ref = 10  # running mean over this many updates
     step = start_step
     try:
         for step in range(start_step, end_step):
@@ -612,18 +668,7 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
             loss = train_step(model, xb, opt, config, g_noise, force=fb, power_spectrum=ps_dev,
                               lr=_lr_at(step, config), ddp=ctx if ctx.distributed else None)
             lv = float(loss)
-            diverged = not math.isfinite(lv)
-            ref = losses[0] if losses else lv  # the first loss is the untrained model's (its analytic part)
-            if not diverged and losses:
-                recent = float(np.mean(losses[-(n_ref - 1):] + [lv]))
-                diverged = recent > config.divergence_factor * max(ref, 1e-12)
-            if diverged:
-                where = (f"the last good checkpoint {ckpt} (update {last_good}) is kept" if last_good is not None
-                         else "no checkpoint had been written yet")
-                raise TrainingDivergedError(
-                    f"training diverged: loss became {lv:.3g} at update {step + 1} (first update: {ref:.3g}); "
-                    f"{where}. Lower --lr (now {config.lr:g}) or check the data for outliers"
-                )
+            _check_divergence(lv, losses, step, config, ckpt, last_good)
             ema_update(ema, model.net, min(config.ema_decay, (1.0 + step) / (10.0 + step)))
             losses.append(lv)
             if bar is not None:
@@ -661,22 +706,6 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
         return TrainResult(model, np.asarray(losses, dtype=float), done, wall, out, ckpt, None, start_step)
     save_model(model, out)
     arr = np.asarray(losses, dtype=float)
-    csv = out.with_name(out.stem + "_loss.csv")
-    from lftml.safeio import atomic_output
-
-    with atomic_output(csv) as tmp:
-        np.savetxt(tmp, np.column_stack([np.arange(1, done + 1), arr]), delimiter=",", header="update,loss",
-                   comments="", fmt=["%d", "%.6g"])
-    png = out.with_name(out.stem + "_loss.png")
-    try:
-        from lftml.plots import pyplot, save_figure
-
-        pyplot()  # Agg backend before the figure exists
-        ax = plot_loss_curve(arr)
-        ax.set_title(f"score-matching training ({config.preset} preset, {done} updates)")
-        save_figure(ax.figure, png)
-    except Exception as exc:  # plotting must never lose a trained model
-        log.warning("could not write the loss-curve PNG: %s", exc)
-        png = None
+    png = _write_loss_files(out, arr, config)
     ctx.barrier()  # the files are complete before any rank returns
     return TrainResult(model, arr, done, wall, out, ckpt, png, start_step)

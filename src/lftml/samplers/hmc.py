@@ -160,6 +160,14 @@ class HMC:
             return False
         return fused.ready(strict=self.backend == "fused")
 
+    def uses_fa_kernels(self, phi: torch.Tensor) -> bool:
+        """Whether FA-HMC's MD runs with the numba kicks and in-place FFT drifts of
+        :func:`lftml.samplers.fused.fa_integrate` (backend ``auto``, float64 CPU fields, numba available):
+        the same end points, bit for bit, as the eager torch integrator (``backend="eager"``)."""
+        if self.unit_mass or self.backend == "eager" or not fused.fa_supports(self.theory, phi, self.kinetic):
+            return False
+        return fused.ready()
+
     def _action(self, phi: torch.Tensor) -> torch.Tensor:
         """S per chain in float64 (the fused path's own lattice sum where it runs, so that a resumed
         chain continues bit for bit)."""
@@ -201,8 +209,12 @@ class HMC:
                 h0 = self.kinetic.energy(pi0, dims) + state.action
                 if isinstance(eps, torch.Tensor):
                     eps = eps.view(-1, *([1] * (phi0.ndim - 1)))
-                velocity = None if self.unit_mass else self.kinetic.velocity
-                phi1, pi1 = INTEGRATORS[self.integrator](phi0, pi0, self.theory.force, eps, self.n_steps, velocity)
+                if self.uses_fa_kernels(phi0):
+                    phi1, pi1 = fused.fa_integrate(self.theory, phi0, pi0, eps, self.n_steps, self.integrator,
+                                                   self.kinetic)
+                else:
+                    velocity = None if self.unit_mass else self.kinetic.velocity
+                    phi1, pi1 = INTEGRATORS[self.integrator](phi0, pi0, self.theory.force, eps, self.n_steps, velocity)
                 s1 = self.theory.action(phi1.to(torch.float64))
                 h1 = self.kinetic.energy(pi1, dims) + s1
             dH = h1 - h0

@@ -246,6 +246,26 @@ class FourierMass:
         _, inv = self._half_spectrum(pi.device)
         return self._apply(pi, inv).to(pi.dtype)
 
+    def drift_(self, phi: torch.Tensor, pi: torch.Tensor, coef: float | torch.Tensor,
+               work: dict[str, torch.Tensor]) -> None:
+        """``phi += coef * M^{-1} pi`` in place (float64 ``phi`` and ``pi``; ``coef`` a number or one per
+        chain, shaped to broadcast), the same operations and so the same bits as ``phi + coef *
+        self.velocity(pi)``, without temporaries: the spectrum and the velocity go through the buffers
+        in ``work`` (filled on first use, reused by every later call with the same shapes)."""
+        dims = self.lattice.dims
+        _, inv = self._half_spectrum(pi.device)
+        f = work.get("f")
+        if f is None or f.shape[:-1] != pi.shape[:-1]:
+            f = work["f"] = torch.fft.rfftn(pi, dim=dims)
+            work["v"] = torch.empty_like(pi)
+        else:
+            torch.fft.rfftn(pi, dim=dims, out=f)
+        f.mul_(inv)
+        v = work["v"]
+        torch.fft.irfftn(f, s=self.lattice.shape, dim=dims, out=v)
+        v.mul_(coef)
+        phi.add_(v)
+
     def energy(self, pi: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         """``pi^T M^{-1} pi / 2`` per chain, in float64."""
         _, inv = self._half_spectrum(pi.device)

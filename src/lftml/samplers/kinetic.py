@@ -267,10 +267,26 @@ class FourierMass:
         phi.add_(v)
 
     def energy(self, pi: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-        """``pi^T M^{-1} pi / 2`` per chain, in float64."""
-        _, inv = self._half_spectrum(pi.device)
-        p = pi.to(torch.float64)
-        return 0.5 * (p * self._apply(p, inv)).sum(dim=dims)
+        """``pi^T M^{-1} pi / 2`` per chain, in float64, from one real FFT (Parseval; ``dims`` are the
+        lattice axes, as for :class:`IdentityMass`)."""
+        dims = self.lattice.dims
+        f = torch.fft.rfftn(pi.to(torch.float64), dim=dims)
+        return (f.real.square() + f.imag.square()).mul_(self._parseval_weights(pi.device)).sum(dim=dims)
+
+    def _parseval_weights(self, device: torch.device) -> torch.Tensor:
+        """``w_p / (2 V m(p))`` on the rfft half-spectrum, ``w_p = 2`` for the columns that stand for two
+        modes (p and -p) and 1 for the self-conjugate columns 0 and n/2 (n even): then
+        ``sum_p w |F pi|^2 / (2 V m) = pi^T M^{-1} pi / 2`` (Parseval) with one forward transform."""
+        key = "parseval:" + str(device)
+        if key not in self._cache:
+            n = self.lattice.shape[-1]
+            w = np.full(n // 2 + 1, 2.0)
+            w[0] = 1.0
+            if n % 2 == 0:
+                w[-1] = 1.0
+            self._cache[key] = torch.tensor(w / (2.0 * self.lattice.volume) / self._half, dtype=torch.float64,
+                                            device=device)
+        return self._cache[key]
 
     def inverse_mass_spectrum(self) -> np.ndarray:
         return 1.0 / self.spectrum

@@ -60,9 +60,15 @@ _DISABLED = False  # set by tests, and after a failed numba import/compile, to f
 
 
 def available() -> bool:
-    """True if numba can be imported (checked without importing it, so this is cheap)."""
+    """True if numba can be imported (checked without importing it, once per process: this is called
+    on every trajectory)."""
     if _DISABLED:
         return False
+    return _numba_found()
+
+
+@lru_cache(maxsize=1)
+def _numba_found() -> bool:
     try:
         return importlib.util.find_spec("numba") is not None
     except (ImportError, ValueError):
@@ -282,18 +288,38 @@ def hmc_step(
     x0 = phi0.detach().contiguous().numpy().reshape(n, -1)
     s0 = np.ascontiguousarray(action0.detach().numpy(), dtype=np.float64)
     x1 = np.empty_like(x0)
-    p = np.empty_like(x0)
+    p = _scratch(x0.shape)  # the momenta never leave the kernel: one buffer per shape, reused (stays in cache)
     s1, dH = np.empty(n), np.empty(n)
     acc = np.empty(n, dtype=np.int8)
     ops, base = schedule(integrator, 1.0, int(n_steps))
-    c_hop, c2, c4 = (float(c) for c in theory.coefficients)
+    cf, c64 = _coefficient_arrays(theory.coefficients)
     _compiled().hmc_step(
         x0, s0, x1, s1, p, dH, acc, row_neighbours(shape), int(shape[-1]), _ops_array(ops), _base_array(base),
-        float(step_size), float(step_jitter), np.array([c_hop, 2.0 * c2, 4.0 * c4]), np.array([c_hop, c2, c4]),
-        np.uint64(rng.key[0]), np.uint64(rng.key[1]), rng.chains, rng.counters,
+        float(step_size), float(step_jitter), cf, c64, np.uint64(rng.key[0]), np.uint64(rng.key[1]), rng.chains,
+        rng.counters,
     )
     return (torch.from_numpy(x1).view(phi0.shape), torch.from_numpy(s1), torch.from_numpy(dH),
             torch.from_numpy(acc).to(torch.bool))
+
+
+_SCRATCH: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float64 work array of ``shape``, the same one on every call (its contents are overwritten)."""
+    a = _SCRATCH.get(shape)
+    if a is None:
+        if len(_SCRATCH) > 8:
+            _SCRATCH.clear()
+        a = _SCRATCH[shape] = np.empty(shape)
+    return a
+
+
+@lru_cache(maxsize=64)
+def _coefficient_arrays(coefficients: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(c_hop, 2 c_2, 4 c_4)`` and ``(c_hop, c_2, c_4)`` as float64 arrays (shared: do not modify)."""
+    c_hop, c2, c4 = (float(c) for c in coefficients)
+    return np.array([c_hop, 2.0 * c2, 4.0 * c4]), np.array([c_hop, c2, c4])
 
 
 @lru_cache(maxsize=64)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lftml.errors import LftmlError
@@ -235,6 +236,17 @@ class HMC:
 
     @staticmethod
     def _info(dH: torch.Tensor, accept: torch.Tensor) -> dict[str, torch.Tensor]:
+        if dH.device.type == "cpu" and dH.dtype == torch.float64 and not dH.requires_grad:
+            # numpy ufuncs on the (n_chains,) vector: ~4 us per trajectory where the four torch ops take ~20
+            d = dH.numpy()
+            with np.errstate(over="ignore", invalid="ignore"):
+                e = np.exp(-d)
+            return {
+                "dH": dH,
+                "accepted": accept,
+                "acceptance_probability": torch.from_numpy(np.minimum(np.where(np.isnan(d), 0.0, e), 1.0)),
+                "exp_minus_dH": torch.from_numpy(e),
+            }
         dH_safe = torch.nan_to_num(dH, nan=math.inf)
         return {
             "dH": dH,

@@ -172,8 +172,9 @@ def test_fa_md_is_reversible_to_1e_12_and_second_order(integrator):
 def test_fa_kernel_path_is_bit_identical_to_the_eager_integrator(shape, integrator):
     """backend auto (numba kicks, in-place FFT drifts: fused.fa_integrate) against backend eager (the torch
     integrator with theory.force and mass.velocity), 12 trajectories with per-chain jitter, 2d (flat kernel),
-    3d and 1d (row kernel): the same fields, dH and decisions bit for bit. Catches a kick coefficient applied
-    to the wrong chain or step, a drift without the mass, a force that differs from the eager expression."""
+    3d and 1d (row kernel): the same MD end points bit for bit (so the same fields and decisions); S and dH
+    to round-off (auto sums S in the fused kernel's order). Catches a kick coefficient applied to the wrong
+    chain or step, a drift without the mass, a force that differs from the eager expression."""
     from dataclasses import replace
 
     from lftml.samplers import fused
@@ -192,8 +193,9 @@ def test_fa_kernel_path_is_bit_identical_to_the_eager_integrator(shape, integrat
     for _ in range(12):
         sa, ia = auto.step(sa, ra)
         sb, ib = eager.step(sb, rb)
-        assert torch.equal(ia["dH"], ib["dH"]) and torch.equal(ia["accepted"], ib["accepted"])
-        assert torch.equal(sa.phi, sb.phi) and torch.equal(sa.action, sb.action)
+        assert torch.equal(ia["accepted"], ib["accepted"]) and torch.equal(sa.phi, sb.phi)
+        assert (ia["dH"] - ib["dH"]).abs().max() < 1e-10
+        assert ((sa.action - sb.action) / sb.action).abs().max() < 1e-13
         moved += int(ia["accepted"].sum())
     assert moved > 0
 

@@ -79,8 +79,9 @@ def main() -> None:
     ap.add_argument("--hmc-updates", type=int, default=12000)
     ap.add_argument("--fa-md-steps", type=int, nargs="+", default=[6],
                     help="FA-HMC (trajectory pi/2) with these MD step numbers, alone and with SW")
-    ap.add_argument("--fa-sw", nargs="*", default=["1.2:5", "1.0:4"], metavar="LENGTH:STEPS",
-                    help="further FA-HMC + SW variants: trajectory length and MD steps (default 1.2:5 1.0:4)")
+    ap.add_argument("--fa-sw", nargs="*", default=["1.2:5", "1.2:5:2", "1.2:4"], metavar="LENGTH:STEPS[:EVERY]",
+                    help="further FA-HMC + SW variants: trajectory length, MD steps and (default 1) trajectories "
+                         "per SW move (default 1.2:5 1.2:5:2 1.2:4)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/near_critical_l64.json")
     args = ap.parse_args()
@@ -107,9 +108,11 @@ def main() -> None:
         algos[f"fa-hmc/{n}"] = (HMC.from_trajectory(theory, math.pi / 2, n, kinetic=mass), args.updates)
         algos[f"fa-hmc/{n}+sw"] = (HMC.from_trajectory(theory, math.pi / 2, n, kinetic=mass, cluster=sw), args.updates)
     for spec in args.fa_sw:
-        length, steps = float(spec.split(":")[0]), int(spec.split(":")[1])
-        algos[f"fa-hmc/{length:g}:{steps}+sw"] = (
-            HMC.from_trajectory(theory, length, steps, kinetic=mass, cluster=sw), args.updates)
+        parts = spec.split(":")
+        length, steps, every = float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 1
+        name = f"fa-hmc/{length:g}:{steps}+sw" + (f"/{every}" if every > 1 else "")
+        algos[name] = (HMC.from_trajectory(theory, length, steps, kinetic=mass, cluster=sw, cluster_every=every),
+                       args.updates)
     for k, (name, (sampler, n_upd)) in enumerate(algos.items()):
         r = measure_chain(sampler, phi0, n_upd, args.seed + 10 + k)
         out["runs"][name] = r

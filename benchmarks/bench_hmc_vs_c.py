@@ -1,6 +1,6 @@
 """`lftml hmc` end to end against a plain-C complete HMC (benchmarks/hmc_reference.c), in one run.
 
-    python benchmarks/bench_hmc_vs_c.py [--trajectories N] [--repeats R] [--quick] [--json PATH]
+    python benchmarks/bench_hmc_vs_c.py [--trajectories N] [--repeats R] [--quick] [--json PATH] [--baseline-src DIR]
 
 Both run 2d phi^4 in the hopping form at kappa = 0.21, lambda = 0.022 on 32x32 with 64 chains,
 Omelyan 2MN, 10 MD steps, trajectory length 1 (21 force evaluations per trajectory), float64,

@@ -200,6 +200,19 @@ def test_fa_kernel_path_is_bit_identical_to_the_eager_integrator(shape, integrat
     assert moved > 0
 
 
+@pytest.mark.parametrize("integrator", ["leapfrog", "omelyan"])
+def test_batched_stability_scan_decides_every_step_as_the_scalar_check(integrator):
+    """The start-up scan of max_stable_step is batched over its grid; every grid step must get the decision
+    of the scalar 2x2 product md_stable (catches a lost w2 or lam, or a sub-step of the wrong length)."""
+    from lftml.samplers import stability
+
+    for w2 in (1e-3, 0.3, 1.0, 4.2, 6.0, 123.0):
+        grid = np.linspace(0.0, 6.0 / np.sqrt(w2), 3001)[1:]
+        scalar = np.array([stability.md_stable(integrator, e, w2) for e in grid])
+        assert np.array_equal(stability._stable_on_grid(integrator, grid, w2), scalar)
+        assert not scalar.all() or w2 < 0.01  # the grid reaches the unstable region
+
+
 def test_stability_bound_is_the_max_over_zero_and_the_mean_field_vacuum():
     """kappa = 0.3, lambda = 0.05 in 2d: omega^2 = 4.2 at phi = 0, 6.0 at the vacuum; the leapfrog bound
     is 2/sqrt(6) = 0.816, not 0.976 (issue 11). Step 0.9 used to be accepted and blows up from the

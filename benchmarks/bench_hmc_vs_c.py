@@ -1,6 +1,6 @@
 """`lftml hmc` end to end against a plain-C complete HMC (benchmarks/hmc_reference.c), in one run.
 
-    python benchmarks/bench_hmc_vs_c.py [--trajectories N] [--repeats R] [--quick] [--json PATH]
+    python benchmarks/bench_hmc_vs_c.py [--trajectories N] [--repeats R] [--quick] [--json PATH] [--baseline-src DIR]
 
 Both run 2d phi^4 in the hopping form at kappa = 0.21, lambda = 0.022 on 32x32 with 64 chains,
 Omelyan 2MN, 10 MD steps, trajectory length 1 (21 force evaluations per trajectory), float64,
@@ -44,9 +44,11 @@ L, CHAINS, MD_STEPS, TRAJ, KAPPA, LAM, EVERY = 32, 64, 10, 1.0, 0.21, 0.022, 10
 ENV = {**os.environ, **{v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}}
 
 
-def _child_cpu(cmd: list[str]) -> tuple[float, str]:
+def _child_cpu(cmd: list[str], src: Path | None = None) -> tuple[float, str]:
+    """CPU seconds (user + system) and stdout of ``cmd``; ``src``: put that source tree first on PYTHONPATH."""
+    env = ENV if src is None else {**ENV, "PYTHONPATH": os.pathsep.join([str(src), *ENV.get("PYTHONPATH", "").split(os.pathsep)])}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr}")
@@ -121,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="turns per program; the best counts (default 3)")
     ap.add_argument("--quick", action="store_true", help="300 trajectories, 1 turn")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="also run `lftml hmc` from this source tree (e.g. the main branch's src/) in the same turns")
     args = ap.parse_args(argv)
     n_traj, repeats = (300, 1) if args.quick else (args.trajectories, args.repeats)
     work = n_traj * (2 * MD_STEPS + 1) * CHAINS * L * L
@@ -129,9 +133,24 @@ def main(argv=None) -> int:
         exe = compile_reference(tmp)
         if exe is None:
             print("no C compiler (cc, gcc or clang) found: the C reference is skipped", file=sys.stderr)
-        best = {"C": float("inf"), "lftml_process": float("inf"), "lftml_startup": float("inf")}
+        best = {"C": float("inf"), "lftml_process": float("inf"), "lftml_startup": float("inf"),
+                "import_lftml_cli": float("inf")}
+        trees = {"": None}
+        if args.baseline_src is not None:
+            trees["baseline_"] = args.baseline_src.resolve()
+            best.update({"baseline_lftml_process": float("inf"), "baseline_lftml_startup": float("inf"),
+                         "baseline_import_lftml_cli": float("inf")})
         info = {}
         for turn in range(repeats):
+            for pre, src in trees.items():
+                t, _ = _child_cpu([sys.executable, "-c", "import lftml.cli"], src)
+                best[pre + "import_lftml_cli"] = min(best[pre + "import_lftml_cli"], t)
+            for pre, src in trees.items():
+                if pre:
+                    t, out = _child_cpu(lftml_cmd(tmp / f"base{turn}.h5", n_traj), src)
+                    best[pre + "lftml_process"] = min(best[pre + "lftml_process"], t)
+                    t, _ = _child_cpu(lftml_cmd(tmp / f"basestartup{turn}.h5", EVERY), src)
+                    best[pre + "lftml_startup"] = min(best[pre + "lftml_startup"], t)
             if exe is not None:
                 t, out = _child_cpu([str(exe), str(L), str(CHAINS), str(n_traj), str(MD_STEPS), str(TRAJ), str(KAPPA),
                                      str(LAM), str(EVERY)])
@@ -146,20 +165,30 @@ def main(argv=None) -> int:
         "lftml_process": work / best["lftml_process"],
         "lftml_run": work / max(best["lftml_process"] - best["lftml_startup"], 1e-9),
     }
+    if args.baseline_src is not None:
+        rates["baseline_lftml_process"] = work / best["baseline_lftml_process"]
+        rates["baseline_lftml_run"] = work / max(best["baseline_lftml_process"] - best["baseline_lftml_startup"], 1e-9)
     if exe is not None:
         rates["C"] = work / best["C"]
     print(f"# 2d phi^4 kappa={KAPPA} lambda={LAM}, {L}x{L} x {CHAINS} chains, {n_traj} trajectories, every {EVERY}, "
           f"Omelyan {MD_STEPS} steps; CPU time of the child processes, best of {repeats}")
-    print(f"{'program':>16} {'CPU s':>8} {'G site-upd/s':>13} {'vs C':>6} {'acceptance':>11}")
+    print(f"{'program':>18} {'CPU s':>8} {'G site-upd/s':>13} {'vs C':>6} {'acceptance':>11}")
     rows = [("C", best["C"], "C"), ("lftml (process)", best["lftml_process"], "lftml_process"),
             ("lftml (run)", best["lftml_process"] - best["lftml_startup"], "lftml_run")]
+    if args.baseline_src is not None:
+        rows += [("baseline (process)", best["baseline_lftml_process"], "baseline_lftml_process"),
+                 ("baseline (run)", best["baseline_lftml_process"] - best["baseline_lftml_startup"], "baseline_lftml_run")]
     for name, t, key in rows:
         if key not in rates:
             continue
         ratio = rates[key] / rates["C"] if "C" in rates else float("nan")
-        acc = info["C" if key == "C" else "lftml"]["acceptance"]
-        print(f"{name:>16} {t:>8.2f} {rates[key] / 1e9:>13.3f} {ratio:>6.2f} {acc:>11.4f}")
-    print(f"# lftml start-up + tiny run (subtracted for 'run'): {best['lftml_startup']:.2f} s CPU")
+        acc = info["C" if key == "C" else "lftml"]["acceptance"] if not key.startswith("baseline") else float("nan")
+        print(f"{name:>18} {t:>8.2f} {rates[key] / 1e9:>13.3f} {ratio:>6.2f} {acc:>11.4f}")
+    print(f"# lftml start-up + tiny run (subtracted for 'run'): {best['lftml_startup']:.2f} s CPU; "
+          f"`python -c 'import lftml.cli'`: {best['import_lftml_cli']:.2f} s CPU")
+    if args.baseline_src is not None:
+        print(f"# baseline start-up + tiny run: {best['baseline_lftml_startup']:.2f} s CPU; its import lftml.cli: "
+              f"{best['baseline_import_lftml_cli']:.2f} s CPU")
     sc = stream_costs(repeats=2 if args.quick else 5)
     work_traj = (2 * MD_STEPS + 1) * CHAINS * L * L
     print(f"# in this process, CPU ms per trajectory (best of turns): random numbers legacy {sc['legacy_rng']:.2f}, "

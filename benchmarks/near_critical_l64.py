@@ -77,7 +77,11 @@ def main() -> None:
     ap.add_argument("--pilot", type=int, default=600)
     ap.add_argument("--updates", type=int, default=2000)
     ap.add_argument("--hmc-updates", type=int, default=12000)
-    ap.add_argument("--fa-md-steps", type=int, nargs="+", default=[6, 10])
+    ap.add_argument("--fa-md-steps", type=int, nargs="+", default=[6],
+                    help="FA-HMC (trajectory pi/2) with these MD step numbers, alone and with SW")
+    ap.add_argument("--fa-sw", nargs="*", default=["1.2:5", "1.2:5:2", "1.2:4"], metavar="LENGTH:STEPS[:EVERY]",
+                    help="further FA-HMC + SW variants: trajectory length, MD steps and (default 1) trajectories "
+                         "per SW move (default 1.2:5 1.2:5:2 1.2:4)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/near_critical_l64.json")
     args = ap.parse_args()
@@ -103,11 +107,17 @@ def main() -> None:
     for n in args.fa_md_steps:
         algos[f"fa-hmc/{n}"] = (HMC.from_trajectory(theory, math.pi / 2, n, kinetic=mass), args.updates)
         algos[f"fa-hmc/{n}+sw"] = (HMC.from_trajectory(theory, math.pi / 2, n, kinetic=mass, cluster=sw), args.updates)
+    for spec in args.fa_sw:
+        parts = spec.split(":")
+        length, steps, every = float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 1
+        name = f"fa-hmc/{length:g}:{steps}+sw" + (f"/{every}" if every > 1 else "")
+        algos[name] = (HMC.from_trajectory(theory, length, steps, kinetic=mass, cluster=sw, cluster_every=every),
+                       args.updates)
     for k, (name, (sampler, n_upd)) in enumerate(algos.items()):
         r = measure_chain(sampler, phi0, n_upd, args.seed + 10 + k)
         out["runs"][name] = r
         a = r["absM"]
-        print(f"{name:12s} acc {r['acceptance']:.3f} t/upd {r['cpu_per_update_s'] * 1e3:8.2f} ms  "
+        print(f"{name:18s} acc {r['acceptance']:.3f} t/upd {r['cpu_per_update_s'] * 1e3:8.2f} ms  "
               f"tau|M| {a['tau_int']:7.2f}({a['tau_int_error']:.2f})  tau/run {r['tau_over_run']:.3f}  "
               f"cost {r['cost_s'] * 1e3:9.3f} ms", flush=True)
         with open(args.out, "w") as f:

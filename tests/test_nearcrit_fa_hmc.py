@@ -167,6 +167,52 @@ def test_fa_md_is_reversible_to_1e_12_and_second_order(integrator):
     assert abs(slope - 2.0) < 0.15, f"dH ~ eps^{slope:.2f}"
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (4, 3, 5), (9,)], ids=lambda s: f"{len(s)}d")
+@pytest.mark.parametrize("integrator", ["leapfrog", "omelyan"])
+def test_fa_kernel_path_is_bit_identical_to_the_eager_integrator(shape, integrator):
+    """backend auto (numba kicks, in-place FFT drifts: fused.fa_integrate) against backend eager (the torch
+    integrator with theory.force and mass.velocity), 12 trajectories with per-chain jitter, 2d (flat kernel),
+    3d and 1d (row kernel): the same MD end points bit for bit (so the same fields and decisions); S and dH
+    to round-off (auto sums S in the fused kernel's order). Catches a kick coefficient applied to the wrong
+    chain or step, a drift without the mass, a force that differs from the eager expression."""
+    from dataclasses import replace
+
+    from lftml.samplers import fused
+
+    if not fused.available():
+        pytest.skip("numba not installed")
+    theory = Phi4.hopping(Lattice(shape), 0.2705 if len(shape) == 2 else 0.15, 0.022)
+    mass = FourierMass.from_action(theory)
+    auto = HMC.from_trajectory(theory, 1.0, 4 if integrator == "omelyan" else 8, integrator=integrator, kinetic=mass)
+    eager = replace(auto, backend="eager")
+    phi = 0.8 * torch.randn((3, *shape), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert auto.uses_fa_kernels(phi) and not eager.uses_fa_kernels(phi)
+    sa, sb = auto.init(phi.clone()), eager.init(phi.clone())
+    ra, rb = ChainRNG.from_seed(3, 3, purpose=1), ChainRNG.from_seed(3, 3, purpose=1)
+    moved = 0
+    for _ in range(12):
+        sa, ia = auto.step(sa, ra)
+        sb, ib = eager.step(sb, rb)
+        assert torch.equal(ia["accepted"], ib["accepted"]) and torch.equal(sa.phi, sb.phi)
+        assert (ia["dH"] - ib["dH"]).abs().max() < 1e-10
+        assert ((sa.action - sb.action) / sb.action).abs().max() < 1e-13
+        moved += int(ia["accepted"].sum())
+    assert moved > 0
+
+
+@pytest.mark.parametrize("integrator", ["leapfrog", "omelyan"])
+def test_batched_stability_scan_decides_every_step_as_the_scalar_check(integrator):
+    """The start-up scan of max_stable_step is batched over its grid; every grid step must get the decision
+    of the scalar 2x2 product md_stable (catches a lost w2 or lam, or a sub-step of the wrong length)."""
+    from lftml.samplers import stability
+
+    for w2 in (1e-3, 0.3, 1.0, 4.2, 6.0, 123.0):
+        grid = np.linspace(0.0, 6.0 / np.sqrt(w2), 3001)[1:]
+        scalar = np.array([stability.md_stable(integrator, e, w2) for e in grid])
+        assert np.array_equal(stability._stable_on_grid(integrator, grid, w2), scalar)
+        assert not scalar.all() or w2 < 0.01  # the grid reaches the unstable region
+
+
 def test_stability_bound_is_the_max_over_zero_and_the_mean_field_vacuum():
     """kappa = 0.3, lambda = 0.05 in 2d: omega^2 = 4.2 at phi = 0, 6.0 at the vacuum; the leapfrog bound
     is 2/sqrt(6) = 0.816, not 0.976 (issue 11). Step 0.9 used to be accepted and blows up from the

@@ -341,7 +341,8 @@ def _run(sampler: Sampler, config: RunConfig, out_path: Path | None, meta: dict[
     if isinstance(state, HMCState):  # a resumed run continues the cluster-move schedule where it stopped
         state = replace(state, n_updates=therm_done + updates_done)
     if writer is not None and isinstance(sampler, HMC) and writer.n_configs < config.n_configs:
-        _record_backend(writer, stored, "fused" if sampler.uses_fused(state.phi) else "eager", writer.n_configs)
+        _record_backend(writer, stored, "fused" if sampler.uses_fused(state.phi) or sampler.uses_fa_kernels(state.phi)
+                        else "eager", writer.n_configs)
 
     n_have = writer.n_configs if writer is not None else 0
     total = config.n_therm + config.n_configs * config.every

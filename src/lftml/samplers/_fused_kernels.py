@@ -272,3 +272,18 @@ def hmc_step(phi0, s0, phi1, s1, pi, dH, acc, rows, L, ops, base, step, jitter, 
             s1[c] = s0[c]
             x[:] = phi0[c]
         counters[c] = ctr
+
+
+@_jit
+def kicks(phi, pi, rows, L, coefs, cf):
+    """``pi[c] += coefs[c] * force(phi[c])`` for every chain (phi, pi: ``(n, V)``, in place): the kick of
+    :func:`trajectory`, one call for all chains (FA-HMC's MD, whose drifts run outside numba)."""
+    R = rows.shape[0]
+    tmp = np.empty(L, dtype=phi.dtype)
+    edge = np.empty(2 * R, dtype=phi.dtype)
+    flat2d = rows.shape[1] == 2 and R >= 3 and L >= 3
+    for c in range(phi.shape[0]):
+        if flat2d:
+            kick2d(phi[c], pi[c], edge, rows, L, coefs[c], cf[0], cf[1], cf[2])
+        else:
+            kick(phi[c], pi[c], tmp, rows, L, coefs[c], cf[0], cf[1], cf[2])

@@ -29,9 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import scipy.sparse
 import torch
-from scipy.sparse.csgraph import connected_components
 
 from lftml.errors import LftmlError
 
@@ -95,6 +93,9 @@ def _labels(x: np.ndarray, u_bonds: np.ndarray, c_hop: float, src: np.ndarray, d
     active = (up[:, src] == up[:, dst]) & (u_bonds < bond_probability(c_hop, a[:, src], a[:, dst]))
     chain, bond = np.nonzero(active)
     offset = chain * V
+    import scipy.sparse  # here, not at the top: `lftml hmc` without --cluster never needs it (start-up)
+    from scipy.sparse.csgraph import connected_components
+
     graph = scipy.sparse.coo_matrix(
         (np.ones(chain.size, dtype=np.int8), (offset + src[bond], offset + dst[bond])), shape=(n * V, n * V)
     ).tocsr()

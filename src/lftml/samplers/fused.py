@@ -60,9 +60,15 @@ _DISABLED = False  # set by tests, and after a failed numba import/compile, to f
 
 
 def available() -> bool:
-    """True if numba can be imported (checked without importing it, so this is cheap)."""
+    """True if numba can be imported (checked without importing it, once per process: this is called
+    on every trajectory)."""
     if _DISABLED:
         return False
+    return _numba_found()
+
+
+@lru_cache(maxsize=1)
+def _numba_found() -> bool:
     try:
         return importlib.util.find_spec("numba") is not None
     except (ImportError, ValueError):
@@ -207,6 +213,53 @@ def integrate(
     return out, torch.from_numpy(k0), torch.from_numpy(k1), torch.from_numpy(s1)
 
 
+def fa_supports(theory: Any, phi: torch.Tensor, kinetic: Any) -> bool:
+    """Whether :func:`fa_integrate` can run: a float64 CPU field of a phi^4-form theory, a Fourier mass."""
+    return phi.dtype == torch.float64 and hasattr(kinetic, "drift_") and supports(theory, phi)
+
+
+def fa_integrate(
+    theory: Any, phi0: torch.Tensor, pi: torch.Tensor, step_size: float | torch.Tensor, n_steps: int, integrator: str,
+    kinetic: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FA-HMC's MD trajectory for every chain (float64 CPU fields): the kicks in one numba call each
+    (:func:`_fused_kernels.kicks`, the kernel of :func:`integrate`), the drifts ``phi += c M^{-1} pi``
+    through ``kinetic.drift_`` (real FFTs into reused buffers), all in place on two work arrays.
+
+    The same operations in the same order as :func:`lftml.samplers.integrators.omelyan` / ``leapfrog``
+    with ``velocity = kinetic.velocity`` and ``force = theory.force`` (per-chain coefficients
+    ``c_i eps``; the kick is the eager force expression operation by operation), so the end points are
+    those of the eager path (tested bit for bit). Returns new tensors ``(phi1, pi1)``; the inputs are
+    not modified."""
+    n = phi0.shape[0]
+    shape = tuple(theory.lattice.shape)
+    x = phi0.detach().clone(memory_format=torch.contiguous_format)
+    p = pi.detach().clone(memory_format=torch.contiguous_format)
+    xn, pn = x.numpy().reshape(n, -1), p.numpy().reshape(n, -1)
+    if isinstance(step_size, torch.Tensor):
+        ops, base = schedule(integrator, 1.0, int(n_steps))
+        eps = step_size.detach().reshape(n).to(torch.float64).cpu().numpy()
+        coefs = np.array(base)[:, None] * eps[None, :]  # (n_ops, n): c_i * eps_chain, as the eager path
+    else:
+        ops, cs = schedule(integrator, float(step_size), int(n_steps))
+        coefs = np.repeat(np.array(cs)[:, None], n, axis=1)
+    kick = _compiled().kicks
+    rows, L, cf = row_neighbours(shape), int(shape[-1]), _force_coefficients(theory)
+    work: dict[str, torch.Tensor] = {}
+    drift_coefs = torch.from_numpy(coefs).view(len(ops), n, *([1] * len(shape)))
+    for i, op in enumerate(ops):
+        if op == 0:
+            kick(xn, pn, rows, L, np.ascontiguousarray(coefs[i]), cf)
+        else:
+            kinetic.drift_(x, p, drift_coefs[i], work)
+    return x, p
+
+
+def _force_coefficients(theory: Any) -> np.ndarray:
+    c_hop, c2, c4 = (float(c) for c in theory.coefficients)
+    return np.array([c_hop, 2.0 * c2, 4.0 * c4])
+
+
 def draws_inline(phi: torch.Tensor, rng: Any) -> bool:
     """Whether :func:`hmc_step` can run: a float64 CPU field and a Philox :class:`~lftml.samplers.rng.ChainRNG`
     (the kernel draws its numbers inline from that stream; the legacy stream and float32 fields take the
@@ -235,18 +288,39 @@ def hmc_step(
     x0 = phi0.detach().contiguous().numpy().reshape(n, -1)
     s0 = np.ascontiguousarray(action0.detach().numpy(), dtype=np.float64)
     x1 = np.empty_like(x0)
-    p = np.empty_like(x0)
+    p = _scratch(x0.shape)  # the momenta never leave the kernel: one buffer per shape, reused (stays in cache)
     s1, dH = np.empty(n), np.empty(n)
     acc = np.empty(n, dtype=np.int8)
     ops, base = schedule(integrator, 1.0, int(n_steps))
-    c_hop, c2, c4 = (float(c) for c in theory.coefficients)
+    cf, c64 = _coefficient_arrays(theory.coefficients)
     _compiled().hmc_step(
         x0, s0, x1, s1, p, dH, acc, row_neighbours(shape), int(shape[-1]), _ops_array(ops), _base_array(base),
-        float(step_size), float(step_jitter), np.array([c_hop, 2.0 * c2, 4.0 * c4]), np.array([c_hop, c2, c4]),
-        np.uint64(rng.key[0]), np.uint64(rng.key[1]), rng.chains, rng.counters,
+        float(step_size), float(step_jitter), cf, c64, np.uint64(rng.key[0]), np.uint64(rng.key[1]), rng.chains,
+        rng.counters,
     )
-    return (torch.from_numpy(x1).view(phi0.shape), torch.from_numpy(s1), torch.from_numpy(dH),
-            torch.from_numpy(acc).to(torch.bool))
+    # numpy reshape and a bool view of the 0/1 bytes: ~5 us each, where torch's view and .to(bool) take ~10-15
+    return (torch.from_numpy(x1.reshape(phi0.shape)), torch.from_numpy(s1), torch.from_numpy(dH),
+            torch.from_numpy(acc.view(np.bool_)))
+
+
+_SCRATCH: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float64 work array of ``shape``, the same one on every call (its contents are overwritten)."""
+    a = _SCRATCH.get(shape)
+    if a is None:
+        if len(_SCRATCH) > 8:
+            _SCRATCH.clear()
+        a = _SCRATCH[shape] = np.empty(shape)
+    return a
+
+
+@lru_cache(maxsize=64)
+def _coefficient_arrays(coefficients: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(c_hop, 2 c_2, 4 c_4)`` and ``(c_hop, c_2, c_4)`` as float64 arrays (shared: do not modify)."""
+    c_hop, c2, c4 = (float(c) for c in coefficients)
+    return np.array([c_hop, 2.0 * c2, 4.0 * c4]), np.array([c_hop, c2, c4])
 
 
 @lru_cache(maxsize=64)
@@ -289,6 +363,6 @@ def warm_up(dtype: torch.dtype = torch.float64) -> float:
 
 
 __all__ = [
-    "BACKENDS", "available", "supports", "unsupported_reason", "ready", "integrate", "hmc_step", "draws_inline", "action",
+    "BACKENDS", "available", "supports", "fa_supports", "fa_integrate", "unsupported_reason", "ready", "integrate", "hmc_step", "draws_inline", "action",
     "row_neighbours", "schedule", "warm_up",
 ]

@@ -246,11 +246,47 @@ class FourierMass:
         _, inv = self._half_spectrum(pi.device)
         return self._apply(pi, inv).to(pi.dtype)
 
-    def energy(self, pi: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-        """``pi^T M^{-1} pi / 2`` per chain, in float64."""
+    def drift_(self, phi: torch.Tensor, pi: torch.Tensor, coef: float | torch.Tensor,
+               work: dict[str, torch.Tensor]) -> None:
+        """``phi += coef * M^{-1} pi`` in place (float64 ``phi`` and ``pi``; ``coef`` a number or one per
+        chain, shaped to broadcast), the same operations and so the same bits as ``phi + coef *
+        self.velocity(pi)``, without temporaries: the spectrum and the velocity go through the buffers
+        in ``work`` (filled on first use, reused by every later call with the same shapes)."""
+        dims = self.lattice.dims
         _, inv = self._half_spectrum(pi.device)
-        p = pi.to(torch.float64)
-        return 0.5 * (p * self._apply(p, inv)).sum(dim=dims)
+        f = work.get("f")
+        if f is None or f.shape[:-1] != pi.shape[:-1]:
+            f = work["f"] = torch.fft.rfftn(pi, dim=dims)
+            work["v"] = torch.empty_like(pi)
+        else:
+            torch.fft.rfftn(pi, dim=dims, out=f)
+        f.mul_(inv)
+        v = work["v"]
+        torch.fft.irfftn(f, s=self.lattice.shape, dim=dims, out=v)
+        v.mul_(coef)
+        phi.add_(v)
+
+    def energy(self, pi: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """``pi^T M^{-1} pi / 2`` per chain, in float64, from one real FFT (Parseval; ``dims`` are the
+        lattice axes, as for :class:`IdentityMass`)."""
+        dims = self.lattice.dims
+        f = torch.fft.rfftn(pi.to(torch.float64), dim=dims)
+        return (f.real.square() + f.imag.square()).mul_(self._parseval_weights(pi.device)).sum(dim=dims)
+
+    def _parseval_weights(self, device: torch.device) -> torch.Tensor:
+        """``w_p / (2 V m(p))`` on the rfft half-spectrum, ``w_p = 2`` for the columns that stand for two
+        modes (p and -p) and 1 for the self-conjugate columns 0 and n/2 (n even): then
+        ``sum_p w |F pi|^2 / (2 V m) = pi^T M^{-1} pi / 2`` (Parseval) with one forward transform."""
+        key = "parseval:" + str(device)
+        if key not in self._cache:
+            n = self.lattice.shape[-1]
+            w = np.full(n // 2 + 1, 2.0)
+            w[0] = 1.0
+            if n % 2 == 0:
+                w[-1] = 1.0
+            self._cache[key] = torch.tensor(w / (2.0 * self.lattice.volume) / self._half, dtype=torch.float64,
+                                            device=device)
+        return self._cache[key]
 
     def inverse_mass_spectrum(self) -> np.ndarray:
         return 1.0 / self.spectrum

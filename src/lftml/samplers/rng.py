@@ -186,6 +186,12 @@ def _fill_torch(key: tuple[int, int], chains: torch.Tensor, counters: torch.Tens
 def _numba_available() -> bool:
     if _DISABLED_NUMBA:
         return False
+    return _numba_found()
+
+
+@lru_cache(maxsize=1)
+def _numba_found() -> bool:
+    """Whether numba can be imported (looked up once per process: every draw asks)."""
     try:
         return importlib.util.find_spec("numba") is not None
     except (ImportError, ValueError):

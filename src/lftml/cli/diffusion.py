@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from lftml.cli.common import JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, require_file
+from lftml.cli.common import JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, parse_shape, require_file
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Diffusion models (VE SDE + periodic U-Net) trained on lattice ensembles.", no_args_is_help=True)
@@ -180,6 +180,10 @@ def sample(
                                                   "e.g. 16 for equi at 32x32; recorded, the samples depend on it)."),
     snr: float = typer.Option(0.16, "--snr", help="Signal-to-noise ratio of the pc corrector."),
     network_below: Optional[float] = NETWORK_BELOW_OPTION,
+    shape: Optional[str] = typer.Option(None, "--shape",
+                                        help="Sample on this lattice instead of the training one (at least as large; "
+                                             "the equivariant network as is, the analytic part's two-point function "
+                                             "embedded; exact by the path weights), e.g. --shape 32 32."),
     smc_moves: int = typer.Option(0, "--smc-moves",
                                   help="Resample by the weights, then this many HMC trajectories under exp(-S) per "
                                        "particle: an equally weighted ensemble (default 0: keep the weights)."),
@@ -219,7 +223,8 @@ def sample(
         res = sample_to_file(model, out, n=n_configs, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
                              schedule=schedule, snr=snr, device=device, progress=_progress(progress, as_json),
                              strip_png=plot, weights=weights, probes=probes, overwrite=overwrite,
-                             network_below=network_below, smc_moves=smc_moves)
+                             network_below=network_below, smc_moves=smc_moves,
+                             shape=parse_shape(shape) if shape is not None else None)
     except KeyboardInterrupt:
         _interrupted(out)
     if as_json:

@@ -259,6 +259,69 @@ def _describe(d: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
+def _embedding_matrix(L0: int, L: int) -> torch.Tensor:
+    """``E (L x L0)``: separation ``d`` of an ``L0``-periodic axis (minimum image) to the same
+    separation on an ``L``-periodic axis, ``L >= L0``; for even ``L0`` the separation ``L0/2`` (its
+    own image) goes half to ``+L0/2`` and half to ``-L0/2``, so every sum over separations is kept."""
+    E = torch.zeros(L, L0, dtype=torch.float64)
+    for i in range(L0):
+        d = i if i <= L0 // 2 else i - L0
+        if L0 % 2 == 0 and d == L0 // 2:
+            E[d % L, i] += 0.5
+            E[(-d) % L, i] += 0.5
+        else:
+            E[d % L, i] += 1.0
+    return E
+
+
+def embed_spectrum(c: torch.Tensor, shape: tuple[int, ...], floor: float = 1e-6) -> torch.Tensor:
+    """Per-mode variances on a lattice of ``shape`` from those ``c`` of a smaller (or equal) lattice
+    of the same dimension, by periodic embedding of the position-space two-point function
+    ``C(r) = F^-1 c``: each separation of the old lattice (minimum image; ``L0/2`` split half and half
+    between ``+-L0/2``) keeps its value, larger separations get 0. The sum over separations (the
+    zero mode, i.e. chi_2) is unchanged. Exact when the correlations have died out before ``L0 / 2``;
+    near kappa_c it misses the long-range part. Modes below ``floor`` times the mean are raised to
+    it: any positive spectrum is a valid analytic part (the path weights stay exact), only the
+    efficiency depends on it."""
+    c = torch.as_tensor(c, dtype=torch.float64)
+    shape = tuple(int(v) for v in shape)
+    if c.ndim != len(shape):
+        raise LftmlError(f"cannot embed a {c.ndim}d spectrum into a {len(shape)}d lattice {shape}")
+    if any(L < L0 for L, L0 in zip(shape, c.shape)):
+        raise LftmlError(f"a model trained on {'x'.join(map(str, c.shape))} samples lattices at least that large, "
+                         f"got {'x'.join(map(str, shape))}")
+    if tuple(c.shape) == shape:
+        return c.clone()
+    C = torch.fft.ifftn(c).real
+    for axis, (L0, L) in enumerate(zip(c.shape, shape)):
+        C = torch.movedim(torch.tensordot(_embedding_matrix(L0, L), torch.movedim(C, axis, 0), dims=1), 0, axis)
+    cn = torch.fft.fftn(C).real
+    return cn.clamp_min(floor * float(cn.mean()))
+
+
+def resize_model(model: "ScoreModel", shape: tuple[int, ...]) -> "ScoreModel":
+    """The same network and data scaling on a lattice of ``shape`` (for a translation-equivariant,
+    fully convolutional preset such as ``equi``: circular padding, GroupNorm and the zero-mode head
+    work at any extent): the analytic part's spectrum by :func:`embed_spectrum`, the vacuum kept,
+    the theory's lattice replaced. The network was trained at the old size; at the new size it is a
+    proposal like any other, made exact by the path weights."""
+    shape = tuple(int(v) for v in shape)
+    if shape == model.lattice_shape:
+        return model
+    if model.power_spectrum is None and model.parametrization != "edm":
+        raise LftmlError(f"the {model.parametrization} parametrisation has no analytic part to carry to another lattice")
+    model.net.config.check_lattice(shape)
+    ps = None if model.power_spectrum is None else embed_spectrum(model.power_spectrum, shape).float()
+    theory = None
+    if model.theory is not None:
+        theory = dict(model.theory)
+        theory["shape"] = list(shape)
+    info = {**model.info, "resized_from": list(model.lattice_shape)}
+    return ScoreModel(model.net, model.sde, shape, model.scaling, theory, info, parametrization=model.parametrization,
+                      sigma_data=model.sigma_data, power_spectrum=ps, vacuum=model.vacuum).to(
+                          next(model.net.parameters()).device).eval()
+
+
 def save_model(model: ScoreModel, path: str | Path, *, ema_state: dict | None = None) -> Path:
     """Write ``model`` (its current weights, or ``ema_state`` when given) atomically to ``path``."""
     path = Path(path)

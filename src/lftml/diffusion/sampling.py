@@ -356,7 +356,8 @@ def write_generated(path, result: SampleResult, model, *, model_path: str | None
         "seed": result.settings["seed"],
         "model": {"path": str(model_path) if model_path else None, "preset": model.info.get("preset"),
                   "seeds": model.info.get("seeds"), "sde": model.sde.to_dict(), "scaling": model.scaling.to_dict(),
-                  "data_fingerprint": model.info.get("data", {}).get("fingerprint")},
+                  "data_fingerprint": model.info.get("data", {}).get("fingerprint"),
+                  "trained_on_lattice": model.info.get("resized_from")},
         "wall_seconds": result.wall_seconds,
         **(extra or {}),
     }

@@ -79,14 +79,17 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
                    corrector_steps: int = 1, device: str = "auto", progress: bool = True,
                    strip_png: str | Path | None = None, strip_times: Sequence[float] | None = None,
                    weights: str = "none", probes: int = 1, overwrite: bool = True,
-                   network_below: float | None = None, smc_moves: int = 0) -> dict[str, Any]:
+                   network_below: float | None = None, smc_moves: int = 0,
+                   shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Generate ``n`` configurations into an engine ensemble file (and optionally a denoising strip PNG).
 
     ``weights`` = ``path`` (sampler ``exp``) or ``ode`` (sampler ``ode``) stores each sample's log
     weight ``-S - log q`` as ``/log_weights``, so ``lftml analyze`` reweights. ``smc_moves > 0``:
     instead, resample by the weights and apply that many HMC trajectories under exp(-S) to every
     particle (:func:`lftml.diffusion.smc.resample_move`); the file then holds an equally weighted
-    ensemble in ancestor order, with the resampling record under ``smc`` in its metadata. All checks
+    ensemble in ancestor order, with the resampling record under ``smc`` in its metadata. ``shape``:
+    sample on another (larger) lattice with the same network (:func:`~lftml.diffusion.model.resize_model`).
+    All checks
     (output policy of :mod:`lftml.safeio`, options) run before any sampling; the file is written
     atomically."""
     from lftml.diffusion.model import load_model
@@ -104,6 +107,10 @@ def sample_to_file(model_path: str | Path, out: str | Path, *, n: int, sampler: 
     if strip_png is not None:
         check_output(strip_png, overwrite=overwrite, inputs=[model_path, out], option="--plot")
     model = load_model(model_path)
+    if shape is not None:
+        from lftml.diffusion.model import resize_model
+
+        model = resize_model(model, shape)
     times = None
     if strip_png is not None:
         times = list(strip_times) if strip_times else [1.0, 0.6, 0.4, 0.3, 0.2, 0.12, 0.06, 0.0]

@@ -9,7 +9,10 @@ the old defaults (network on every step, batch 64) as the stated baseline, the c
 (``network_below = 4``), the cache-sized batch alone, and both (the current default). Untrained
 weights cost what trained ones cost (the network runs either way); ``sigma_data`` = 0.223 and the
 power spectrum are those of a trained 32x32 model (model units), so the cut falls where it does in
-practice (12 of 20 steps). Ratios are against the baseline of the same preset in the same run.
+practice (11 of 20 steps). Ratios are against the baseline of the same preset in the same run.
+CPU time includes system time (page faults); the allocator setting of the CLI
+(:func:`lftml.devices.keep_freed_memory`) is on unless ``--no-keep-freed-memory`` (process-wide, so
+compare two runs for its effect).
 """
 
 from __future__ import annotations
@@ -46,8 +49,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--presets", default="equi,fast")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-keep-freed-memory", action="store_true",
+                    help="measure without lftml.devices.keep_freed_memory (the CLI always calls it)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if not a.no_keep_freed_memory:
+        from lftml.devices import keep_freed_memory
+
+        print("glibc keeps freed memory:", keep_freed_memory())
     rows = []
     for name in a.presets.split(","):
         model = make_model(name)
@@ -57,7 +66,7 @@ def main() -> None:
                     (f"default: below 4 sigma_data, batch {auto_batch_size(model)}", 4.0, None)]
         base = None
         for label, below, batch in settings:
-            t0 = time.process_time()
+            t0 = time.process_time()  # user + system
             res = generate(model, a.n, sampler="exp", steps=a.steps, seed=1, batch_size=batch, device="cpu",
                            weights="path", network_below=below)
             cpu = time.process_time() - t0

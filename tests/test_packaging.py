@@ -46,3 +46,18 @@ def test_numba_cache_is_outside_the_source_tree(monkeypatch, tmp_path):
         fused._compiled.cache_clear()
     assert cache == (tmp_path / "lftml" / "numba").resolve()
     assert ROOT / "src" not in cache.parents
+
+
+def test_keep_freed_memory_is_accepted_by_glibc():
+    """The CLI's allocator setting (``lftml.devices.keep_freed_memory``) must reach glibc: mallopt
+    returns 1 only for a known parameter, so a wrong constant or signature fails here (on Linux with
+    glibc; elsewhere it is a documented no-op)."""
+    import platform
+
+    import pytest
+
+    from lftml.devices import keep_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert keep_freed_memory() is True

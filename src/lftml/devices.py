@@ -6,7 +6,7 @@ import torch
 
 from lftml.errors import LftmlError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "keep_freed_memory"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -29,3 +29,27 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise LftmlError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
     return dev
+
+
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
+    """Tell glibc's allocator to serve allocations below ``threshold_bytes`` from the heap and keep
+    freed memory there instead of ``mmap``/``munmap`` per allocation. Torch's CPU tensors of a few MB
+    (a U-Net batch, an FFT buffer) are otherwise mapped and unmapped on every use, each page
+    faulted in again: the diffusion sampler at 32x32 spent 30 % of its CPU time in the kernel
+    (900k page faults for 128 samples; 10k with this, same run: 11.0 -> 7.4 CPU-s). The price is a
+    resident size that stays at its peak, which a command-line run does not mind. A no-op (returns
+    ``False``) without glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes))) and bool(mallopt(_M_TRIM_THRESHOLD, int(threshold_bytes)))

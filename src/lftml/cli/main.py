@@ -75,6 +75,9 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from lftml.devices import keep_freed_memory
+
+    keep_freed_memory()  # torch's MB-sized CPU buffers otherwise cost a page-fault storm per use
     app(args=argv, prog_name="lftml")
 
 

@@ -187,10 +187,12 @@ BATCH_BYTES = 8 * 2**20
 
 def auto_batch_size(model) -> int:
     """Sampling batch whose largest U-Net activation (full-resolution concatenation, doubled by the
-    Z2 antisymmetrisation) is about :data:`BATCH_BYTES`: a power of two in ``[1, 256]``. Measured on
-    one core (benchmarks/diffusion_results.md): the ``equi`` preset at 32x32 costs 4.6-5.1 ms per
-    sample and network evaluation at batch 16 against 8.8 ms at batch 64 (cache misses); ``fast``
-    is flat between 16 and 64."""
+    Z2 antisymmetrisation) is about :data:`BATCH_BYTES`: a power of two in ``[1, 256]`` (16 for
+    ``equi`` at 32x32). Measured on one core: without :func:`lftml.devices.keep_freed_memory` the
+    ``equi`` preset at 32x32 cost 4.6-5.1 ms per sample and network evaluation at batch 16 against
+    8.8 ms at batch 64, almost all of it page faults of the larger buffers; with it (as the CLI runs)
+    batch 16 and 64 cost the same (7.3 vs 7.1 CPU-s per 128 samples, benchmarks/bench_weighted_sampling.py).
+    Kept for the smaller memory footprint."""
     net = getattr(model, "net", None)
     cfg = getattr(net, "config", None)
     if cfg is None:

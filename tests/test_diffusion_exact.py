@@ -686,3 +686,26 @@ def test_a_model_resized_to_a_bigger_lattice_is_exact_there_by_its_path_weights(
     e, raw = weighted_gamma_method(phi2, log_w), gamma_method(phi2)
     assert abs(e.value - exact) < 3 * e.error, (e, exact)
     assert abs(raw.value - exact) > 5 * raw.error, (raw, exact)  # the random network biases the raw samples
+
+
+@pytest.mark.parametrize("method", ["em", "pc"])
+def test_em_and_pc_samplers_step_by_hand_like_sample(method):
+    """EM and PC in the engine's convention (:class:`SDESampler`): ``init`` + ``steps`` x ``step``
+    equals :func:`sample` bit for bit on the same stream, and a step past the end is refused.
+    Catches: the stepper and the loop drifting apart (an extra draw, the denoiser on the wrong step)."""
+    from lftml.diffusion.sampling import SDESampler
+    from lftml.errors import LftmlError
+
+    model = _random_model("gaussian")
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.mul_(0.1)
+        ref, _ = sample(model, model.sde, (5, 4, 4), sampler=method, steps=6, generator=torch.Generator().manual_seed(2))
+        chain = SDESampler(model, model.sde, (4, 4), 6, method)
+        g = torch.Generator().manual_seed(2)
+        state = chain.init(5, g)
+        while state.k < 6:
+            state, _ = chain.step(state, g)
+    assert torch.equal(state.x, ref)
+    with pytest.raises(LftmlError, match="done all its 6 steps"):
+        chain.step(state, g)

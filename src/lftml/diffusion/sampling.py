@@ -41,7 +41,7 @@ from lftml.errors import LftmlError
 from lftml.samplers.rng import torch_generator
 from lftml.diffusion.sde import VESDE
 
-__all__ = ["SAMPLERS", "SampleResult", "ExpSampler", "ExpState", "time_grid", "sample", "sample_path_weighted", "generate",
+__all__ = ["SAMPLERS", "SampleResult", "ExpSampler", "ExpState", "SDESampler", "SDEState", "time_grid", "sample", "sample_path_weighted", "generate",
            "write_generated", "auto_batch_size"]
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,6 @@ def sample(
                                           device=device, net_dtype=dtype if dtype != torch.float64 else torch.float64,
                                           snapshot_times=snapshot_times, network_max_std=network_max_std)
         return x.to(dtype), info["snapshots"]
-    ts = time_grid(sde, steps, schedule, dtype=dtype, device=device)
-    if x_init is None:
-        from lftml.diffusion.likelihood import pf_ode_prior
-
-        x = pf_ode_prior(score_fn, sde)[1](shape, generator, dtype=dtype, device=device)  # N(0, C + sigma_max^2)
-    else:
-        x = x_init.to(device, dtype)
-    n = shape[0]
     pending = sorted((float(s) for s in (snapshot_times or [])), reverse=True)
     snaps: list[tuple[float, torch.Tensor]] = []
 
@@ -132,40 +124,105 @@ def sample(
             pending.pop(0)
             snaps.append((t, x.detach().cpu().clone()))
 
-    record(1.0, x)
-    for k in range(steps):
+    if sampler == "ode":  # deterministic: the package's one Heun integrator (likelihood.integrate_pf_ode)
+        from lftml.diffusion.likelihood import LikelihoodSettings, integrate_pf_ode, pf_ode_prior
+
+        ts = time_grid(sde, steps, schedule, dtype=dtype, device=device)
+        x = pf_ode_prior(score_fn, sde)[1](shape, generator, dtype=dtype, device=device) if x_init is None \
+            else x_init.to(device, dtype)
+        record(1.0, x)
+        x, _, _ = integrate_pf_ode(score_fn, sde, x, float(ts[0]), float(ts[-1]), LikelihoodSettings(solver="heun"),
+                                   None, times=ts.to(torch.float64).cpu().numpy(), divergence=False, callback=record)
+        t_end = float(ts[-1])
+    else:
+        chain = SDESampler(score_fn, sde, tuple(shape[1:]), steps, sampler, schedule, snr, corrector_steps, dtype, device)
+        state = chain.init(shape[0], generator, x_init)
+        record(1.0, state.x)
+        while state.k < steps:
+            state, info = chain.step(state, generator)
+            record(info["t"], state.x)
+        x, t_end = state.x, chain.time(steps)
+    for _ in list(pending):  # times below eps: the final configuration
+        snaps.append((t_end, x.detach().cpu().clone()))
+    return x, snaps
+
+
+@dataclass(frozen=True)
+class SDEState:
+    """State of :class:`SDESampler` after ``k`` steps: the batch ``x`` (model units)."""
+
+    x: torch.Tensor
+    k: int
+
+
+@dataclass(frozen=True, eq=False)
+class SDESampler:
+    """Euler-Maruyama (``em``) or predictor-corrector (``pc``) for the reverse VE SDE, in the
+    engine's convention (frozen settings, ``init(n, generator) -> state``, ``step(state, generator)
+    -> (state, info)``); :func:`sample` runs it. Step ``k`` (grid time ``t_k``, ``dt = t_k - t_{k+1}``):
+    ``pc`` first makes ``corrector_steps`` Langevin corrector moves with step ``2 (snr |z| / |s|)^2``,
+    then the EM predictor ``x <- x + g^2 s dt + g sqrt(dt) z``; the last step (from ``t = eps``) is
+    Tweedie's denoiser ``x + std(eps)^2 s`` (no noise). Approximate (O(dt) bias): for exact samples
+    use :class:`ExpSampler` with its path weights."""
+
+    score_fn: ScoreFn
+    sde: VESDE
+    lattice_shape: tuple[int, ...]
+    steps: int
+    method: str = "em"
+    schedule: str = "edm"
+    snr: float = 0.16
+    corrector_steps: int = 1
+    dtype: torch.dtype = torch.float32
+    device: str | torch.device = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("em", "pc"):
+            raise LftmlError(f"SDESampler runs em or pc, got {self.method!r}")
+        object.__setattr__(self, "_ts", time_grid(self.sde, self.steps, self.schedule, dtype=self.dtype,
+                                                  device=self.device))
+
+    def time(self, k: int) -> float:
+        """Grid time after ``k`` steps (the last step ends at ``eps``, where the denoiser acts)."""
+        return float(self._ts[min(k, self.steps - 1)]) if k < self.steps else float(self._ts[-1])
+
+    def init(self, n: int, generator: torch.Generator, x_init: torch.Tensor | None = None) -> SDEState:
+        """``n`` draws from the prior ``N(0, C + sigma_max^2)`` (or ``x_init``)."""
+        from lftml.diffusion.likelihood import pf_ode_prior
+
+        if x_init is not None:
+            return SDEState(x_init.to(self.device, self.dtype), 0)
+        shape = (n, *self.lattice_shape)
+        return SDEState(pf_ode_prior(self.score_fn, self.sde)[1](shape, generator, dtype=self.dtype, device=self.device), 0)
+
+    def step(self, state: SDEState, generator: torch.Generator) -> tuple[SDEState, dict]:
+        if state.k >= self.steps:
+            raise LftmlError(f"the {self.method} sampler has done all its {self.steps} steps")
+        ts, k, x = self._ts, state.k, state.x
+        n = x.shape[0]
         t = ts[k]
-        dt = (ts[k] - ts[k + 1]) if k + 1 < steps else (ts[k - 1] - ts[k])
         tb = t.expand(n)
-        g2 = sde.diffusion(t) ** 2
-        if sampler == "pc":
-            for _ in range(corrector_steps):
-                grad = score_fn(x, tb)
-                z = _noise(x.shape, generator, dtype, device)
+        g2 = self.sde.diffusion(t) ** 2
+        if self.method == "pc":
+            for _ in range(self.corrector_steps):
+                grad = self.score_fn(x, tb)
+                z = _noise(x.shape, generator, self.dtype, self.device)
                 gn = grad.reshape(n, -1).norm(dim=1).mean()
                 zn = z.reshape(n, -1).norm(dim=1).mean()
-                eps_l = 2.0 * (snr * zn / gn) ** 2
+                eps_l = 2.0 * (self.snr * zn / gn) ** 2
                 x = x + eps_l * grad + torch.sqrt(2.0 * eps_l) * z
-        if sampler in ("em", "pc"):
-            if k + 1 < steps:
-                mean = x + g2 * score_fn(x, tb) * dt
-                x = mean + torch.sqrt(g2 * dt) * _noise(x.shape, generator, dtype, device)
-            else:
-                # final step t = eps -> 0: Tweedie's denoiser E[x_0 | x_eps] = x + std(eps)^2 score
-                # (exact for any target given the exact score); reusing the previous dt here
-                # shrank the stiff UV modes (issue 11: ~53% of the (pi, pi) variance kept at 100 steps)
-                x = x + sde.std(t) ** 2 * score_fn(x, tb)
-        else:  # ode: the package's one Heun integrator (lftml.diffusion.likelihood.integrate_pf_ode)
-            from lftml.diffusion.likelihood import LikelihoodSettings, integrate_pf_ode
-
-            x, _, _ = integrate_pf_ode(score_fn, sde, x, float(ts[0]), float(ts[-1]), LikelihoodSettings(solver="heun"),
-                                 None, times=ts.to(torch.float64).cpu().numpy(), divergence=False, callback=record)
-            break
-        t_now = float(ts[k + 1]) if k + 1 < steps else float(ts[-1])
-        record(t_now, x)
-    for _ in list(pending):  # times below eps: the final configuration
-        snaps.append((float(ts[-1]), x.detach().cpu().clone()))
-    return x, snaps
+        if k + 1 < self.steps:
+            dt = ts[k] - ts[k + 1]
+            mean = x + g2 * self.score_fn(x, tb) * dt
+            x = mean + torch.sqrt(g2 * dt) * _noise(x.shape, generator, self.dtype, self.device)
+            t_new = float(ts[k + 1])
+        else:
+            # final step t = eps -> 0: Tweedie's denoiser E[x_0 | x_eps] = x + std(eps)^2 score
+            # (exact for any target given the exact score); reusing the previous dt here
+            # shrank the stiff UV modes (issue 11: ~53% of the (pi, pi) variance kept at 100 steps)
+            x = x + self.sde.std(t) ** 2 * self.score_fn(x, tb)
+            t_new = float(ts[-1])
+        return SDEState(x, k + 1), {"t": t_new}
 
 
 @dataclass

@@ -216,6 +216,33 @@ def summary_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def startup_cpu_s() -> float:
+    """CPU seconds of a bare ``python -m lftml --help`` (interpreter, torch and numba imports): the
+    fixed cost in every command's CPU seconds, subtracted in :func:`cost_table` (min of 3)."""
+    return min(cli("--help", json_out=False)[1] for _ in range(3))
+
+
+def cost_table(results: dict[str, Any]) -> str:
+    """CPU ms per effective configuration, net of the start-up cost: weighted samples n x ESS/N,
+    HMC n / (2 tau_int(|M|)) (tau_int >= 0.5)."""
+    s0 = results.get("startup_cpu_s")
+    if s0 is None:
+        s0 = results["startup_cpu_s"] = startup_cpu_s()
+    hdr = ["L", "kappa", "baseline", "model (sampling)", "model training CPU s", "HMC test"]
+    lines = [f"(start-up {s0:.1f} CPU-s per command subtracted)", "", "| " + " | ".join(hdr) + " |",
+             "|" + "---|" * len(hdr)]
+    for p in results["points"]:
+        rows = p["rows"]
+        eff = lambda key: p["n"] * rows[key]["proposal"]["ess_fraction"]  # noqa: E731
+        h = rows["hmc_test"]
+        hmc_eff = h["n"] / (2.0 * max(h["tau_int_abs_magnetisation"], 0.5))
+        ms = lambda cpu, n: f"{1e3 * max(cpu - s0, 0.0) / n:.1f}"  # noqa: E731
+        lines.append(f"| {p['L']} | {p['kappa']} | {ms(p['baseline_sample_cpu_s'], eff('baseline_exact'))} | "
+                     f"{ms(p['model_sample_cpu_s'], eff('model_exact'))} | {p['train_cpu_s'] - s0:.0f} | "
+                     f"{ms(p['hmc_test_cpu_s'], hmc_eff)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="8,16")
@@ -231,11 +258,11 @@ def main() -> None:
     a = ap.parse_args()
     if a.markdown:
         res = json.loads(Path(a.markdown).read_text())
-        print(summary_table(res) + "\n\n" + markdown(res))
+        print(summary_table(res) + "\n\n" + markdown(res) + "\n\n" + cost_table(res))
         return
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="dtable_"))
     out = Path(a.out)
-    results: dict[str, Any] = {"command": " ".join(sys.argv), "points": []}
+    results: dict[str, Any] = {"command": " ".join(sys.argv), "points": [], "startup_cpu_s": startup_cpu_s()}
     if out.exists():
         if not a.resume:
             sys.exit(f"error: {out} exists (pass --resume to continue it)")
@@ -251,7 +278,7 @@ def main() -> None:
             tmp.write_text(json.dumps(results, indent=1))
             tmp.replace(out)
             print(json.dumps({k: r[k] for k in ("L", "kappa", "parametrization", "gain", "train_cpu_s")}), flush=True)
-    print(summary_table(results) + "\n\n" + markdown(results))
+    print(summary_table(results) + "\n\n" + markdown(results) + "\n\n" + cost_table(results))
 
 
 if __name__ == "__main__":

@@ -243,6 +243,36 @@ def cost_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compact_table(results: dict[str, Any]) -> str:
+    """One row per point: baseline vs model (made exact) as proposals, kurtosis raw vs HMC, largest
+    |z| of the reweighted rows, CPU ms per effective configuration (see :func:`cost_table`)."""
+    s0 = results.get("startup_cpu_s") or startup_cpu_s()
+    hdr = ["L", "kappa", "analytic part", "gain (nats)", "acc base / model", "ESS/N base / model",
+           "sigma_lw/sqrt(V) base / model", "kurtosis HMC / base raw / model raw", "max \\|z\\| reweighted",
+           "ms per eff. config base / model / HMC", "train CPU s"]
+    lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for p in results["points"]:
+        rows = p["rows"]
+        b, m, h = rows["baseline_exact"]["proposal"], rows["model_exact"]["proposal"], rows["hmc_test"]
+        g = p["gain"] or {}
+        gain = fmt(g["gain_nats"], g["error"]) if "gain_nats" in g else "-"
+        k = lambda key: fmt(rows[key]["kurtosis"]["value"], rows[key]["kurtosis"]["error"])  # noqa: E731
+        zmax = max(abs(rows[key][o]["z_vs_hmc"]) for key in ("baseline_exact", "analytic_exact", "model_exact")
+                   for o in OBS)
+        hmc_eff = h["n"] / (2.0 * max(h["tau_int_abs_magnetisation"], 0.5))
+        ms = lambda cpu, n: f"{1e3 * max(cpu - s0, 0.0) / n:.1f}"  # noqa: E731
+        lines.append(
+            f"| {p['L']} | {p['kappa']} | {p['parametrization']} | {gain} | "
+            f"{fmt(b['acceptance']['value'], b['acceptance']['error'])} / "
+            f"{fmt(m['acceptance']['value'], m['acceptance']['error'])} | {b['ess_fraction']:.3f} / "
+            f"{m['ess_fraction']:.3f} | {b['log_weight_std_per_sqrt_site']:.3f} / "
+            f"{m['log_weight_std_per_sqrt_site']:.3f} | {k('hmc_test')} / {k('baseline_raw')} / {k('model_raw')} | "
+            f"{zmax:.1f} | {ms(p['baseline_sample_cpu_s'], p['n'] * b['ess_fraction'])} / "
+            f"{ms(p['model_sample_cpu_s'], p['n'] * m['ess_fraction'])} / {ms(p['hmc_test_cpu_s'], hmc_eff)} | "
+            f"{p['train_cpu_s'] - s0:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="8,16")
@@ -258,7 +288,12 @@ def main() -> None:
     a = ap.parse_args()
     if a.markdown:
         res = json.loads(Path(a.markdown).read_text())
-        print(summary_table(res) + "\n\n" + markdown(res) + "\n\n" + cost_table(res))
+        if "startup_cpu_s" not in res:  # older file: measure the start-up once and record it
+            res["startup_cpu_s"] = startup_cpu_s()
+            tmp = Path(a.markdown + ".tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            tmp.replace(a.markdown)
+        print("\n\n".join([summary_table(res), markdown(res), cost_table(res), compact_table(res)]))
         return
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="dtable_"))
     out = Path(a.out)

@@ -442,6 +442,21 @@ def test_cli_sample_stores_path_weights_and_analyze_reweights(tmp_path, model_fi
     assert leftovers == []
 
 
+def _assert_both_vacua_and_hmc_values(weighted, hmc) -> None:
+    """Reweighted <|M|> and <S>/V of ``weighted`` within 2 sigma of the HMC ensemble ``hmc``, and the
+    weighted fraction of configurations with M > 0 equal to 1/2 within 2 sigma (both vacua)."""
+    from lftml.analysis import analyze
+    from lftml.ensemble import Ensemble
+
+    gen, ref = analyze(weighted), analyze(hmc)
+    for key in ("abs_magnetisation", "action_density"):
+        z = (gen[key]["value"] - ref[key]["value"]) / math.hypot(gen[key]["error"], ref[key]["error"])
+        assert abs(z) < 2.0, (key, gen[key], ref[key])
+    with Ensemble.open(weighted) as ens:
+        positive = weighted_gamma_method((ens.observables["M"] > 0).astype(float), ens.log_weights)
+    assert abs(positive.value - 0.5) < 2.0 * positive.error
+
+
 @pytest.mark.slow
 def test_broken_phase_16x16_mixture_baseline_reweighted_to_hmc(tmp_path):
     """Broken phase (16x16, kappa = 0.5, lambda = 0.022): the sign-aligned mixture fitted to one HMC
@@ -451,8 +466,6 @@ def test_broken_phase_16x16_mixture_baseline_reweighted_to_hmc(tmp_path):
     from conftest import run_cli
 
     from lftml.analysis import analyze
-    from lftml.ensemble import Ensemble
-    from lftml.stats import weighted_gamma_method
 
     common = ("--shape", "16", "16", "--kappa", "0.5", "--lam", "0.022", "--chains", "8", "--n-configs", "100",
               "--therm", "100", "--every", "5", "--start", "cold")
@@ -460,14 +473,8 @@ def test_broken_phase_16x16_mixture_baseline_reweighted_to_hmc(tmp_path):
     run_cli("hmc", *common, "--seed", "12", "--out", tmp_path / "test.h5", check=True)
     run_cli("diffusion", "baseline", "--data", tmp_path / "train.h5", "--kind", "mixture", "--n-configs", "4000",
             "--out", tmp_path / "mix.h5", check=True)
-    mix, ref = analyze(tmp_path / "mix.h5"), analyze(tmp_path / "test.h5")
-    assert mix["ess_fraction"] > 0.1
-    for key in ("abs_magnetisation", "action_density"):
-        z = (mix[key]["value"] - ref[key]["value"]) / math.hypot(mix[key]["error"], ref[key]["error"])
-        assert abs(z) < 2.0, (key, mix[key], ref[key])
-    with Ensemble.open(tmp_path / "mix.h5") as ens:
-        positive = weighted_gamma_method((ens.observables["M"] > 0).astype(float), ens.log_weights)
-    assert abs(positive.value - 0.5) < 2.0 * positive.error
+    assert analyze(tmp_path / "mix.h5")["ess_fraction"] > 0.1
+    _assert_both_vacua_and_hmc_values(tmp_path / "mix.h5", tmp_path / "test.h5")
 
 
 def _broken_phase_trained_model(tmp_path, L: int, n_configs: int, updates: int, n_gen: int):
@@ -511,19 +518,11 @@ def test_broken_phase_16x16_trained_mixture_model_reweighted_to_hmc(tmp_path):
     acceptance 0.58 vs 0.40, ESS/N 0.59 vs 0.31. Catches: a network that learned nothing or made the
     proposal worse, the TSM blend with the full data spectrum (gain -0.12(4) at 300 updates), the
     unimodal Gaussian part in the broken phase (ESS ~ 0), one vacuum only."""
-    from lftml.analysis import analyze
-    from lftml.ensemble import Ensemble
 
     tr = _broken_phase_trained_model(tmp_path, 16, 100, 600, 2000)
     gain = tr["monitor"][-1]
     assert gain["gain_nats"] > 5 * gain["error"], gain
-    gen, ref = analyze(tmp_path / "gen.h5"), analyze(tmp_path / "test.h5")
-    for key in ("abs_magnetisation", "action_density"):
-        z = (gen[key]["value"] - ref[key]["value"]) / math.hypot(gen[key]["error"], ref[key]["error"])
-        assert abs(z) < 2.0, (key, gen[key], ref[key])
-    with Ensemble.open(tmp_path / "gen.h5") as ens:
-        positive = weighted_gamma_method((ens.observables["M"] > 0).astype(float), ens.log_weights)
-    assert abs(positive.value - 0.5) < 2.0 * positive.error
+    _assert_both_vacua_and_hmc_values(tmp_path / "gen.h5", tmp_path / "test.h5")
     acc_m, lw_m = _acceptance(tmp_path / "gen.h5")
     acc_p, lw_p = _acceptance(tmp_path / "part.h5")
     print(f"broken 16x16: acceptance model {acc_m.value:.3f}({acc_m.error:.3f}) vs mixture {acc_p.value:.3f}"

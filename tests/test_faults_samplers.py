@@ -145,14 +145,20 @@ def test_interrupt_while_the_plot_is_drawn_names_what_was_written(tmp_path, inpu
     args = [*_args(inputs, "diffusion sample", out), "--plot", png]
     with inject("lftml.diffusion.workflows:save_figure", 1, "sigterm") as state:
         res = run_cli(*args)
-    assert state["fired"] and res.exit_code == 130, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"interrupted: {out} was written completely"), lines
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+    _assert_out_complete_figure_not(res, state, tmp_path, out)
     full = tmp_path / "full"
     full.mkdir()
     run_cli(*_args(inputs, "diffusion sample", full / "out.h5"), "--plot", full / "strip.png", check=True)
     assert content(out) == content(full / "out.h5")
+
+
+def _assert_out_complete_figure_not(res, state, folder, out) -> None:
+    """A SIGTERM injected at the figure's write: exit 130, one line saying ``out`` is complete, and
+    nothing but ``out`` in the folder (no PNG, no temporary)."""
+    assert state["fired"] and res.exit_code == 130, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted: {out} was written completely"), lines
+    assert sorted(p.name for p in folder.iterdir()) == ["out.h5"]
 
 
 def test_interrupt_while_the_grid_is_drawn_names_what_was_written(tmp_path, inputs, reference, sigterm_guard):
@@ -162,10 +168,7 @@ def test_interrupt_while_the_grid_is_drawn_names_what_was_written(tmp_path, inpu
     args = [*_args(inputs, "rbm sample", out), "--grid", png, "--grid-size", "4"]
     with inject("lftml.plots:save_figure", 1, "sigterm") as state:
         res = run_cli(*args)
-    assert state["fired"] and res.exit_code == 130, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"interrupted: {out} was written completely"), lines
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+    _assert_out_complete_figure_not(res, state, tmp_path, out)
     assert content(out) == content(reference["rbm sample"])
 
 

@@ -515,7 +515,7 @@ def test_broken_phase_16x16_trained_mixture_model_reweighted_to_hmc(tmp_path):
     weight and <|M|>, <S>/V within 2 sigma of an independent HMC ensemble, and the network earns its
     place: held-out likelihood gain > 5 sigma and independence-Metropolis acceptance above that of
     the exact mixture alone by > 3 combined sigma. Measured (600 updates): gain +0.39(2) nats,
-    acceptance 0.58 vs 0.40, ESS/N 0.59 vs 0.31. Catches: a network that learned nothing or made the
+    acceptance 0.61(2) vs 0.45(2), ESS/N 0.57 vs 0.32. Catches: a network that learned nothing or made the
     proposal worse, the TSM blend with the full data spectrum (gain -0.12(4) at 300 updates), the
     unimodal Gaussian part in the broken phase (ESS ~ 0), one vacuum only."""
 

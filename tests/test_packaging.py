@@ -61,3 +61,24 @@ def test_keep_freed_memory_is_accepted_by_glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
     assert keep_freed_memory() is True
+
+
+def test_keep_freed_memory_does_not_search_for_libc(monkeypatch):
+    """Every CLI start calls ``keep_freed_memory``: it must find mallopt among the running process's
+    symbols, not through ``ctypes.util.find_library`` (which may spawn ``ldconfig``, milliseconds per
+    start). Fails if the lookup goes back to searching the library path."""
+    import ctypes.util
+    import platform
+
+    import pytest
+
+    from lftml.devices import keep_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+
+    def searched(name):
+        raise AssertionError(f"find_library({name!r}) called")
+
+    monkeypatch.setattr(ctypes.util, "find_library", searched)
+    assert keep_freed_memory() is True

@@ -44,12 +44,17 @@ def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
     resident size that stays at its peak, which a command-line run does not mind. A no-op (returns
     ``False``) without glibc."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The running process's own symbols first: glibc is already loaded, and
+        # ctypes.util.find_library may spawn ldconfig (ms on every CLI start).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False
+        try:
+            import ctypes.util
+
+            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        except (OSError, AttributeError):
+            return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes))) and bool(mallopt(_M_TRIM_THRESHOLD, int(threshold_bytes)))

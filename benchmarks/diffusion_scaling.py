@@ -37,14 +37,12 @@ def lftml(*args: str) -> dict:
 
 
 def acceptance(path: Path) -> tuple[float, float, np.ndarray]:
-    from lftml.diffusion.evaluation import independence_metropolis
+    from lftml.diffusion.evaluation import metropolis_acceptance
     from lftml.ensemble import Ensemble
-    from lftml.stats import gamma_method
 
     with Ensemble.open(path) as ens:
         lw = np.asarray(ens.log_weights).reshape(-1)
-    idx, _ = independence_metropolis(lw, np.random.default_rng(7))
-    g = gamma_method((np.diff(idx) != 0).astype(float))
+    g = metropolis_acceptance(lw, np.random.default_rng(7))
     return g.value, g.error, lw
 
 

@@ -83,10 +83,10 @@ def observables(path: Path, weighted: bool) -> dict[str, Any]:
     """Kurtosis, <|M|>, chi_2, U_L, <S>/V of an ensemble file (reweighted with its log weights if
     ``weighted``), plus the proposal diagnostics when the file carries log weights."""
     from lftml.analysis import summarize
-    from lftml.diffusion.evaluation import independence_metropolis
+    from lftml.diffusion.evaluation import metropolis_acceptance
     from lftml.diffusion.workflows import weight_diagnostics
     from lftml.ensemble import Ensemble
-    from lftml.stats import gamma_method, gamma_method_derived, weighted_gamma_method_derived
+    from lftml.stats import gamma_method_derived, weighted_gamma_method_derived
 
     with Ensemble.open(path) as ens:
         phi = np.asarray(ens.configs, dtype=np.float64)  # (n_configs, n_chains, L, L)
@@ -105,8 +105,7 @@ def observables(path: Path, weighted: bool) -> dict[str, Any]:
     out["n"] = int(M.size)
     if lw is not None:
         flat = lw.reshape(-1)
-        idx, _ = independence_metropolis(flat, np.random.default_rng(7))
-        acc = gamma_method((np.diff(idx) != 0).astype(float))
+        acc = metropolis_acceptance(flat, np.random.default_rng(7))
         out["proposal"] = {**weight_diagnostics(flat, V), "acceptance": entry(acc)}
     return out
 

@@ -216,9 +216,8 @@ def test_trained_model_as_metropolis_proposal_accepts_more_than_the_gaussian_bas
     likelihood's Heun grid defaults to edm (the samplers' grid). Bug caught: a network that does not
     improve the proposal, a sign or Jacobian error in log q, a too-coarse ODE grid (acceptance
     collapses)."""
-    from lftml.diffusion.evaluation import independence_metropolis
+    from lftml.diffusion.evaluation import metropolis_acceptance
     from lftml.diffusion.likelihood import LikelihoodSettings, model_sample_with_log_likelihood
-    from lftml.stats import gamma_method
 
     theory, model, _ = strongly_coupled
     n, V = 256, 16
@@ -226,9 +225,7 @@ def test_trained_model_as_metropolis_proposal_accepts_more_than_the_gaussian_bas
     def acceptance(phi, log_q, seed):
         S = theory.action(torch.as_tensor(phi, dtype=torch.float64)).numpy()
         log_w = -S - log_q
-        idx, _ = independence_metropolis(log_w, np.random.default_rng(seed))
-        moved = (np.diff(idx) != 0).astype(float)
-        return gamma_method(moved)
+        return metropolis_acceptance(log_w, np.random.default_rng(seed))
 
     # Gaussian baseline: exact samples and exact log q of N(0, C), C = the data's power spectrum
     g = torch.Generator().manual_seed(11)
@@ -249,8 +246,7 @@ def test_trained_model_as_metropolis_proposal_accepts_more_than_the_gaussian_bas
 def _gaussian_baseline_acceptance(theory, model, n: int, seed: int):
     """Independence-Metropolis acceptance (Gamma method) of exact samples of the model's analytic
     Gaussian part N(0, C) (engine units, exact log q by FFT) against exp(-S)."""
-    from lftml.diffusion.evaluation import independence_metropolis
-    from lftml.stats import gamma_method
+    from lftml.diffusion.evaluation import metropolis_acceptance
 
     shape = model.lattice_shape
     V = model.volume
@@ -260,8 +256,7 @@ def _gaussian_baseline_acceptance(theory, model, n: int, seed: int):
     log_q = (-0.5 * (torch.fft.fftn(phi, dim=(1, 2)).abs() ** 2 / (V * c)).sum(dim=(1, 2))
              - 0.5 * torch.log(2 * math.pi * c).sum())
     log_w = (-theory.action(phi) - log_q).numpy()
-    idx, _ = independence_metropolis(log_w, np.random.default_rng(seed + 1))
-    return gamma_method((np.diff(idx) != 0).astype(float)), log_w
+    return metropolis_acceptance(log_w, np.random.default_rng(seed + 1)), log_w
 
 
 def test_trained_model_exact_path_weights_accept_more_than_the_gaussian_baseline(strongly_coupled):
@@ -275,10 +270,9 @@ def test_trained_model_exact_path_weights_accept_more_than_the_gaussian_baseline
     0.44-0.52); Gaussian baseline 0.288(24), sigma_lw 4.7 nats (z = 7.4). Bug caught: a network that does not improve the
     proposal, a wrong transition density or forward kernel in log r/q (acceptance collapses), the
     weights computed for a different sampler than the one that drew the samples."""
-    from lftml.diffusion.evaluation import independence_metropolis
+    from lftml.diffusion.evaluation import metropolis_acceptance
     from lftml.diffusion.sampling import sample_path_weighted
     from lftml.samplers.rng import torch_generator
-    from lftml.stats import gamma_method
 
     theory, model, _ = strongly_coupled
     n = 1024
@@ -291,8 +285,7 @@ def test_trained_model_exact_path_weights_accept_more_than_the_gaussian_baseline
         phi = m.scaling.to_data(x.to(torch.float64))
         log_w = (-theory.action(phi) - m.scaling.log_jacobian(m.volume) + log_ratio).numpy()
         assert np.all(np.isfinite(log_w))
-        idx, _ = independence_metropolis(log_w, np.random.default_rng(seed + 1))
-        return gamma_method((np.diff(idx) != 0).astype(float)), log_w
+        return metropolis_acceptance(log_w, np.random.default_rng(seed + 1)), log_w
 
     acc_m, lw_m = path_acceptance(model, 21)
     acc_g, lw_g = _gaussian_baseline_acceptance(theory, model, n, 31)

@@ -19,15 +19,18 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from lftml.errors import LftmlError
 
+if TYPE_CHECKING:
+    from lftml.stats import Estimate
+
 __all__ = [
     "COMPARE_KEYS", "compare", "format_compare_table", "plot_comparison", "plot_denoising_strip",
-    "independence_metropolis", "reweight", "autocorrelation_comparison", "plot_autocorrelation_comparison",
+    "independence_metropolis", "metropolis_acceptance", "reweight", "autocorrelation_comparison", "plot_autocorrelation_comparison",
     "z_score",
 ]
 
@@ -197,6 +200,17 @@ def independence_metropolis(log_w: np.ndarray, rng: np.random.Generator) -> tupl
             acc += 1
         idx[j] = cur
     return idx, acc / (len(lw) - 1)
+
+
+def metropolis_acceptance(log_w: np.ndarray, rng: np.random.Generator) -> "Estimate":
+    """Acceptance of the independence-Metropolis chain over ``log_w`` (see
+    :func:`independence_metropolis`) as a Gamma-method ``lftml.stats.Estimate``:
+    the accept indicator of step j (proposal j taken) is autocorrelated, rejections come in runs
+    while the chain sits on a high-weight state, so its error needs tau_int, not sqrt(p(1-p)/N)."""
+    from lftml.stats import gamma_method
+
+    idx, _ = independence_metropolis(log_w, rng)
+    return gamma_method((np.diff(idx) != 0).astype(np.float64))
 
 
 def reweight(log_w: np.ndarray, observables: dict[str, np.ndarray], volume: int) -> dict[str, Any]:

@@ -6,8 +6,8 @@ Per (L, kappa) at lambda = 0.022, everything through the CLI (``python -m lftml 
 1. HMC training and test ensembles (different seeds; broken phase from cold starts; near-critical
    with Swendsen-Wang cluster moves composed with the trajectories);
 2. ``lftml diffusion train --data train --heldout test`` with the default recipe
-   (``--parametrization auto``) at ``--preset`` (tiny-equi by default, to fit the shared machine):
-   held-out likelihood gain over the analytic part, training CPU seconds;
+   (``--parametrization``, auto by default) at ``--preset`` (tiny-equi by default, to fit the shared
+   machine): held-out likelihood gain over the analytic part, training CPU seconds;
 3. ``lftml diffusion sample`` (exp sampler, exact path weights, 20 steps), n samples, for the model
    and for its analytic part alone (``--network-below 1e-9``), and ``lftml diffusion baseline``
    (exact samples, exact log w) of the kind auto chose;
@@ -116,7 +116,8 @@ def add_z(row: dict[str, Any], ref: dict[str, Any]) -> None:
         row[k] = {**a, "z_vs_hmc": (a["value"] - b["value"]) / math.hypot(a["error"], b["error"])}
 
 
-def point(L: int, kappa: float, updates: int, preset: str, n: int, batch: int, work: Path) -> dict[str, Any]:
+def point(L: int, kappa: float, updates: int, preset: str, n: int, batch: int, work: Path,
+          parametrization: str = "auto") -> dict[str, Any]:
     from lftml.diffusion.model import load_model
 
     d = work / f"L{L}_k{kappa}"
@@ -127,7 +128,8 @@ def point(L: int, kappa: float, updates: int, preset: str, n: int, batch: int, w
     _, res["hmc_test_cpu_s"] = cli("hmc", *hmc_args(L, kappa), "--seed", "202", "--out", str(te), json_out=False)
     m = d / "model.pt"
     t, res["train_cpu_s"] = cli("diffusion", "train", "--data", str(tr), "--heldout", str(te), "--preset", preset,
-                                "--updates", str(updates), "--batch-size", str(batch), "--monitor-every",
+                                "--updates", str(updates), "--batch-size", str(batch), "--parametrization", parametrization,
+                                "--monitor-every",
                                 str(updates), "--threads", "1", "--seed", "1", "--no-progress", "--out", str(m))
     model = load_model(m)
     kind = model.parametrization
@@ -279,6 +281,8 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--preset", default="tiny-equi", choices=["tiny-equi", "equi"])
+    ap.add_argument("--parametrization", default="auto", choices=["auto", "gaussian", "mixture"],
+                    help="the score's analytic part (diffusion train --parametrization)")
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--out", default="benchmarks/diffusion_table.json")
     ap.add_argument("--work", default=None, help="folder for the ensembles and models (default: a temporary one)")
@@ -306,7 +310,7 @@ def main() -> None:
         for kappa in map(float, a.kappas.split(",")):
             if (L, kappa) in done:
                 continue
-            r = point(L, kappa, a.updates, a.preset, a.n, a.batch_size, work)
+            r = point(L, kappa, a.updates, a.preset, a.n, a.batch_size, work, a.parametrization)
             results["points"].append(r)
             tmp = out.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(results, indent=1))

@@ -529,28 +529,39 @@ def test_broken_phase_16x16_trained_mixture_model_reweighted_to_hmc(tmp_path):
     assert acc_m.value - acc_p.value > 3.0 * math.hypot(acc_m.error, acc_p.error)
 
 
-def test_auto_parametrization_is_mixture_in_the_broken_phase_and_gaussian_in_the_symmetric(tmp_path):
-    """``--parametrization auto`` (the default) picks the exact baseline that is the better proposal:
-    ``mixture`` at 8x8, kappa = 0.5 (Gaussian ESS/N ~ 0.01), ``gaussian`` at kappa = 0.21, and the
-    trained file records the choice and both ESS values. Catches: the forward-KL criterion (the
-    held-in likelihood prefers the mixture by only a few nats in the broken phase and ties in the
-    symmetric one), a rule that always returns one answer, a choice not passed on to the model."""
+def test_auto_parametrization_follows_the_zero_mode_mixture_near_kappa_c_and_broken_gaussian_symmetric(tmp_path):
+    """``--parametrization auto`` (the default) picks the analytic part whose magnetisation
+    distribution is the data's, by the Binder cumulant U: ``mixture`` at 8x8, kappa = 0.5 (U = 2/3)
+    and near kappa_c (0.2705, U ~ 0.5), ``gaussian`` at kappa = 0.21 (U ~ 0); where it picks the
+    mixture that is also the better exact proposal (higher ESS/N against exp(-S), recorded with the
+    choice). ``zero_mode_binder`` is checked against the closed forms: 2/3 for two delta peaks, 0
+    for a Gaussian. Catches: a rule that always returns one answer, the previous ESS-ratio rule
+    (gaussian near kappa_c), a wrong mixture moment (Var M for Var |M| fails the two-peak closed
+    form), a choice not passed on to the trained model."""
     from conftest import run_cli
 
     from lftml.diffusion.model import load_model
-    from lftml.diffusion.training import choose_parametrization
+    from lftml.diffusion.training import choose_parametrization, zero_mode_binder
     from lftml.ensemble import Ensemble
 
+    g = np.random.default_rng(0)
+    two_peaks = np.where(g.random(4000) < 0.5, 1.0, -1.0)[:, None] * np.ones((1, 4))
+    assert zero_mode_binder(two_peaks) == pytest.approx((2 / 3, 2 / 3), abs=1e-12)
+    u_g, _ = zero_mode_binder(g.normal(size=(200000, 1)))
+    assert abs(u_g) < 4 * math.sqrt(8 / 3 / 200000)  # U of a Gaussian: 0 within 4 sigma, Var U = 8 / (3 N)
+
     chosen = {}
-    for kappa, start in (("0.5", "cold"), ("0.21", "hot")):
+    for kappa, start, every in (("0.5", "cold", "5"), ("0.2705", "hot", "10"), ("0.21", "hot", "5")):
         f = tmp_path / f"k{kappa}.h5"
         run_cli("hmc", "--shape", "8", "8", "--kappa", kappa, "--lam", "0.022", "--chains", "4", "--n-configs", "100",
-                "--therm", "100", "--every", "5", "--start", start, "--seed", "4", "--out", f, check=True)
+                "--therm", "100", "--every", every, "--start", start, "--seed", "4", "--out", f, check=True)
         with Ensemble.open(f) as ens:
             phi = np.asarray(ens.configs).reshape(-1, 8, 8)
             chosen[kappa] = choose_parametrization(phi, ens.metadata["theory"])
-    assert chosen["0.5"][0] == "mixture" and chosen["0.21"][0] == "gaussian", chosen
+    assert {k: c for k, (c, _) in chosen.items()} == {"0.5": "mixture", "0.2705": "mixture", "0.21": "gaussian"}, chosen
     assert chosen["0.5"][1]["ess_fraction_mixture"] > 10 * chosen["0.5"][1]["ess_fraction_gaussian"]
+    assert chosen["0.2705"][1]["ess_fraction_mixture"] > chosen["0.2705"][1]["ess_fraction_gaussian"]
+    assert abs(chosen["0.21"][1]["binder_data"]) < 0.15 < chosen["0.21"][1]["binder_mixture"]
     run_cli("diffusion", "train", "--data", tmp_path / "k0.5.h5", "--preset", "tiny-equi", "--updates", "2",
             "--batch-size", "8", "--out", tmp_path / "m.pt", check=True)
     m = load_model(tmp_path / "m.pt")

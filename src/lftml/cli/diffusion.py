@@ -120,9 +120,11 @@ def train(
     if gain:
         extra = f"; held-out likelihood gain {fmt_err(gain[-1]['gain_nats'], gain[-1]['error'])} nats"
     auto = res.get("parametrization_auto")
-    if auto and "ess_fraction_gaussian" in auto:
-        extra += (f"; analytic part {res['parametrization']} (auto: exact-sample ESS/N gaussian "
-                  f"{auto['ess_fraction_gaussian']:.3f}, mixture {auto['ess_fraction_mixture']:.3f})")
+    if auto and "binder_data" in auto:
+        ess = (f"; exact-sample ESS/N gaussian {auto['ess_fraction_gaussian']:.3f}, mixture "
+               f"{auto['ess_fraction_mixture']:.3f}" if "ess_fraction_gaussian" in auto else "")
+        extra += (f"; analytic part {res['parametrization']} (auto: Binder cumulant of M, data "
+                  f"{auto['binder_data']:.3f}, gaussian 0, mixture {auto['binder_mixture']:.3f}{ess})")
     typer.echo(f"trained {res['steps']} updates ({res['training']['wall_seconds']:.0f} s) on {res['data']['n_configs']} "
                f"configurations: final loss {res['final_loss']:.4f}{extra}; model {res['model']}, loss curve {res['loss_png']}")
 

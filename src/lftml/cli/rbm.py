@@ -111,8 +111,8 @@ def train(
          learn_eta, heldout, max_samples, center, log_every, seed) = (vals[n] for n in RESUME_OPTIONS)
         raw, chains = vals, None
     from lftml.rbm.training import TrainConfig
-    from lftml.rbm.workflows import TrainingInterrupted, build_target, heldout_loglik, run_training
-    from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interrupt
+    from lftml.rbm.workflows import build_target, heldout_loglik
+    from lftml.safeio import check_output
 
     _device(device)
     if hidden_units not in ("gaussian", "bernoulli"):
@@ -148,17 +148,7 @@ def train(
         check_output(out, overwrite=overwrite, inputs=[data_path, init])
     explicit = {n: v for n, v in dict(optimizer=optimizer, lr=lr, momentum=momentum, l2=l2, lr_decay=lr_decay,
                                       decay_every=decay_every).items() if v is not None}
-    names = ", ".join("--" + n.replace("_", "-") for n in explicit)
-    if method == "exact" and recipe == "converge" and explicit:
-        raise LftmlError(f"{names} set the fixed schedule of --recipe reference (or pcd/cd); --recipe converge "
-                         f"(L-BFGS to --tol) takes none: drop them or use --recipe reference")
-    if lr is not None and not (lr > 0 and math.isfinite(lr)):
-        raise LftmlError(f"--lr must be a positive finite number, got {lr}")  # before the recipe warning below
-    if method == "exact" and recipe is None and explicit:
-        typer.echo(f"warning: {names} set a fixed schedule, so --recipe reference is used; the default exact recipe "
-                   f"converges by itself (drop them)", err=True)
-        recipe = "reference"
-    recipe = recipe or "converge"
+    recipe = _resolve_recipe(method, recipe, explicit)
     if init is not None:
         require_file(init, "--init model file")
     tgt, held = build_target(target, parse_shape(shape) if shape is not None else None, m2, data, heldout=heldout,
@@ -166,6 +156,39 @@ def train(
     config = TrainConfig(method=method, n_updates=updates, k=k, n_chains=64 if pcd_chains is None else pcd_chains,
                          batch_size=batch_size, data_term=data_term, log_every=log_every, mu_lr_scale=mu_lr_scale,
                          recipe=recipe, grad_tol=tol, **{**REFERENCE, **explicit})
+    model, summary = _fit(tgt, config, resume=resume, out=out, seed=seed, progress=progress, init=init, cli_options=raw,
+                          n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
+                          learn_eta=learn_eta)
+    if tgt.data is not None:
+        summary["train_loglik_per_image"] = heldout_loglik(model, tgt.data)
+    if held is not None:
+        summary["heldout_loglik_per_image"] = heldout_loglik(model, held.x)
+        summary["heldout_gap"] = summary["train_loglik_per_image"]["mean"] - summary["heldout_loglik_per_image"]["mean"]
+    _report_trained(summary, method=method, out=out, as_json=as_json)
+
+
+def _resolve_recipe(method: str, recipe: Optional[str], explicit: dict) -> str:
+    """The training recipe: explicit schedule options (``--lr`` ...) select ``reference`` for exact training."""
+    names = ", ".join("--" + n.replace("_", "-") for n in explicit)
+    if method == "exact" and recipe == "converge" and explicit:
+        raise LftmlError(f"{names} set the fixed schedule of --recipe reference (or pcd/cd); --recipe converge "
+                         f"(L-BFGS to --tol) takes none: drop them or use --recipe reference")
+    lr = explicit.get("lr")
+    if lr is not None and not (lr > 0 and math.isfinite(lr)):
+        raise LftmlError(f"--lr must be a positive finite number, got {lr}")  # before the recipe warning below
+    if method == "exact" and recipe is None and explicit:
+        typer.echo(f"warning: {names} set a fixed schedule, so --recipe reference is used; the default exact recipe "
+                   f"converges by itself (drop them)", err=True)
+        recipe = "reference"
+    return recipe or "converge"
+
+
+def _fit(tgt, config, *, resume: bool, out: Path, seed: int, progress: bool, init: Optional[Path], cli_options: dict,
+         **model_options):
+    """Train (or resume) under the output lock; an interrupt leaves a resumable file and exits 130."""
+    from lftml.rbm.workflows import TrainingInterrupted, run_training
+    from lftml.safeio import OutputLock, interrupts_as_keyboard_interrupt
+
     try:
         with OutputLock(out, "model"), interrupts_as_keyboard_interrupt():
             if resume:
@@ -173,19 +196,16 @@ def train(
 
                 model, summary = resume_training(tgt, out, config=config, seed=seed, progress=progress)
             else:
-                model, summary = run_training(
-                    tgt, n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
-                    learn_eta=learn_eta, config=config, seed=seed, out=out, progress=progress, init_from=init,
-                    cli_options=raw,
-                )
+                model, summary = run_training(tgt, **model_options, config=config, seed=seed, out=out,
+                                              progress=progress, init_from=init, cli_options=cli_options)
     except TrainingInterrupted as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(130) from None
-    if tgt.data is not None:
-        summary["train_loglik_per_image"] = heldout_loglik(model, tgt.data)
-    if held is not None:
-        summary["heldout_loglik_per_image"] = heldout_loglik(model, held.x)
-        summary["heldout_gap"] = summary["train_loglik_per_image"]["mean"] - summary["heldout_loglik_per_image"]["mean"]
+    return model, summary
+
+
+def _report_trained(summary: dict, *, method: str, out: Path, as_json: bool) -> None:
+    """Print the trained model's summary (or emit it as JSON); warn of options --method analytic ignored."""
     if method == "analytic":
         from lftml.cli.common import given_on_command_line
 

@@ -265,6 +265,20 @@ def _random_model(parametrization: str, shape=(4, 4)) -> ScoreModel:
                       vacuum=0.6 if parametrization == "mixture" else None).eval()
 
 
+def test_generate_reads_the_analytic_part_off_the_parametrization_as_the_spectrum_says():
+    """``generate`` decides whether ``--network-below`` applies by the parametrization (no copy of the
+    spectrum); that must agree with ``analytic_power_spectrum() is not None`` for every one, and for
+    an exact score without a parametrization (GaussianScore) the spectrum is asked."""
+    from lftml.diffusion.model import PARAMETRIZATIONS
+    from lftml.diffusion.sampling import _has_analytic_part
+
+    for p in PARAMETRIZATIONS:
+        model = _random_model(p)
+        assert _has_analytic_part(model) == (model.analytic_power_spectrum() is not None), p
+    theory = FreeScalar(Lattice((4, 4)), 0.5)
+    assert _has_analytic_part(GaussianScore(theory, VESDE(25.0), SCALE))
+
+
 @pytest.mark.parametrize("parametrization", ["gaussian", "mixture", "edm"])
 def test_analytic_divergence_equals_the_autograd_trace_of_the_analytic_part(parametrization):
     """Issue 11: ``ScoreModel.analytic_divergence`` against the trace of the autograd Jacobian of the

@@ -265,6 +265,20 @@ def _random_model(parametrization: str, shape=(4, 4)) -> ScoreModel:
                       vacuum=0.6 if parametrization == "mixture" else None).eval()
 
 
+def test_generate_reads_the_analytic_part_off_the_parametrization_as_the_spectrum_says():
+    """``generate`` decides whether ``--network-below`` applies by the parametrization (no copy of the
+    spectrum); that must agree with ``analytic_power_spectrum() is not None`` for every one, and for
+    an exact score without a parametrization (GaussianScore) the spectrum is asked."""
+    from lftml.diffusion.model import PARAMETRIZATIONS
+    from lftml.diffusion.sampling import _has_analytic_part
+
+    for p in PARAMETRIZATIONS:
+        model = _random_model(p)
+        assert _has_analytic_part(model) == (model.analytic_power_spectrum() is not None), p
+    theory = FreeScalar(Lattice((4, 4)), 0.5)
+    assert _has_analytic_part(GaussianScore(theory, VESDE(25.0), SCALE))
+
+
 @pytest.mark.parametrize("parametrization", ["gaussian", "mixture", "edm"])
 def test_analytic_divergence_equals_the_autograd_trace_of_the_analytic_part(parametrization):
     """Issue 11: ``ScoreModel.analytic_divergence`` against the trace of the autograd Jacobian of the
@@ -384,7 +398,9 @@ def test_cli_sample_stores_path_weights_and_analyze_reweights(tmp_path, model_fi
     files untouched and no temporary file left."""
     from conftest import run_cli
 
+    from lftml.diffusion.evaluation import metropolis_acceptance
     from lftml.ensemble import Ensemble
+    from lftml.stats import format_value_error
 
     out = tmp_path / "g.h5"
     r = run_cli("diffusion", "sample", "--model", model_file, "--n-configs", "40", "--steps", "6", "--out", out,
@@ -392,6 +408,7 @@ def test_cli_sample_stores_path_weights_and_analyze_reweights(tmp_path, model_fi
     assert r["weights"] == "path" and 0 < r["weights_summary"]["ess_fraction"] <= 1
     with Ensemble.open(out) as ens:
         assert ens.log_weights.shape == (40, 1) and np.all(np.isfinite(ens.log_weights))
+        log_w = np.asarray(ens.log_weights).reshape(-1)  # the proposals metropolis draws below (same seed)
     a = run_cli("analyze", out, "--json", check=True).json()
     assert a["reweighted"] is True and a["ess_fraction"] == pytest.approx(r["weights_summary"]["ess_fraction"])
     before = out.read_bytes()
@@ -410,6 +427,12 @@ def test_cli_sample_stores_path_weights_and_analyze_reweights(tmp_path, model_fi
     m = run_cli("diffusion", "metropolis", "--model", model_file, "--n-configs", "40", "--steps", "6",
                 "--out", tmp_path / "chain.h5", "--json", check=True).json()
     assert m["exact"] and 0 <= m["acceptance"] <= 1 and "tau_int_chain" in m
+    # the acceptance's error is the Gamma method's over the realised chain's accept indicator
+    # (rejections come in runs, so it is not the binomial sqrt(a(1-a)/N))
+    est = metropolis_acceptance(log_w, np.random.default_rng(np.random.SeedSequence(0).spawn(2)[1]))
+    assert m["acceptance"] == est.value and 0 < m["acceptance_error"] == est.error
+    text = run_cli("diffusion", "metropolis", "--model", model_file, "--n-configs", "40", "--steps", "6", check=True)
+    assert f"acceptance {format_value_error(est.value, est.error)}, tau_int(M)" in text.stdout
     assert run_cli("diffusion", "metropolis", "--model", model_file, "--n-configs", "0").exit_code == 2
     # --network-below: inf evaluates the network on every step, a small cut on fewer; 0 is refused
     full = run_cli("diffusion", "sample", "--model", model_file, "--n-configs", "8", "--steps", "6", "--network-below",

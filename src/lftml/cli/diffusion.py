@@ -419,7 +419,7 @@ def metropolis(
         return
     w = res["weights_summary"]
     typer.echo(f"independence Metropolis ({'exact path weights' if res['exact'] else 'PF-ODE log q, approximate'}): "
-               f"acceptance {res['acceptance']:.3f}, tau_int(M) {res['tau_int_chain']['M']:.2f}, "
+               f"acceptance {fmt_err(res['acceptance'], res['acceptance_error'])}, tau_int(M) {res['tau_int_chain']['M']:.2f}, "
                f"tau_int(S) {res['tau_int_chain']['action_density']:.2f}"
                + (f" (HMC tau_int(M) {res['autocorrelation']['hmc']['tau_int']:.2f})" if "autocorrelation" in res else ""))
     rw = res["reweighted"]

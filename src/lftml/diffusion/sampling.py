@@ -311,27 +311,11 @@ def generate(
     :func:`sample_path_weighted`). Ignored by the other samplers."""
     from lftml.diffusion.training import resolve_device
 
-    if n < 1:
-        raise LftmlError(f"--n-configs must be >= 1, got {n}")
-    if batch_size is None:
-        batch_size = auto_batch_size(model)
-    if batch_size < 1:
-        raise LftmlError(f"--batch-size must be >= 1, got {batch_size}")
-    check_weights_option(sampler, weights)
-    network_below = NETWORK_BELOW if network_below is None else float(network_below)
-    if not network_below > 0:
-        raise LftmlError(f"--network-below must be > 0 (inf: the network on every step), got {network_below}")
+    batch_size, network_below = _check_generate_options(model, n, batch_size, sampler, weights, network_below)
     net_max = None
-    if sampler == "exp" and math.isfinite(network_below) and getattr(model, "analytic_power_spectrum", lambda: None)() is not None:
+    if sampler == "exp" and math.isfinite(network_below) and _has_analytic_part(model):
         net_max = network_below * float(model.sigma_data)
-    theory = None
-    if weights != "none":
-        from lftml.theories import theory_from_dict
-
-        if model.theory is None:
-            raise LftmlError("the model does not record its theory, so S(phi) and the weights are unknown; "
-                             "pass --weights none or train on an ensemble file with a theory")
-        theory = theory_from_dict(model.theory)
+    theory = _weights_theory(model, weights)
     dev = resolve_device(device)
     model = model.to(dev).eval()
     g = torch_generator(seed, "sampling", dev)
@@ -345,40 +329,18 @@ def generate(
     t0 = time.perf_counter()
     done = 0
     nfe = None
-    V = model.volume
-    log_jac = model.scaling.log_jacobian(V)
+    log_jac = model.scaling.log_jacobian(model.volume)
     while done < n:
         b = min(batch_size, n - done)
-        shape = (b, *model.lattice_shape)
-        times = snapshot_times if done == 0 else None
-        lw = None
-        if weights == "path":
-            with torch.no_grad():
-                x, log_ratio, info = sample_path_weighted(model, model.sde, shape, steps=steps, generator=g,
-                                                          schedule=schedule, device=dev, snapshot_times=times,
-                                                          network_max_std=net_max)
-            s, nfe = info["snapshots"], info["nfe"]
-        elif weights == "ode":
-            from lftml.diffusion.likelihood import LikelihoodSettings, sample_with_log_likelihood
-
-            x, lq, _ = sample_with_log_likelihood(model, model.sde, shape, generator=g, device=dev,
-                                                  settings=LikelihoodSettings(solver="heun", steps=steps, probes=probes,
-                                                                             schedule=schedule))
-            s = []
-        else:
-            x, s = sample(model, model.sde, shape, sampler=sampler, steps=steps, generator=g,
-                          snr=snr, corrector_steps=corrector_steps, device=dev,
-                          snapshot_times=times, schedule=schedule, network_max_std=net_max)
+        x, s, log_part, nfe = _draw_batch(model, (b, *model.lattice_shape), g, dev, sampler=sampler, weights=weights,
+                                          steps=steps, schedule=schedule, snr=snr, corrector_steps=corrector_steps,
+                                          probes=probes, snapshot_times=snapshot_times if done == 0 else None,
+                                          network_max_std=net_max)
         if not torch.all(torch.isfinite(x)):
             raise LftmlError("the sampler produced NaN/inf configurations: the model is broken or --steps too small")
         phi = model.scaling.to_data(x.to(torch.float64)).cpu()
         if theory is not None:
-            S = theory.action(phi).to(torch.float64)
-            if weights == "path":
-                lw = -S - log_jac + log_ratio.cpu()
-            else:
-                lw = -S - (lq.cpu().to(torch.float64) + log_jac)
-            lws.append(lw.numpy())
+            lws.append(_batch_log_weights(phi, theory, weights, log_jac, log_part).numpy())
         out.append(phi)
         if s:
             snaps = [(t, model.scaling.to_data(v).to(torch.float64).numpy()) for t, v in s]
@@ -396,6 +358,79 @@ def generate(
                 "network_evaluations_per_sample": nfe}
     return SampleResult(torch.cat(out).numpy(), wall, settings, snaps,
                         np.concatenate(lws) if lws else None)
+
+
+def _check_generate_options(model, n: int, batch_size: int | None, sampler: str, weights: str,
+                            network_below: float | None) -> tuple[int, float]:
+    """One-line errors for :func:`generate`'s options; returns ``(batch_size, network_below)`` with
+    the defaults filled in."""
+    if n < 1:
+        raise LftmlError(f"--n-configs must be >= 1, got {n}")
+    if batch_size is None:
+        batch_size = auto_batch_size(model)
+    if batch_size < 1:
+        raise LftmlError(f"--batch-size must be >= 1, got {batch_size}")
+    check_weights_option(sampler, weights)
+    network_below = NETWORK_BELOW if network_below is None else float(network_below)
+    if not network_below > 0:
+        raise LftmlError(f"--network-below must be > 0 (inf: the network on every step), got {network_below}")
+    return batch_size, network_below
+
+
+def _has_analytic_part(model) -> bool:
+    """Whether the score has an analytic Gaussian part (``analytic_power_spectrum()`` is not None),
+    read off a :class:`~lftml.diffusion.model.ScoreModel`'s parametrization without building the spectrum."""
+    parametrization = getattr(model, "parametrization", None)
+    if parametrization is not None:  # ScoreModel: every parametrization but reference has one
+        return parametrization != "reference"
+    return getattr(model, "analytic_power_spectrum", lambda: None)() is not None
+
+
+def _weights_theory(model, weights: str):
+    """The model's theory (for S(phi) in the log weights); ``None`` for ``weights = "none"``."""
+    if weights == "none":
+        return None
+    from lftml.theories import theory_from_dict
+
+    if model.theory is None:
+        raise LftmlError("the model does not record its theory, so S(phi) and the weights are unknown; "
+                         "pass --weights none or train on an ensemble file with a theory")
+    return theory_from_dict(model.theory)
+
+
+def _draw_batch(model, shape: tuple[int, ...], g: torch.Generator, dev: torch.device, *, sampler: str, weights: str,
+                steps: int, schedule: str, snr: float, corrector_steps: int, probes: int,
+                snapshot_times: Sequence[float] | None,
+                network_max_std: float | None) -> tuple[torch.Tensor, list, torch.Tensor | None, int | None]:
+    """One batch in model units: ``(x, snapshots, log_part, nfe)`` with ``log_part`` the path weights'
+    ``log r/q`` (``path``) or the PF-ODE's ``log q`` (``ode``), and ``nfe`` (``path`` only) the
+    network evaluations per sample."""
+    if weights == "path":
+        with torch.no_grad():
+            x, log_ratio, info = sample_path_weighted(model, model.sde, shape, steps=steps, generator=g,
+                                                      schedule=schedule, device=dev, snapshot_times=snapshot_times,
+                                                      network_max_std=network_max_std)
+        return x, info["snapshots"], log_ratio, info["nfe"]
+    if weights == "ode":
+        from lftml.diffusion.likelihood import LikelihoodSettings, sample_with_log_likelihood
+
+        x, lq, _ = sample_with_log_likelihood(model, model.sde, shape, generator=g, device=dev,
+                                              settings=LikelihoodSettings(solver="heun", steps=steps, probes=probes,
+                                                                         schedule=schedule))
+        return x, [], lq, None
+    x, s = sample(model, model.sde, shape, sampler=sampler, steps=steps, generator=g, snr=snr,
+                  corrector_steps=corrector_steps, device=dev, snapshot_times=snapshot_times, schedule=schedule,
+                  network_max_std=network_max_std)
+    return x, s, None, None
+
+
+def _batch_log_weights(phi: torch.Tensor, theory, weights: str, log_jac: float, log_part: torch.Tensor) -> torch.Tensor:
+    """``log w = -S(phi) - log q(phi)`` (float64) of a batch in engine units, from the model-units
+    ``log_part`` of :func:`_draw_batch` and the data scaling's ``log_jac``."""
+    S = theory.action(phi).to(torch.float64)
+    if weights == "path":
+        return -S - log_jac + log_part.cpu()
+    return -S - (log_part.cpu().to(torch.float64) + log_jac)
 
 
 def write_generated(path, result: SampleResult, model, *, model_path: str | None = None, extra: dict | None = None,

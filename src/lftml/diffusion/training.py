@@ -25,7 +25,7 @@ import logging
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -570,168 +570,232 @@ def _check_divergence(lv: float, losses: list[float], step: int, config: TrainCo
 
 def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, theory, data_info, resume, progress,
                   max_steps_this_call, heldout, monitor_every, ctx) -> TrainResult:
+    """:func:`train` under the output lock: build the model, start (or resume) the run, run its
+    updates, write the model and loss files."""
+    seeds = derive_seeds(config.seed)
+    model, x_all, f_all, ps_data = _new_model(x_np, config, cfg_net, lattice_shape, dev, theory, data_info, seeds)
+    run = _start_run(model, x_all, f_all, ps_data, seeds, config, cfg_net, ckpt, ctx, dev, resume)
+    end_step = config.steps if max_steps_this_call is None else min(config.steps, run.start_step + max_steps_this_call)
+    wall_before = float(model.info.get("wall_seconds_before_resume", 0.0))
+    wall0 = _run_updates(run, stop, end_step, wall_before, resume=resume, progress=progress, heldout=heldout,
+                         monitor_every=monitor_every)
+    wall = wall_before + time.perf_counter() - wall0
+    return _finish_run(run, out, wall, (time.perf_counter() - wall0) / max(1, end_step - run.start_step))
+
+
+def _tsm_force(target: str, theory: dict | None, x_np: np.ndarray, scale: float) -> tuple[str, torch.Tensor | None]:
+    """``(target used, force in model units)``: ``tsm`` needs the theory's force, else ``dsm``."""
+    if target != "tsm":
+        return target, None
+    from lftml.diffusion.monitor import model_force
+
+    f_np = model_force(theory, x_np, scale)
+    if f_np is None:
+        log.warning("no theory recorded with the training data: the force is unknown, training with the "
+                    "denoising target (target = dsm)")
+        return "dsm", None
+    return target, torch.as_tensor(f_np, dtype=torch.float32)
+
+
+def _new_model(x_np: np.ndarray, config: TrainConfig, cfg_net: UNetConfig, lattice_shape: tuple[int, ...],
+               dev: torch.device, theory: dict | None, data_info: dict | None,
+               seeds: dict[str, int]) -> tuple[ScoreModel, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The untrained model on ``dev`` (network initialised from the ``init`` seed, analytic part
+    fitted to the data, provenance in its info) with the data and force in model units and the
+    data's power spectrum: ``(model, x_all, f_all, ps_data)``."""
     sde = VESDE(config.sigma, config.eps)
     scaling = DataScaling.fit(x_np)
     x_all = torch.as_tensor(x_np, dtype=torch.float32) * scaling.scale
     fit = _fit_analytic_part(x_np, x_all, theory, sde, config)
-    param, pair_dist = fit["parametrization"], fit["pair_dist"]
-    seeds = derive_seeds(config.seed)
-    g_init = torch.Generator().manual_seed(seeds["init"])
-    g_data = torch.Generator().manual_seed(seeds["data"])
-    g_noise = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seeds["noise"])
-    net = UNet(cfg_net, generator=g_init)
-    target = config.target
-    f_all = None
-    if target == "tsm":
-        from lftml.diffusion.monitor import model_force
-
-        f_np = model_force(theory, x_np, scaling.scale)
-        if f_np is None:
-            log.warning("no theory recorded with the training data: the force is unknown, training with the "
-                        "denoising target (target = dsm)")
-            target = "dsm"
-        else:
-            f_all = torch.as_tensor(f_np, dtype=torch.float32)
+    net = UNet(cfg_net, generator=torch.Generator().manual_seed(seeds["init"]))
+    target, f_all = _tsm_force(config.target, theory, x_np, scaling.scale)
     info = {
         "preset": config.preset,
         "train_config": asdict(config),
         "target_used": target,
         "seeds": {"seed": int(config.seed), **seeds},
         "data": {**(data_info or {}), "n_configs": int(x_np.shape[0]), "fingerprint": _fingerprint(x_np),
-                 "max_pairwise_distance_model_units": pair_dist},
+                 "max_pairwise_distance_model_units": fit["pair_dist"]},
     }
     sigma_data = float(x_all.std())
     info["sigma_data"] = sigma_data
-    ps_data, ps, vacuum = fit["ps_data"], fit["power_spectrum"], fit["vacuum"]
     if fit["auto"] is not None:
-        info["parametrization_auto"] = {"chosen": param, **fit["auto"]}
-    if vacuum is not None:
-        info["vacuum"] = vacuum
-    model = ScoreModel(net, sde, lattice_shape, scaling, theory, info, parametrization=param,
-                       sigma_data=sigma_data, power_spectrum=ps, vacuum=vacuum).to(dev)
-    mf = torch.channels_last if (config.channels_last and len(lattice_shape) == 2) else torch.preserve_format
-    if mf is torch.channels_last:
-        model.net.to(memory_format=mf)
+        info["parametrization_auto"] = {"chosen": fit["parametrization"], **fit["auto"]}
+    if fit["vacuum"] is not None:
+        info["vacuum"] = fit["vacuum"]
+    model = ScoreModel(net, sde, lattice_shape, scaling, theory, info, parametrization=fit["parametrization"],
+                       sigma_data=sigma_data, power_spectrum=fit["power_spectrum"], vacuum=fit["vacuum"]).to(dev)
+    if config.channels_last and len(lattice_shape) == 2:
+        model.net.to(memory_format=torch.channels_last)
+    return model, x_all, f_all, fit["ps_data"]
+
+
+@dataclass
+class _Run:
+    """One training run under the lock: its settings, the training data on the device, and the
+    state a checkpoint holds (weights, EMA, optimiser, data and noise streams, batch order, losses,
+    held-out monitor)."""
+
+    config: TrainConfig
+    cfg_net: UNetConfig
+    ckpt: Path
+    ctx: distributed.DistributedContext
+    dev: torch.device
+    model: ScoreModel
+    x_all: torch.Tensor
+    f_all: torch.Tensor | None
+    ps_dev: torch.Tensor
+    ema: dict
+    opt: torch.optim.Optimizer
+    g_data: torch.Generator
+    g_noise: torch.Generator
+    perm: torch.Tensor
+    pos: int = 0
+    losses: list[float] = field(default_factory=list)
+    monitor: list[dict] = field(default_factory=list)
+    start_step: int = 0
+
+    def update(self, step: int) -> float:
+        """One optimiser update on the next batch (a new order of the data after each pass); its loss."""
+        n, bs = self.x_all.shape[0], self.config.batch_size
+        if self.pos + bs > n:
+            self.perm = torch.randperm(n, generator=self.g_data)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + bs].to(self.dev)
+        self.pos += bs
+        xb, fb = augment(self.x_all[idx], None if self.f_all is None else self.f_all[idx], self.config, self.g_data,
+                         self.model.lattice_shape)
+        loss = train_step(self.model, xb, self.opt, self.config, self.g_noise, force=fb, power_spectrum=self.ps_dev,
+                          lr=_lr_at(step, self.config), ddp=self.ctx if self.ctx.distributed else None)
+        return float(loss)
+
+    def save_checkpoint(self, step: int, wall: float) -> None:
+        """The checkpoint after ``step`` updates (rank 0 writes it: every rank holds the same state)."""
+        if not self.ctx.is_writer:
+            return
+        _save_checkpoint(self.ckpt, {
+            "format": CHECKPOINT_FORMAT, "step": step, "net": self.model.net.state_dict(), "ema": self.ema,
+            "optimizer": self.opt.state_dict(), "g_data": self.g_data.get_state(), "g_noise": self.g_noise.get_state(),
+            "losses": torch.tensor(self.losses, dtype=torch.float64), "net_config": self.cfg_net.to_dict(),
+            "seed": int(self.config.seed), "fingerprint": self.model.info["data"]["fingerprint"],
+            "batch_size": self.config.batch_size, "wall_seconds": wall, "perm": self.perm, "pos": self.pos,
+            "train_config": json.dumps(asdict(self.config)), "monitor": json.dumps(self.monitor),
+        })
+
+    def monitor_heldout(self, heldout: np.ndarray, step: int) -> None:
+        """Log and record the EMA model's held-out likelihood gain after ``step`` updates."""
+        from lftml.diffusion.monitor import likelihood_gain
+
+        saved = copy.deepcopy(self.model.net.state_dict())
+        self.model.net.load_state_dict(self.ema)
+        try:
+            r = likelihood_gain(self.model, heldout, draws=4, seed=12345)
+        finally:
+            self.model.net.load_state_dict(saved)
+            self.model.net.train()
+        self.monitor.append({"update": step, "gain_nats": r["value"], "error": r["error"]})
+        log.info("update %d: held-out likelihood gain %.4f +- %.4f nats", step, r["value"], r["error"])
+
+
+def _start_run(model: ScoreModel, x_all: torch.Tensor, f_all: torch.Tensor | None, ps_data: torch.Tensor,
+               seeds: dict[str, int], config: TrainConfig, cfg_net: UNetConfig, ckpt: Path,
+               ctx: distributed.DistributedContext, dev: torch.device, resume: bool) -> _Run:
+    """A fresh run (an old checkpoint of ``out`` removed) or, with ``resume``, the checkpoint's run
+    continued with its weights, optimiser, random streams, batch order and history."""
+    g_data = torch.Generator().manual_seed(seeds["data"])
+    g_noise = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seeds["noise"])
     ema = copy.deepcopy(model.net.state_dict())
     opt = torch.optim.Adam(model.net.parameters(), lr=config.lr)
-    losses: list[float] = []
-    monitor: list[dict] = []
-    start_step = 0
     ck = None
     if resume:
         ck = _load_checkpoint(ckpt)
-        _check_checkpoint_matches(ck, ckpt, config, cfg_net, info["data"]["fingerprint"])
+        _check_checkpoint_matches(ck, ckpt, config, cfg_net, model.info["data"]["fingerprint"])
         model.net.load_state_dict(ck["net"])
         ema = ck["ema"]
         opt.load_state_dict(ck["optimizer"])
         g_data.set_state(ck["g_data"])
         g_noise.set_state(ck["g_noise"])
-        losses = list(np.asarray(ck["losses"], dtype=float))
-        monitor = json.loads(ck.get("monitor", "[]"))
-        start_step = int(ck["step"])
         model.info["wall_seconds_before_resume"] = float(ck.get("wall_seconds", 0.0))
-        log.info("resuming from %s at update %d", ckpt, start_step)
+        log.info("resuming from %s at update %d", ckpt, int(ck["step"]))
     elif ckpt.exists() and ctx.is_writer:
         ckpt.unlink()  # overwrite: the old run's checkpoint goes
-
     n = x_all.shape[0]
-    x_all = x_all.to(dev)
-    f_all = None if f_all is None else f_all.to(dev)
     # blend of the TSM target: zero variance for the analytic Gaussian (or for each mixture component)
     ps_dev = (model.power_spectrum if model.power_spectrum is not None else ps_data).to(dev)
+    perm = ck["perm"] if ck is not None else torch.randperm(n, generator=g_data)
+    run = _Run(config, cfg_net, ckpt, ctx, dev, model, x_all.to(dev), None if f_all is None else f_all.to(dev), ps_dev,
+               ema, opt, g_data, g_noise, perm)
     if ck is not None:
-        perm, pos = ck["perm"], int(ck["pos"])
-    else:
-        perm, pos = torch.randperm(n, generator=g_data), 0
+        run.pos, run.start_step = int(ck["pos"]), int(ck["step"])
+        run.losses = list(np.asarray(ck["losses"], dtype=float))
+        run.monitor = json.loads(ck.get("monitor", "[]"))
+    return run
 
-    def save_ckpt(step: int, wall: float) -> None:
-        if not ctx.is_writer:  # every rank holds the same state; rank 0 writes it
-            return
-        _save_checkpoint(ckpt, {
-            "format": CHECKPOINT_FORMAT, "step": step, "net": model.net.state_dict(), "ema": ema,
-            "optimizer": opt.state_dict(), "g_data": g_data.get_state(), "g_noise": g_noise.get_state(),
-            "losses": torch.tensor(losses, dtype=torch.float64), "net_config": cfg_net.to_dict(),
-            "seed": int(config.seed), "fingerprint": info["data"]["fingerprint"], "batch_size": config.batch_size,
-            "wall_seconds": wall, "perm": perm, "pos": pos, "train_config": json.dumps(asdict(config)),
-            "monitor": json.dumps(monitor),
-        })
 
-    def run_monitor(step: int) -> None:
-        from lftml.diffusion.monitor import likelihood_gain
-
-        saved = copy.deepcopy(model.net.state_dict())
-        model.net.load_state_dict(ema)
-        try:
-            r = likelihood_gain(model, heldout, draws=4, seed=12345)
-        finally:
-            model.net.load_state_dict(saved)
-            model.net.train()
-        monitor.append({"update": step, "gain_nats": r["value"], "error": r["error"]})
-        log.info("update %d: held-out likelihood gain %.4f +- %.4f nats", step, r["value"], r["error"])
-
-    end_step = config.steps if max_steps_this_call is None else min(config.steps, start_step + max_steps_this_call)
+def _run_updates(run: _Run, stop: dict, end_step: int, wall_before: float, *, resume: bool, progress: bool,
+                 heldout: np.ndarray | None, monitor_every: int) -> float:
+    """Updates ``run.start_step .. end_step`` with divergence checks, EMA, the held-out monitor and
+    periodic checkpoints; a stop request or a second signal ends it with :class:`TrainingInterrupted`.
+    Returns the ``time.perf_counter()`` at which the updates started."""
+    config, ctx = run.config, run.ctx
     bar = None
     if progress and ctx.is_writer:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="update", dynamic_ncols=True)
+        bar = tqdm(total=config.steps, initial=run.start_step, desc="train", unit="update", dynamic_ncols=True)
     wall0 = time.perf_counter()
-    wall_before = float(model.info.get("wall_seconds_before_resume", 0.0))
-    last_good = start_step if resume else None
-    model.net.train()
-    step = start_step
+    last_good = run.start_step if resume else None
+    run.model.net.train()
     try:
-        for step in range(start_step, end_step):
+        for step in range(run.start_step, end_step):
             if ctx.agree(stop["requested"]):  # every rank stops at the same update
-                save_ckpt(step, wall_before + time.perf_counter() - wall0)
-                raise TrainingInterrupted(step, ckpt)
-            if pos + config.batch_size > n:
-                perm = torch.randperm(n, generator=g_data)
-                pos = 0
-            idx = perm[pos : pos + config.batch_size].to(dev)
-            pos += config.batch_size
-            xb, fb = augment(x_all[idx], None if f_all is None else f_all[idx], config, g_data, lattice_shape)
-            loss = train_step(model, xb, opt, config, g_noise, force=fb, power_spectrum=ps_dev,
-                              lr=_lr_at(step, config), ddp=ctx if ctx.distributed else None)
-            lv = float(loss)
-            _check_divergence(lv, losses, step, config, ckpt, last_good)
-            ema_update(ema, model.net, min(config.ema_decay, (1.0 + step) / (10.0 + step)))
-            losses.append(lv)
+                run.save_checkpoint(step, wall_before + time.perf_counter() - wall0)
+                raise TrainingInterrupted(step, run.ckpt)
+            lv = run.update(step)
+            _check_divergence(lv, run.losses, step, config, run.ckpt, last_good)
+            ema_update(run.ema, run.model.net, min(config.ema_decay, (1.0 + step) / (10.0 + step)))
+            run.losses.append(lv)
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
-                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{_lr_at(step, config):.1e}")
+                    bar.set_postfix(loss=f"{np.mean(run.losses[-50:]):.4f}", lr=f"{_lr_at(step, config):.1e}")
             if ctx.is_writer and heldout is not None and monitor_every > 0 and ((step + 1) % monitor_every == 0 or step + 1 == config.steps):
-                run_monitor(step + 1)
+                run.monitor_heldout(heldout, step + 1)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == end_step:
-                save_ckpt(step + 1, wall_before + time.perf_counter() - wall0)
+                run.save_checkpoint(step + 1, wall_before + time.perf_counter() - wall0)
                 last_good = step + 1
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:  # a second signal: stop at once, the last periodic checkpoint stays
-        raise TrainingInterrupted(last_good or 0, ckpt) from None
+        raise TrainingInterrupted(last_good or 0, run.ckpt) from None
     finally:
         if bar is not None:
             bar.close()
-    wall = wall_before + time.perf_counter() - wall0
+    return wall0
+
+
+def _finish_run(run: _Run, out: Path, wall: float, seconds_per_step: float) -> TrainResult:
+    """Record the training summary, put the EMA weights into the model and (rank 0) write the model
+    and loss files; every rank returns the same model."""
+    model, losses = run.model, run.losses
     done = len(losses)
     model.info["training"] = {
-        "steps_done": done, "steps_target": config.steps, "wall_seconds": wall,
-        "seconds_per_step": (time.perf_counter() - wall0) / max(1, end_step - start_step),
-        "final_loss_mean50": float(np.mean(losses[-50:])) if losses else None, "device": str(dev),
-        "torch_threads": torch.get_num_threads(), "resumed_from_step": start_step,
+        "steps_done": done, "steps_target": run.config.steps, "wall_seconds": wall,
+        "seconds_per_step": seconds_per_step,
+        "final_loss_mean50": float(np.mean(losses[-50:])) if losses else None, "device": str(run.dev),
+        "torch_threads": torch.get_num_threads(), "resumed_from_step": run.start_step,
     }
-    if monitor:
-        model.info["monitor"] = monitor
+    if run.monitor:
+        model.info["monitor"] = run.monitor
     # the saved model carries the EMA weights
-    model.net.load_state_dict(ema)
+    model.net.load_state_dict(run.ema)
     model.net.to(memory_format=torch.contiguous_format)
     model.eval()
-    if not ctx.is_writer:  # the same model on every rank; rank 0 writes it
-        ctx.barrier()
-        return TrainResult(model, np.asarray(losses, dtype=float), done, wall, out, ckpt, None, start_step)
+    if not run.ctx.is_writer:  # the same model on every rank; rank 0 writes it
+        run.ctx.barrier()
+        return TrainResult(model, np.asarray(losses, dtype=float), done, wall, out, run.ckpt, None, run.start_step)
     save_model(model, out)
     arr = np.asarray(losses, dtype=float)
-    png = _write_loss_files(out, arr, config)
-    ctx.barrier()  # the files are complete before any rank returns
-    return TrainResult(model, arr, done, wall, out, ckpt, png, start_step)
+    png = _write_loss_files(out, arr, run.config)
+    run.ctx.barrier()  # the files are complete before any rank returns
+    return TrainResult(model, arr, done, wall, out, run.ckpt, png, run.start_step)

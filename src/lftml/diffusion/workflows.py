@@ -289,17 +289,57 @@ def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, 
     their exact path-space log weights, so the chain's stationary x_0-marginal is exp(-S)/Z exactly.
     ``weights = "ode"``: PF-ODE proposals with log q from the Heun ODE and ``probes`` Hutchinson
     probes (approximate). Also the reweighted (self-normalised) estimates with weight-aware errors,
-    the raw (biased) i.i.d. estimates, ESS/N, sigma_lw/sqrt(V), tau_int of the chain, and (with
-    ``hmc``) the autocorrelation of M compared with an HMC chain. ``out`` receives the chain as an
-    ensemble file (kind ``diffusion_metropolis``)."""
-    from lftml.analysis import summarize
-    from lftml.diffusion.evaluation import (autocorrelation_comparison, independence_metropolis,
-                                            plot_autocorrelation_comparison)
+    the raw (biased) i.i.d. estimates, ESS/N, sigma_lw/sqrt(V), tau_int of the chain, the
+    acceptance's Gamma-method error (``acceptance_error``), and (with ``hmc``) the autocorrelation
+    of M compared with an HMC chain. ``out`` receives the chain as an ensemble file (kind
+    ``diffusion_metropolis``)."""
+    import contextlib
+
+    from lftml.diffusion.evaluation import autocorrelation_comparison, independence_metropolis, metropolis_acceptance
     from lftml.diffusion.model import load_model
     from lftml.diffusion.sampling import generate
-    from lftml.ensemble import Ensemble
-    from lftml.safeio import atomic_output, check_output
     from lftml.theories import theory_from_dict
+
+    _check_metropolis_outputs(n, weights, model_path, hmc, png, out, overwrite)
+    if settings is not None and steps is None:  # old calling convention: LikelihoodSettings
+        steps, probes = settings.steps, settings.probes
+    steps = steps if steps is not None else (100 if weights == "ode" else 50)
+    model = load_model(model_path, device=device)
+    if model.theory is None:
+        raise LftmlError("the model does not record its theory; Metropolis needs S(phi)")
+    theory = theory_from_dict(model.theory)
+    M_hmc, acc_hmc, every = _read_hmc_chain(model, hmc) if hmc is not None else (None, None, None)
+    ctx = _lock_and_interrupts(out) if out is not None else contextlib.nullcontext()
+    with ctx:
+        res = generate(model, n, sampler="exp" if weights == "path" else "ode", steps=steps, seed=seed,
+                       batch_size=batch_size, device=device, progress=progress, schedule=schedule, weights=weights,
+                       probes=probes, network_below=network_below)
+        phi, log_w = res.configs, res.log_weights
+        S = theory.action(torch.as_tensor(phi, dtype=torch.float64)).numpy()
+        idx, acc = independence_metropolis(log_w, _chain_rng(seed))
+        # the same chain again (same stream), for the Gamma-method error of its acceptance
+        acc_error = metropolis_acceptance(log_w, _chain_rng(seed)).error
+        V = int(np.prod(model.lattice_shape))
+        M_gen = phi.reshape(n, -1).mean(axis=1)
+        result = {"n_proposals": n, "weights": weights, "exact": weights == "path", "acceptance": acc,
+                  "acceptance_error": acc_error, "wall_seconds_proposals": res.wall_seconds, "sampler": res.settings,
+                  "seed": seed, **_metropolis_estimates(M_gen, S / V, idx, log_w, V)}
+        if hmc is not None:
+            ac = autocorrelation_comparison(M_gen[idx], M_hmc, max_lag=max_lag, acceptance=acc, hmc_acceptance=acc_hmc)
+            result.update({"autocorrelation": ac, "hmc_file": str(hmc), "hmc_every": every})
+        if out is not None:
+            _write_metropolis_chain(out, phi[idx], model, theory, res.settings, acc, weights, seed, model_path)
+            result["out"] = str(out)
+    if png is not None and hmc is not None:
+        _plot_metropolis_autocorrelation(result["autocorrelation"], every, png)
+        result["png"] = str(png)
+    return result
+
+
+def _check_metropolis_outputs(n: int, weights: str, model_path: str | Path, hmc: str | Path | None,
+                              png: str | Path | None, out: str | Path | None, overwrite: bool) -> None:
+    """The options and the output policy of :func:`metropolis_report`, before any work."""
+    from lftml.safeio import check_output
 
     if n < 2:
         raise LftmlError(f"--n-configs must be >= 2 (a chain needs proposals), got {n}")
@@ -312,71 +352,72 @@ def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, 
         if hmc is None:
             raise LftmlError("--plot draws the chain's autocorrelation against an HMC chain: pass --hmc FILE too")
         check_output(png, overwrite=overwrite, inputs=[*inputs, out], option="--plot")
-    if settings is not None and steps is None:  # old calling convention: LikelihoodSettings
-        steps, probes = settings.steps, settings.probes
-    steps = steps if steps is not None else (100 if weights == "ode" else 50)
-    model = load_model(model_path, device=device)
-    if model.theory is None:
-        raise LftmlError("the model does not record its theory; Metropolis needs S(phi)")
-    theory = theory_from_dict(model.theory)
-    M_hmc = acc_hmc = every = None
-    if hmc is not None:
-        with Ensemble.open(hmc) as ens:
-            model.check_theory(ens.metadata.get("theory"), f"HMC ensemble {hmc}")
-            M_hmc = ens.observables["M"]
-            acc_hmc = float(np.mean(ens.records["accepted"])) if "accepted" in ens.records and ens.records["accepted"].size else None
-            every = (ens.metadata.get("sampler") or {}).get("every")
-    import contextlib
 
-    ctx = _lock_and_interrupts(out) if out is not None else contextlib.nullcontext()
-    with ctx:
-        res = generate(model, n, sampler="exp" if weights == "path" else "ode", steps=steps, seed=seed,
-                       batch_size=batch_size, device=device, progress=progress, schedule=schedule, weights=weights,
-                       probes=probes, network_below=network_below)
-        phi, log_w = res.configs, res.log_weights
-        S = theory.action(torch.as_tensor(phi, dtype=torch.float64)).numpy()
-        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
-        idx, acc = independence_metropolis(log_w, rng)
-        V = int(np.prod(model.lattice_shape))
-        M_gen = phi.reshape(n, -1).mean(axis=1)
-        keys = ("magnetisation", "abs_magnetisation", "susceptibility", "binder", "action_density")
-        chain = summarize(M_gen[idx][:, None], V, action_density=(S / V)[idx][:, None])
-        iid = summarize(M_gen[:, None], V, action_density=(S / V)[:, None])
-        rw = summarize(M_gen[:, None], V, action_density=(S / V)[:, None], log_weights=log_w[:, None])
-        result = {
-            "n_proposals": n, "weights": weights, "exact": weights == "path", "acceptance": acc,
-            "wall_seconds_proposals": res.wall_seconds, "sampler": res.settings, "seed": seed,
-            "metropolis_chain": {k: chain[k] for k in keys},
-            "generated_iid": {k: iid[k] for k in keys},
-            "reweighted": {**{k: rw[k] for k in keys}, "ess_fraction": rw["ess_fraction"],
-                           "ess": rw["ess_fraction"] * n, "n": n},
-            "weights_summary": weight_diagnostics(log_w, V),
-            "tau_int_chain": {"M": chain["magnetisation"]["tau_int"], "abs_M": chain["abs_magnetisation"]["tau_int"],
-                              "action_density": chain["action_density"]["tau_int"]},
-            "log_w_std": float(np.std(log_w)),
-        }
-        if hmc is not None:
-            ac = autocorrelation_comparison(M_gen[idx], M_hmc, max_lag=max_lag, acceptance=acc, hmc_acceptance=acc_hmc)
-            result.update({"autocorrelation": ac, "hmc_file": str(hmc), "hmc_every": every})
-        if out is not None:
-            from lftml.ensemble import write_ensemble
 
-            meta = {"kind": "diffusion_metropolis", "theory": model.theory, "seed": seed,
-                    "sampler": {**res.settings, "acceptance": acc,
-                                "proposals": "exp sampler paths (exact weights)" if weights == "path"
-                                else "probability-flow ODE (approximate log q)"},
-                    "model": {"path": str(model_path)}}
-            with atomic_output(out, suffix=".h5") as tmp:
-                write_ensemble(tmp, phi[idx][:, None], metadata=meta, theory=theory,
-                               observables=measure_history(phi[idx][:, None], theory))
-            result["out"] = str(out)
-    if png is not None and hmc is not None:
-        pyplot()  # Agg backend before the figure exists
-        ax = plot_autocorrelation_comparison(result["autocorrelation"], hmc_label=f"HMC (every {every} traj.)" if every else "HMC")
-        ax.set_title("normalised autocorrelation of M", fontsize=9)
-        save_figure(ax.figure, png, dpi=120)
-        result["png"] = str(png)
-    return result
+def _read_hmc_chain(model: Any, hmc: str | Path) -> tuple[np.ndarray, float | None, Any]:
+    """``(M, acceptance, every)`` of the HMC ensemble ``hmc`` (checked to be the model's theory)."""
+    from lftml.ensemble import Ensemble
+
+    with Ensemble.open(hmc) as ens:
+        model.check_theory(ens.metadata.get("theory"), f"HMC ensemble {hmc}")
+        M_hmc = ens.observables["M"]
+        acc_hmc = float(np.mean(ens.records["accepted"])) if "accepted" in ens.records and ens.records["accepted"].size else None
+        every = (ens.metadata.get("sampler") or {}).get("every")
+    return M_hmc, acc_hmc, every
+
+
+def _chain_rng(seed: int) -> np.random.Generator:
+    """The Metropolis accept/reject stream of ``seed`` (independent of the proposals' stream)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+
+
+def _metropolis_estimates(M_gen: np.ndarray, s: np.ndarray, idx: np.ndarray, log_w: np.ndarray,
+                          V: int) -> dict[str, Any]:
+    """Chain, raw i.i.d. and reweighted estimates from the proposals' magnetisation ``M_gen`` and
+    action density ``s``, the weight diagnostics and the chain's tau_int."""
+    from lftml.analysis import summarize
+
+    n = len(M_gen)
+    keys = ("magnetisation", "abs_magnetisation", "susceptibility", "binder", "action_density")
+    chain = summarize(M_gen[idx][:, None], V, action_density=s[idx][:, None])
+    iid = summarize(M_gen[:, None], V, action_density=s[:, None])
+    rw = summarize(M_gen[:, None], V, action_density=s[:, None], log_weights=log_w[:, None])
+    return {
+        "metropolis_chain": {k: chain[k] for k in keys},
+        "generated_iid": {k: iid[k] for k in keys},
+        "reweighted": {**{k: rw[k] for k in keys}, "ess_fraction": rw["ess_fraction"],
+                       "ess": rw["ess_fraction"] * n, "n": n},
+        "weights_summary": weight_diagnostics(log_w, V),
+        "tau_int_chain": {"M": chain["magnetisation"]["tau_int"], "abs_M": chain["abs_magnetisation"]["tau_int"],
+                          "action_density": chain["action_density"]["tau_int"]},
+        "log_w_std": float(np.std(log_w)),
+    }
+
+
+def _write_metropolis_chain(out: str | Path, chain: np.ndarray, model: Any, theory: Any, sampler: dict[str, Any],
+                            acc: float, weights: str, seed: int, model_path: str | Path) -> None:
+    """The chain's configurations as an ensemble file (kind ``diffusion_metropolis``), atomically."""
+    from lftml.ensemble import write_ensemble
+    from lftml.safeio import atomic_output
+
+    meta = {"kind": "diffusion_metropolis", "theory": model.theory, "seed": seed,
+            "sampler": {**sampler, "acceptance": acc,
+                        "proposals": "exp sampler paths (exact weights)" if weights == "path"
+                        else "probability-flow ODE (approximate log q)"},
+            "model": {"path": str(model_path)}}
+    with atomic_output(out, suffix=".h5") as tmp:
+        write_ensemble(tmp, chain[:, None], metadata=meta, theory=theory,
+                       observables=measure_history(chain[:, None], theory))
+
+
+def _plot_metropolis_autocorrelation(ac: dict[str, Any], every: Any, png: str | Path) -> None:
+    """The chain's autocorrelation of M against the HMC chain's, as a PNG."""
+    from lftml.diffusion.evaluation import plot_autocorrelation_comparison
+
+    pyplot()  # Agg backend before the figure exists
+    ax = plot_autocorrelation_comparison(ac, hmc_label=f"HMC (every {every} traj.)" if every else "HMC")
+    ax.set_title("normalised autocorrelation of M", fontsize=9)
+    save_figure(ax.figure, png, dpi=120)
 
 
 def compare_report(train: str | Path | None, test: str | Path, generated: str | Path,

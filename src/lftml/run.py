@@ -32,7 +32,7 @@ from lftml.safeio import OutputLock, check_output, interrupts_as_keyboard_interr
 from lftml.observables import measure
 from lftml.samplers.hmc import HMC, HMCState
 from lftml.samplers.langevin import Langevin
-from lftml.samplers.rng import LEGACY_STREAM, STREAM, chain_rng, stream_of
+from lftml.samplers.rng import LEGACY_STREAM, STREAM, ChainRNG, LegacyChainRNG, chain_rng, stream_of
 from lftml.theories.base import Theory
 
 log = logging.getLogger(__name__)
@@ -285,148 +285,216 @@ def run(
                     kind=kind, flush_every=flush_every, flush_seconds=flush_seconds)
 
 
+@dataclass
+class _Loop:
+    """What the update loop carries between its helpers (``sampler`` changes when its step size adapts)."""
+
+    sampler: Sampler
+    rng: ChainRNG | LegacyChainRNG
+    adapter: _Adapter | None
+    writer: EnsembleWriter | None
+    therm_done: int = 0
+    updates_done: int = 0  # updates after thermalisation
+    state: Any = None
+    n_have: int = 0
+    acc_sum: float = 0.0
+    acc_n: int = 0
+    chain_acc: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    t_last: float = 0.0
+    memory: list[torch.Tensor] = field(default_factory=list)  # the configurations when no file is written
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The resume point: fields, generator state, update counters, (frozen) step size and adapter."""
+        return {
+            "phi": self.state.phi.detach().cpu().numpy(),
+            "rng_state": self.rng.get_state(),
+            "therm_done": self.therm_done,
+            "updates_done": self.updates_done,
+            "step_size": float(getattr(self.sampler, "step_size", float("nan"))),
+            "adapt_t": self.adapter.t if self.adapter else 0,
+            "adapt_log_eps": self.adapter.log_eps if self.adapter else 0.0,
+        }
+
+    def add_wall_time(self) -> None:
+        """Add the time since the last call to the file's wall time."""
+        now = time.perf_counter()
+        self.writer.add_wall_time(now - self.t_last)
+        self.t_last = now
+
+
 def _run(sampler: Sampler, config: RunConfig, out_path: Path | None, meta: dict[str, Any], device: torch.device, *,
          resume: bool, overwrite: bool, progress: bool, kind: str, flush_every: int,
          flush_seconds: float) -> RunResult:
     """:func:`run` once the output is checked and locked."""
     theory = sampler.theory
-    stream = STREAM
-    rng = chain_rng(stream, config.seed, config.n_chains, purpose=1, device=device)
     adapter = _Adapter(sampler, config.target_acceptance) if (config.adapt and isinstance(sampler, HMC)) else None
-    updates_done = 0  # updates after thermalisation
-    therm_done = 0
-    writer: EnsembleWriter | None = None
-    phi: torch.Tensor | None = None
-    stored: dict[str, Any] = {}
-
     if out_path is not None and resume and out_path.exists():
-        stored = _check_resume_compatible(out_path, meta)
-        stream = stream_of(stored)  # resume with the file's own stream
+        loop, stream, phi, stored = _resume_output(sampler, adapter, config, out_path, meta, device,
+                                                   flush_every=flush_every, flush_seconds=flush_seconds)
+    else:
+        stream, phi, stored = STREAM, None, {}
         rng = chain_rng(stream, config.seed, config.n_chains, purpose=1, device=device)
-        meta = _metadata(kind, theory, sampler, config, stream)
-        ck = read_checkpoint(out_path)
-        if ck is not None and int(ck["n_configs"]) > config.n_configs:
-            raise LftmlError(
-                f"{out_path} already holds {int(ck['n_configs'])} configurations per chain, more than "
-                f"--n-configs {config.n_configs}; --resume only extends a run (pass a larger --n-configs)"
-            )
-        writer = EnsembleWriter.resume(out_path, theory, flush_every=flush_every, flush_seconds=flush_seconds)
-        if ck is not None:
-            phi = torch.from_numpy(np.asarray(ck["phi"])).to(device=device, dtype=config.torch_dtype)
-            rng.set_state(np.asarray(ck["rng_state"]))
-            therm_done = int(ck["therm_done"])
-            updates_done = int(ck["updates_done"])
-            if isinstance(sampler, HMC):
-                sampler = replace(sampler, step_size=float(ck["step_size"]))
-            if adapter is not None:
-                adapter = _Adapter(sampler, config.target_acceptance, int(ck["adapt_t"]), float(ck["adapt_log_eps"]))
-            if int(ck["n_configs"]) != writer.n_configs:
-                raise LftmlError(f"{out_path}: checkpoint and data disagree; the file is damaged")
-            log.info("resuming %s at %d configurations", out_path, writer.n_configs)
-            if stored.get("run", {}).get("n_configs") != config.n_configs:
-                writer.update_metadata(run={**stored.get("run", {}), "n_configs": config.n_configs})
-        elif writer.n_configs:
-            raise LftmlError(f"{out_path} holds configurations but no checkpoint; it cannot be resumed")
-    elif out_path is not None:
-        if out_path.exists() and not overwrite:
-            raise LftmlError(f"{out_path} already exists; pass --resume to extend it, or choose another --out")
-        writer = EnsembleWriter.create(
-            out_path, lattice_shape=theory.lattice.shape, n_chains=config.n_chains, metadata=meta,
-            dtype=np.dtype(config.dtype), theory=theory, overwrite=overwrite,
-            flush_every=flush_every, flush_seconds=flush_seconds,
-        )
+        writer = None if out_path is None else _create_output(out_path, theory, config, meta, overwrite=overwrite,
+                                                              flush_every=flush_every, flush_seconds=flush_seconds)
+        loop = _Loop(sampler, rng, adapter, writer)
     if phi is None:
         phi = initial_field(theory, config, device, stream)
-    state = sampler.init(phi)
-    if isinstance(state, HMCState):  # a resumed run continues the cluster-move schedule where it stopped
-        state = replace(state, n_updates=therm_done + updates_done)
-    if writer is not None and isinstance(sampler, HMC) and writer.n_configs < config.n_configs:
-        _record_backend(writer, stored, "fused" if sampler.uses_fused(state.phi) or sampler.uses_fa_kernels(state.phi)
-                        else "eager", writer.n_configs)
+    loop.state = loop.sampler.init(phi)
+    if isinstance(loop.state, HMCState):  # a resumed run continues the cluster-move schedule where it stopped
+        loop.state = replace(loop.state, n_updates=loop.therm_done + loop.updates_done)
+    writer = loop.writer
+    if writer is not None and isinstance(loop.sampler, HMC) and writer.n_configs < config.n_configs:
+        fused = loop.sampler.uses_fused(loop.state.phi) or loop.sampler.uses_fa_kernels(loop.state.phi)
+        _record_backend(writer, stored, "fused" if fused else "eager", writer.n_configs)
 
-    n_have = writer.n_configs if writer is not None else 0
+    loop.n_have = writer.n_configs if writer is not None else 0
+    loop.chain_acc = np.zeros(config.n_chains)
     total = config.n_therm + config.n_configs * config.every
-    done = therm_done + updates_done
-    memory: list[torch.Tensor] = []
-    acc_sum, acc_n = 0.0, 0
-    chain_acc = np.zeros(config.n_chains)
-    t_start = time.perf_counter()
-    t_last = t_start
-
-    def checkpoint() -> dict[str, Any]:
-        ck = {
-            "phi": state.phi.detach().cpu().numpy(),
-            "rng_state": rng.get_state(),
-            "therm_done": therm_done,
-            "updates_done": updates_done,
-            "step_size": float(getattr(sampler, "step_size", float("nan"))),
-            "adapt_t": adapter.t if adapter else 0,
-            "adapt_log_eps": adapter.log_eps if adapter else 0.0,
-        }
-        return ck
+    t_start = loop.t_last = time.perf_counter()
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=done, disable=None if progress else True, desc=kind, unit="upd", leave=False)
+    bar = tqdm(total=total, initial=loop.therm_done + loop.updates_done, disable=None if progress else True, desc=kind,
+               unit="upd", leave=False)
     try:
         with interrupts_as_keyboard_interrupt():
-            while therm_done < config.n_therm:
-                state, info = sampler.step(state, rng)
-                therm_done += 1
-                if adapter is not None:
-                    sampler = adapter.update(sampler, float(info["acceptance_probability"].mean()))
-                bar.update(1)
-                if writer is not None and (therm_done == config.n_therm or time.perf_counter() - t_last > flush_seconds):
-                    now = time.perf_counter()
-                    writer.add_wall_time(now - t_last)
-                    t_last = now
-                    writer.set_checkpoint(checkpoint())
-                    writer.flush()
-            if adapter is not None and writer is not None and n_have == 0:
-                writer.update_metadata(sampler={**sampler.settings(), "adapted": True})
-            while n_have < config.n_configs:
-                pending: list[dict[str, np.ndarray]] = []
-                for _ in range(config.every):
-                    state, info = sampler.step(state, rng)
-                    updates_done += 1
-                    if "accepted" in info:
-                        acc_sum += float(info["accepted"].double().mean())
-                        acc_n += 1
-                        chain_acc += info["accepted"].detach().cpu().numpy()
-                    pending.append(_records(info))
-                bar.update(config.every)
-                n_have += 1
-                if writer is not None:
-                    now = time.perf_counter()
-                    writer.add_wall_time(now - t_last)
-                    t_last = now
-                    if writer.flush_due(1) or n_have == config.n_configs:
-                        writer.set_checkpoint(checkpoint())  # only where a flush writes it: it costs a copy of every stream
-                    records = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-                    writer.append(state.phi[None], observables=_observables(state, theory), records=records)
-                else:
-                    memory.append(state.phi.detach().clone())
-                if progress and acc_n:
-                    bar.set_postfix(acc=f"{acc_sum / acc_n:.3f}")
+            _thermalise(loop, config, bar, flush_seconds)
+            if adapter is not None and writer is not None and loop.n_have == 0:
+                writer.update_metadata(sampler={**loop.sampler.settings(), "adapted": True})
+            _measure(loop, config, theory, bar, progress)
     except BaseException:
         bar.close()
         if writer is not None:
-            # rows buffered since the last flush have no checkpoint: drop them (a resume recomputes
-            # them bit for bit) and keep the file at its last consistent state; a failure to record
-            # the wall time must not hide the error that stopped the run
-            writer.discard_buffer()
-            writer.add_wall_time(time.perf_counter() - t_last)
-            try:
-                writer.close()
-            except LftmlError as exc:
-                log.debug("closing %s after an error: %s", out_path, exc)
+            _close_after_error(loop, out_path)
         raise
     bar.close()
     if writer is not None:
-        writer.add_wall_time(time.perf_counter() - t_last)
+        loop.add_wall_time()
         writer.close()
     wall = time.perf_counter() - t_start
-    stuck = np.flatnonzero(chain_acc == 0) if acc_n >= 20 else []
+    _warn_about_acceptance(loop)
+    return RunResult(
+        path=out_path,
+        n_configs=loop.n_have,
+        n_chains=config.n_chains,
+        acceptance=(loop.acc_sum / loop.acc_n) if loop.acc_n else None,
+        step_size=getattr(loop.sampler, "step_size", None),
+        wall_time_s=wall,
+        sampler=loop.sampler.settings(),
+        configs=torch.stack(loop.memory) if loop.memory else None,
+    )
+
+
+def _resume_output(sampler: Sampler, adapter: _Adapter | None, config: RunConfig, out_path: Path,
+                   meta: dict[str, Any], device: torch.device, *, flush_every: int,
+                   flush_seconds: float) -> tuple[_Loop, str, torch.Tensor | None, dict[str, Any]]:
+    """Reopen ``out_path`` to extend it: check its settings, restore the checkpoint's field, streams and counters.
+
+    Returns the loop state, the file's random stream, the field to continue from (None: no checkpoint
+    yet, start afresh) and the file's stored metadata.
+    """
+    stored = _check_resume_compatible(out_path, meta)
+    stream = stream_of(stored)  # resume with the file's own stream
+    rng = chain_rng(stream, config.seed, config.n_chains, purpose=1, device=device)
+    ck = read_checkpoint(out_path)
+    if ck is not None and int(ck["n_configs"]) > config.n_configs:
+        raise LftmlError(
+            f"{out_path} already holds {int(ck['n_configs'])} configurations per chain, more than "
+            f"--n-configs {config.n_configs}; --resume only extends a run (pass a larger --n-configs)"
+        )
+    writer = EnsembleWriter.resume(out_path, sampler.theory, flush_every=flush_every, flush_seconds=flush_seconds)
+    loop = _Loop(sampler, rng, adapter, writer)
+    if ck is None:
+        if writer.n_configs:
+            raise LftmlError(f"{out_path} holds configurations but no checkpoint; it cannot be resumed")
+        return loop, stream, None, stored
+    phi = torch.from_numpy(np.asarray(ck["phi"])).to(device=device, dtype=config.torch_dtype)
+    rng.set_state(np.asarray(ck["rng_state"]))
+    loop.therm_done = int(ck["therm_done"])
+    loop.updates_done = int(ck["updates_done"])
+    if isinstance(sampler, HMC):
+        loop.sampler = replace(sampler, step_size=float(ck["step_size"]))
+    if adapter is not None:
+        loop.adapter = _Adapter(loop.sampler, config.target_acceptance, int(ck["adapt_t"]), float(ck["adapt_log_eps"]))
+    if int(ck["n_configs"]) != writer.n_configs:
+        raise LftmlError(f"{out_path}: checkpoint and data disagree; the file is damaged")
+    log.info("resuming %s at %d configurations", out_path, writer.n_configs)
+    if stored.get("run", {}).get("n_configs") != config.n_configs:
+        writer.update_metadata(run={**stored.get("run", {}), "n_configs": config.n_configs})
+    return loop, stream, phi, stored
+
+
+def _create_output(out_path: Path, theory: Theory, config: RunConfig, meta: dict[str, Any], *, overwrite: bool,
+                   flush_every: int, flush_seconds: float) -> EnsembleWriter:
+    """A new ensemble file at ``out_path`` (replacing one only with ``overwrite``)."""
+    if out_path.exists() and not overwrite:
+        raise LftmlError(f"{out_path} already exists; pass --resume to extend it, or choose another --out")
+    return EnsembleWriter.create(
+        out_path, lattice_shape=theory.lattice.shape, n_chains=config.n_chains, metadata=meta,
+        dtype=np.dtype(config.dtype), theory=theory, overwrite=overwrite,
+        flush_every=flush_every, flush_seconds=flush_seconds,
+    )
+
+
+def _thermalise(loop: _Loop, config: RunConfig, bar: Any, flush_seconds: float) -> None:
+    """Thermalisation updates (adapting the step size if asked), checkpointed every ``flush_seconds`` and at the end."""
+    while loop.therm_done < config.n_therm:
+        loop.state, info = loop.sampler.step(loop.state, loop.rng)
+        loop.therm_done += 1
+        if loop.adapter is not None:
+            loop.sampler = loop.adapter.update(loop.sampler, float(info["acceptance_probability"].mean()))
+        bar.update(1)
+        if loop.writer is not None and (loop.therm_done == config.n_therm
+                                        or time.perf_counter() - loop.t_last > flush_seconds):
+            loop.add_wall_time()
+            loop.writer.set_checkpoint(loop.checkpoint())
+            loop.writer.flush()
+
+
+def _measure(loop: _Loop, config: RunConfig, theory: Theory, bar: Any, progress: bool) -> None:
+    """Store a configuration, its observables and the records of its ``every`` updates until there are ``n_configs``."""
+    writer = loop.writer
+    while loop.n_have < config.n_configs:
+        pending: list[dict[str, np.ndarray]] = []
+        for _ in range(config.every):
+            loop.state, info = loop.sampler.step(loop.state, loop.rng)
+            loop.updates_done += 1
+            if "accepted" in info:
+                loop.acc_sum += float(info["accepted"].double().mean())
+                loop.acc_n += 1
+                loop.chain_acc += info["accepted"].detach().cpu().numpy()
+            pending.append(_records(info))
+        bar.update(config.every)
+        loop.n_have += 1
+        if writer is not None:
+            loop.add_wall_time()
+            if writer.flush_due(1) or loop.n_have == config.n_configs:
+                writer.set_checkpoint(loop.checkpoint())  # only where a flush writes it: it costs a copy of every stream
+            records = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+            writer.append(loop.state.phi[None], observables=_observables(loop.state, theory), records=records)
+        else:
+            loop.memory.append(loop.state.phi.detach().clone())
+        if progress and loop.acc_n:
+            bar.set_postfix(acc=f"{loop.acc_sum / loop.acc_n:.3f}")
+
+
+def _close_after_error(loop: _Loop, out_path: Path | None) -> None:
+    """Leave the file at its last consistent state when an error or interrupt stops the run."""
+    # rows buffered since the last flush have no checkpoint: drop them (a resume recomputes
+    # them bit for bit) and keep the file at its last consistent state; a failure to record
+    # the wall time must not hide the error that stopped the run
+    loop.writer.discard_buffer()
+    loop.add_wall_time()
+    try:
+        loop.writer.close()
+    except LftmlError as exc:
+        log.debug("closing %s after an error: %s", out_path, exc)
+
+
+def _warn_about_acceptance(loop: _Loop) -> None:
+    """Warn about chains that accepted nothing while the others move, and about an acceptance too low to move."""
+    acc_sum, acc_n = loop.acc_sum, loop.acc_n
+    stuck = np.flatnonzero(loop.chain_acc == 0) if acc_n >= 20 else []
     if len(stuck) and acc_sum / acc_n >= 0.1:
         log.warning(
             "chain(s) %s accepted none of %d trajectories while the others accept %.2f: they are stuck "
@@ -438,13 +506,3 @@ def _run(sampler: Sampler, config: RunConfig, out_path: Path | None, meta: dict[
             "HMC acceptance is %.3f: the chain hardly moves; increase --md-steps (smaller step) or use --adapt",
             acc_sum / acc_n,
         )
-    return RunResult(
-        path=out_path,
-        n_configs=n_have,
-        n_chains=config.n_chains,
-        acceptance=(acc_sum / acc_n) if acc_n else None,
-        step_size=getattr(sampler, "step_size", None),
-        wall_time_s=wall,
-        sampler=sampler.settings(),
-        configs=torch.stack(memory) if memory else None,
-    )

@@ -103,27 +103,13 @@ def run_scan(
     points failed (the others are complete; a rerun retries the failed ones).
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LftmlError(f"--out {out} is a file; a scan writes a folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not out.exists() and not parent.is_dir():
-        raise LftmlError(f"--out {out}: folder {parent} does not exist; create it first")
+    _check_out(out)
     planned = plan_scan(spec, out)
     if executor is None:
         check_backend(cluster, workers=workers, scheduler=scheduler, cluster_table=spec.cluster)
-    created = not out.exists()
-    if created:
-        try:
-            out.mkdir()
-        except OSError as exc:
-            from lftml.safeio import write_error
-
-            raise write_error(exc, out, "create the folder") from None
+    created = _make_folder(out)
     lock = OutputLock(out / INDEX, what="scan")
-    try:
-        lock.acquire()
-    except LftmlError:
-        raise
+    lock.acquire()
     t0 = time.perf_counter()
     try:
         index = read_index(out)
@@ -134,117 +120,176 @@ def run_scan(
             out.rmdir()
         raise
     try:
-        config = {**spec.to_dict(), "lftml_version": lftml.__version__,
-                  "fixed_resolved": _common(planned), "points": [t.name for t, _ in planned]}
-        def undo_new_folder() -> None:
-            """A folder this scan made holds nothing but its config yet: leave no trace of the attempt."""
-            if created:
-                lock.release()  # its lock file is in the folder (release is idempotent)
-                for name in ("scan.json", "scan.toml", INDEX):
-                    (out / name).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    out.rmdir()
-
-        try:
-            write_config(out, config)
-        except BaseException:
-            undo_new_folder()
-            raise
-        points = index["points"]
-        parameters = {p.name: p.parameters for p in spec.points()}
-        for task, resolved in planned:
-            entry = points.get(task.name, {})
-            points[task.name] = {
-                "file": Path(task.path).name, "parameters": _plain(parameters[task.name]),
-                "options": resolved, "command": task.command_line(), "status": statuses[task.name],
-                "n_configs": entry.get("n_configs"), **{k: entry[k] for k in ("acceptance", "wall_time_s") if k in entry},
-            }
-            points[task.name].pop("error", None)
-        index.update(format=FORMAT, format_version=1, command=spec.command, lftml_version=lftml.__version__)
-        try:
-            write_index(out, index)
-        except BaseException:
-            undo_new_folder()
-            raise
+        _write_plan(out, spec, planned, index, statuses, lock, created)
         todo = [t for t, _ in planned if statuses[t.name] != "done"]
         skipped = len(planned) - len(todo)
-        failed: dict[str, str] = {}
-        ran = 0
-        backend = Backend(executor, "the given executor")
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(planned), initial=skipped, unit="point", desc="scan", disable=None if progress else True,
-                   smoothing=0.1)
-
-        last_write = time.monotonic()
-
-        def on_result(task: PointTask, result: Any, error: BaseException | None) -> None:
-            nonlocal ran, last_write
-            entry = points[task.name]
-            if error is not None:
-                msg = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                entry.update(status="failed", error=msg)
-                if isinstance(error, WriteError):
-                    # a full disk or an I/O error: every further point would fail the same way (and start
-                    # files that cannot grow); stop here. The point's file keeps its last checkpoint.
-                    fix = "free space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
-                    raise WriteError(f"{msg}; the scan stopped there (finished points are kept, unfinished ones "
-                                     f"resume bit-identically): {fix}, then rerun the scan", error.errno)
-                failed[task.name] = msg
-                log.warning("point %s failed: %s", task.name, msg)
-            else:
-                entry.update(status="done", n_configs=result.get("n_configs"))
-                for k in ("acceptance", "wall_time_s", "resumed"):
-                    if result.get(k) is not None:
-                        entry[k] = result[k]
-                ran += int(bool(result.get("ran")))
-            bar.update(1)
-            if error is not None or time.monotonic() - last_write > 2.0:
-                # at most every 2 s (a 1,000-point index is ~1 MB): the files are the truth for "done"
-                write_index(out, index)
-                last_write = time.monotonic()
-
-        try:
-            with interrupts_as_keyboard_interrupt():
-                if not todo:
-                    pass
-                elif executor is not None:
-                    execute(run_point, todo, executor, on_result, key=lambda t: t.name)
-                else:
-                    with open_executor(cluster, workers=workers, scheduler=scheduler, cluster_table=spec.cluster) as be:
-                        backend = be
-                        if on_backend is not None:
-                            on_backend(be)
-                        execute(run_point, todo, be.executor, on_result, key=lambda t: t.name)
-        except BaseException as exc:
-            for task in todo:
-                if points[task.name]["status"] not in ("done", "failed"):
-                    st = file_state(task.path) if Path(task.path).exists() else None
-                    points[task.name]["status"] = "interrupted" if st is not None else "pending"
-                    if st is not None:
-                        points[task.name]["n_configs"] = st["n_configs"]
-            try:
-                write_index(out, index)
-            except WriteError:
-                if not isinstance(exc, WriteError):
-                    raise
-                # the disk that stopped the scan refuses the index too: the files are the truth for "done"
-                # (a rerun reads them), and the first error is the one to report
-            raise
-        else:
-            write_index(out, index)
-        finally:
-            bar.close()
+        recorder, backend = _run_points(
+            out, spec, todo, index, len(planned), skipped, executor=executor, cluster=cluster, workers=workers,
+            scheduler=scheduler, progress=progress, on_backend=on_backend)
     finally:
         lock.release()
-    result = ScanResult(out=out, n_points=len(planned), n_ran=ran, n_skipped=skipped, failed=failed,
+    failed = recorder.failed
+    result = ScanResult(out=out, n_points=len(planned), n_ran=recorder.ran, n_skipped=skipped, failed=failed,
                         wall_time_s=time.perf_counter() - t0, backend=backend.description, dashboard=backend.dashboard)
     if failed:
         first = next(iter(failed.items()))
         raise LftmlError(f"{len(failed)} of {len(planned)} points failed (first: {first[1]}); the others are complete "
                          f"and {out / INDEX} lists every point; fix the cause and rerun to retry the failed ones")
     return result
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a file or whose parent folder does not exist."""
+    if out.exists() and not out.is_dir():
+        raise LftmlError(f"--out {out} is a file; a scan writes a folder")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not out.exists() and not parent.is_dir():
+        raise LftmlError(f"--out {out}: folder {parent} does not exist; create it first")
+
+
+def _make_folder(out: Path) -> bool:
+    """Create the scan folder if it does not exist yet; whether this scan created it."""
+    created = not out.exists()
+    if created:
+        try:
+            out.mkdir()
+        except OSError as exc:
+            from lftml.safeio import write_error
+
+            raise write_error(exc, out, "create the folder") from None
+    return created
+
+
+def _undo_new_folder(out: Path, lock: OutputLock) -> None:
+    """A folder this scan made holds nothing but its config yet: leave no trace of the attempt."""
+    lock.release()  # its lock file is in the folder (release is idempotent)
+    for name in ("scan.json", "scan.toml", INDEX):
+        (out / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        out.rmdir()
+
+
+def _write_plan(out: Path, spec: ScanSpec, planned: list[tuple[PointTask, dict[str, Any]]], index: dict[str, Any],
+                statuses: dict[str, str], lock: OutputLock, created: bool) -> None:
+    """Write the scan's config and the index with every point's status (a new folder is removed if that fails)."""
+    config = {**spec.to_dict(), "lftml_version": lftml.__version__,
+              "fixed_resolved": _common(planned), "points": [t.name for t, _ in planned]}
+    try:
+        write_config(out, config)
+    except BaseException:
+        if created:
+            _undo_new_folder(out, lock)
+        raise
+    points = index["points"]
+    parameters = {p.name: p.parameters for p in spec.points()}
+    for task, resolved in planned:
+        entry = points.get(task.name, {})
+        points[task.name] = {
+            "file": Path(task.path).name, "parameters": _plain(parameters[task.name]),
+            "options": resolved, "command": task.command_line(), "status": statuses[task.name],
+            "n_configs": entry.get("n_configs"), **{k: entry[k] for k in ("acceptance", "wall_time_s") if k in entry},
+        }
+        points[task.name].pop("error", None)
+    index.update(format=FORMAT, format_version=1, command=spec.command, lftml_version=lftml.__version__)
+    try:
+        write_index(out, index)
+    except BaseException:
+        if created:
+            _undo_new_folder(out, lock)
+        raise
+
+
+class _Recorder:
+    """Records each point's outcome in the index as it arrives; a write error stops the scan."""
+
+    def __init__(self, out: Path, index: dict[str, Any], bar: Any) -> None:
+        self.out, self.index, self.bar = out, index, bar
+        self.ran = 0
+        self.failed: dict[str, str] = {}
+        self.last_write = time.monotonic()
+
+    def __call__(self, task: PointTask, result: Any, error: BaseException | None) -> None:
+        """The ``on_result`` callback of :func:`lftml.scan.executor.execute`."""
+        entry = self.index["points"][task.name]
+        if error is not None:
+            msg = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            entry.update(status="failed", error=msg)
+            if isinstance(error, WriteError):
+                # a full disk or an I/O error: every further point would fail the same way (and start
+                # files that cannot grow); stop here. The point's file keeps its last checkpoint.
+                fix = "free space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+                raise WriteError(f"{msg}; the scan stopped there (finished points are kept, unfinished ones "
+                                 f"resume bit-identically): {fix}, then rerun the scan", error.errno)
+            self.failed[task.name] = msg
+            log.warning("point %s failed: %s", task.name, msg)
+        else:
+            entry.update(status="done", n_configs=result.get("n_configs"))
+            for k in ("acceptance", "wall_time_s", "resumed"):
+                if result.get(k) is not None:
+                    entry[k] = result[k]
+            self.ran += int(bool(result.get("ran")))
+        self.bar.update(1)
+        if error is not None or time.monotonic() - self.last_write > 2.0:
+            # at most every 2 s (a 1,000-point index is ~1 MB): the files are the truth for "done"
+            write_index(self.out, self.index)
+            self.last_write = time.monotonic()
+
+
+def _run_points(out: Path, spec: ScanSpec, todo: list[PointTask], index: dict[str, Any], n_points: int, skipped: int,
+                *, executor: Any, cluster: str | None, workers: int | None, scheduler: str | None, progress: bool,
+                on_backend: Callable[[Backend], None] | None) -> tuple[_Recorder, Backend]:
+    """Run the points ``todo``, keeping the index; on an error or interrupt mark where the others stopped."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_points, initial=skipped, unit="point", desc="scan", disable=None if progress else True,
+               smoothing=0.1)
+    recorder = _Recorder(out, index, bar)
+    try:
+        backend = _execute(spec, todo, recorder, executor=executor, cluster=cluster, workers=workers,
+                           scheduler=scheduler, on_backend=on_backend)
+    except BaseException as exc:
+        _mark_unfinished(todo, index["points"])
+        try:
+            write_index(out, index)
+        except WriteError:
+            if not isinstance(exc, WriteError):
+                raise
+            # the disk that stopped the scan refuses the index too: the files are the truth for "done"
+            # (a rerun reads them), and the first error is the one to report
+        raise
+    else:
+        write_index(out, index)
+    finally:
+        bar.close()
+    return recorder, backend
+
+
+def _execute(spec: ScanSpec, todo: list[PointTask], recorder: _Recorder, *, executor: Any, cluster: str | None,
+             workers: int | None, scheduler: str | None, on_backend: Callable[[Backend], None] | None) -> Backend:
+    """Run ``todo`` on the given executor or on one opened from the options; the backend used."""
+    backend = Backend(executor, "the given executor")
+    with interrupts_as_keyboard_interrupt():
+        if not todo:
+            pass
+        elif executor is not None:
+            execute(run_point, todo, executor, recorder, key=lambda t: t.name)
+        else:
+            with open_executor(cluster, workers=workers, scheduler=scheduler, cluster_table=spec.cluster) as be:
+                backend = be
+                if on_backend is not None:
+                    on_backend(be)
+                execute(run_point, todo, be.executor, recorder, key=lambda t: t.name)
+    return backend
+
+
+def _mark_unfinished(todo: list[PointTask], points: dict[str, Any]) -> None:
+    """Points neither done nor failed: "interrupted" (with their committed count) if a file exists, else "pending"."""
+    for task in todo:
+        if points[task.name]["status"] not in ("done", "failed"):
+            st = file_state(task.path) if Path(task.path).exists() else None
+            points[task.name]["status"] = "interrupted" if st is not None else "pending"
+            if st is not None:
+                points[task.name]["n_configs"] = st["n_configs"]
 
 
 def _plain(d: Any) -> Any:

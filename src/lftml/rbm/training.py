@@ -302,6 +302,44 @@ def train(
             raise LftmlError("--resume continues pcd, cd or --recipe reference; the converge recipe (L-BFGS) restarts "
                              "cheaply: use --init MODEL instead")
         return _train_exact_converge(model, target, config, progress=progress, callback=callback)
+    data_term = _data_term(target, config, sampling_generator, data_generator)
+    model.check_positive_definite()
+    loop = _Loop(model, target, config, data_term, sampling_generator, data_generator, optimizer_factory)
+    if resume is not None:
+        loop.restore(resume)
+
+    it: Iterable[int] = range(loop.start, config.n_updates)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"rbm {method}", leave=False)
+    if resume is None:
+        loop.record(0)
+    for step in it:
+        if method == "exact":
+            loop.exact_update(step)
+        else:
+            loop.set_grads()
+            loop.optimizer.step()
+        loop.scheduler.step()
+        if (step + 1) % config.log_every == 0 or step + 1 == config.n_updates:
+            loop.record(step + 1)
+            if checkpoint is not None:
+                checkpoint(loop.state(step + 1))
+            if callback is not None:
+                callback(step + 1, model)
+    for p in loop.params.values():
+        p.grad = None
+    history = loop.history
+    log.info("trained %s for %d updates: loglik %.6g", method, config.n_updates, history["loglik"][-1])
+    history["n_updates"] = config.n_updates
+    return history
+
+
+def _data_term(target: Target, config: TrainConfig, sampling_generator: torch.Generator | None,
+               data_generator: torch.Generator | None) -> str:
+    """The data term ("correlator" or "minibatch") ``auto`` stands for; refuses a method without the streams or data it needs."""
+    method = config.method
     stochastic = method in ("pcd", "cd")
     if stochastic and sampling_generator is None:
         raise LftmlError(f"method {method!r} needs a sampling generator")
@@ -312,37 +350,51 @@ def train(
         raise LftmlError(f"method {method!r} with data_term {data_term!r} needs data samples: build the target with Target.from_data")
     if data_term == "minibatch" and data_generator is None:
         raise LftmlError("minibatch training needs a data generator (data order stream)")
-    model.check_positive_definite()
+    return data_term
 
-    params = model.trainable_parameters()
-    if optimizer_factory is not None:
-        optimizer = optimizer_factory(list(params.values()))
-    else:
-        optimizer = _make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_every, gamma=config.lr_decay)
 
-    chains = None
-    if method == "pcd":
-        chains = torch.zeros((config.n_chains, model.n_visible), dtype=model.dtype)
-    n_data = 0 if target.data is None else target.data.shape[0]
-    perm: torch.Tensor | None = None
-    cursor = 0
+class _Loop:
+    """The state of :func:`train`'s update loop (pcd, cd and the reference recipe of exact): parameters,
+    optimizer and scheduler, persistent chains, data order and cursor, learning curves, rejections."""
 
-    def next_batch() -> torch.Tensor:
-        nonlocal perm, cursor
+    def __init__(self, model: GaussianRBM, target: Target, config: TrainConfig, data_term: str,
+                 sampling_generator: torch.Generator | None, data_generator: torch.Generator | None,
+                 optimizer_factory: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None) -> None:
+        self.model, self.target, self.config, self.method, self.data_term = model, target, config, config.method, data_term
+        self.sampling_generator, self.data_generator = sampling_generator, data_generator
+        self.params = model.trainable_parameters()
+        if optimizer_factory is not None:
+            self.optimizer = optimizer_factory(list(self.params.values()))
+        else:
+            self.optimizer = _make_optimizer(model, config)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.decay_every,
+                                                         gamma=config.lr_decay)
+        self.chains: torch.Tensor | None = None
+        if self.method == "pcd":
+            self.chains = torch.zeros((config.n_chains, model.n_visible), dtype=model.dtype)
+        self.n_data = 0 if target.data is None else target.data.shape[0]
+        self.perm: torch.Tensor | None = None
+        self.cursor = 0
+        self.history: dict[str, list] = {"update": [], "loglik": [], "kl": [], "mu2": [], "lr": []}
+        self.start = 0
+        self.rejections = 0
+
+    def next_batch(self) -> torch.Tensor:
+        """The next data minibatch; a new random order of the data when the current one is used up."""
+        config, target = self.config, self.target
         assert target.data is not None
-        if perm is None or cursor + config.batch_size > n_data:
-            perm = torch.randperm(n_data, generator=data_generator)
-            cursor = 0
-        idx = perm[cursor : cursor + min(config.batch_size, n_data)]
-        cursor += config.batch_size
+        if self.perm is None or self.cursor + config.batch_size > self.n_data:
+            self.perm = torch.randperm(self.n_data, generator=self.data_generator)
+            self.cursor = 0
+        idx = self.perm[self.cursor : self.cursor + min(config.batch_size, self.n_data)]
+        self.cursor += config.batch_size
         return target.data[idx]
 
-    history: dict[str, list] = {"update": [], "loglik": [], "kl": [], "mu2": [], "lr": []}
-
-    def record(step: int) -> None:
+    def record(self, step: int) -> None:
+        """Add a learning-curve point; raises :class:`TrainingDiverged` for an indefinite K or runaway parameters."""
+        config, history = self.config, self.history
         try:
-            ll, kl = kl_and_loglik(model, target)
+            ll, kl = kl_and_loglik(self.model, self.target)
         except LftmlError:
             raise TrainingDiverged(
                 f"training diverged at update {step}: K stopped being positive definite; lower the learning rate (now {config.lr})"
@@ -361,14 +413,15 @@ def train(
         history["update"].append(step)
         history["loglik"].append(ll)
         history["kl"].append(kl)
-        history["mu2"].append(float(model.mu2.detach().mean()))
-        history["lr"].append(float(optimizer.param_groups[0]["lr"]))
+        history["mu2"].append(float(self.model.mu2.detach().mean()))
+        history["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
 
-    def set_grads() -> float:
-        nonlocal chains
+    def set_grads(self) -> float:
+        """Put the descent gradient ``-dL/dtheta`` into ``p.grad`` (the optimizer's closure; returns NaN)."""
+        model, target, config, method = self.model, self.target, self.config, self.method
         with torch.no_grad():
-            if data_term == "minibatch" or method == "cd":
-                batch = next_batch()
+            if self.data_term == "minibatch" or method == "cd":
+                batch = self.next_batch()
             C_d, m_d = target.second_moment, target.mean
             if method == "exact":
                 K, J = model.kernel(), model.source()
@@ -378,95 +431,73 @@ def train(
                 m_m = torch.cholesky_solve(J.unsqueeze(-1), L).squeeze(-1)
                 C_m = torch.cholesky_inverse(L) + torch.outer(m_m, m_m)
             else:
-                start = chains if method == "pcd" else batch
-                x = model.gibbs(start, config.k, sampling_generator)
+                start = self.chains if method == "pcd" else batch
+                x = model.gibbs(start, config.k, self.sampling_generator)
                 if not torch.isfinite(x).all():
                     raise LftmlError("Gibbs chains diverged (K not positive definite); lower the learning rate")
                 if method == "pcd":
-                    chains = x
+                    self.chains = x
             if method == "exact":
                 grads = moment_gradients(model, C_d, m_d, C_m, m_m)
-            elif data_term == "minibatch":
+            elif self.data_term == "minibatch":
                 grads = sample_gradients(model, x, data_samples=batch)
             else:
                 grads = sample_gradients(model, x, data_second_moment=C_d, data_mean=m_d)
-            for name, p in params.items():
+            for name, p in self.params.items():
                 p.grad = -grads[name]
             return float("nan")
 
-    start = 0
-    rejections = 0
-    if resume is not None:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(resume["params"][name])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        chains = None if resume["chains"] is None else resume["chains"].clone()
-        perm = None if resume["perm"] is None else resume["perm"].clone()
-        cursor = int(resume["cursor"])
-        if sampling_generator is not None and resume["sampling_rng"] is not None:
-            sampling_generator.set_state(resume["sampling_rng"])
-        if data_generator is not None and resume["data_rng"] is not None:
-            data_generator.set_state(resume["data_rng"])
-        history = {k: list(v) for k, v in resume["history"].items()}
-        start, rejections = int(resume["step"]), int(resume["rejections"])
+    def exact_update(self, step: int) -> None:
+        """One update of the exact method, undone (and the learning rate halved) while it leaves K indefinite."""
+        # step rejection: an update that leaves K indefinite is undone at once (before the learning
+        # curve is recorded, which needs a positive-definite K) and the learning rate halved
+        while True:
+            snap = [p.detach().clone() for p in self.params.values()]
+            self.optimizer.step(self.set_grads)
+            K_new = self.model.kernel().detach()
+            if bool(torch.isfinite(K_new).all()) and int(torch.linalg.cholesky_ex(K_new)[1]) == 0:
+                break
+            self.rejections += 1
+            if self.rejections > MAX_REJECTIONS:
+                raise TrainingDiverged(
+                    f"training diverged at update {step}: K stopped being positive definite; lower the learning rate"
+                )
+            with torch.no_grad():
+                for p, v in zip(self.params.values(), snap):
+                    p.copy_(v)
+            for group in self.optimizer.param_groups:
+                group["lr"] *= 0.5
+            log.warning("update %d left K indefinite: undone, learning rate halved", step)
 
-    def loop_state(step: int) -> dict:
-        return {"step": step, "rejections": rejections, "params": {k: v.detach().clone() for k, v in params.items()},
+    def restore(self, resume: dict) -> None:
+        """Continue from a :meth:`state` (bit-identical to the uninterrupted run)."""
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(resume["params"][name])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        self.chains = None if resume["chains"] is None else resume["chains"].clone()
+        self.perm = None if resume["perm"] is None else resume["perm"].clone()
+        self.cursor = int(resume["cursor"])
+        if self.sampling_generator is not None and resume["sampling_rng"] is not None:
+            self.sampling_generator.set_state(resume["sampling_rng"])
+        if self.data_generator is not None and resume["data_rng"] is not None:
+            self.data_generator.set_state(resume["data_rng"])
+        self.history = {k: list(v) for k, v in resume["history"].items()}
+        self.start, self.rejections = int(resume["step"]), int(resume["rejections"])
+
+    def state(self, step: int) -> dict:
+        """The complete loop state after ``step`` updates, for ``checkpoint``."""
+        chains, perm, sampling_generator, data_generator = self.chains, self.perm, self.sampling_generator, self.data_generator
+        return {"step": step, "rejections": self.rejections,
+                "params": {k: v.detach().clone() for k, v in self.params.items()},
                 # deep copies: optimizers update their buffers in place, and state_dict() only references them
-                "optimizer": copy.deepcopy(optimizer.state_dict()), "scheduler": copy.deepcopy(scheduler.state_dict()),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "scheduler": copy.deepcopy(self.scheduler.state_dict()),
                 "chains": None if chains is None else chains.clone(), "perm": None if perm is None else perm.clone(),
-                "cursor": cursor, "history": {k: list(v) for k, v in history.items()},
+                "cursor": self.cursor, "history": {k: list(v) for k, v in self.history.items()},
                 "sampling_rng": None if sampling_generator is None else sampling_generator.get_state(),
                 "data_rng": None if data_generator is None else data_generator.get_state()}
-
-    it: Iterable[int] = range(start, config.n_updates)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=f"rbm {method}", leave=False)
-    def snapshot() -> list[torch.Tensor]:
-        return [p.detach().clone() for p in params.values()]
-
-    if resume is None:
-        record(0)
-    for step in it:
-        if method == "exact":
-            # step rejection: an update that leaves K indefinite is undone at once (before the learning
-            # curve is recorded, which needs a positive-definite K) and the learning rate halved
-            while True:
-                snap = snapshot()
-                optimizer.step(set_grads)
-                K_new = model.kernel().detach()
-                if bool(torch.isfinite(K_new).all()) and int(torch.linalg.cholesky_ex(K_new)[1]) == 0:
-                    break
-                rejections += 1
-                if rejections > MAX_REJECTIONS:
-                    raise TrainingDiverged(
-                        f"training diverged at update {step}: K stopped being positive definite; lower the learning rate"
-                    )
-                with torch.no_grad():
-                    for p, v in zip(params.values(), snap):
-                        p.copy_(v)
-                for group in optimizer.param_groups:
-                    group["lr"] *= 0.5
-                log.warning("update %d left K indefinite: undone, learning rate halved", step)
-        else:
-            set_grads()
-            optimizer.step()
-        scheduler.step()
-        if (step + 1) % config.log_every == 0 or step + 1 == config.n_updates:
-            record(step + 1)
-            if checkpoint is not None:
-                checkpoint(loop_state(step + 1))
-            if callback is not None:
-                callback(step + 1, model)
-    for p in params.values():
-        p.grad = None
-    log.info("trained %s for %d updates: loglik %.6g", method, config.n_updates, history["loglik"][-1])
-    history["n_updates"] = config.n_updates
-    return history
 
 
 def _pack(model: GaussianRBM) -> np.ndarray:

@@ -32,27 +32,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _child import ONE_THREAD, run_child
+
 HERE = Path(__file__).resolve().parent
 L, CHAINS, MD_STEPS, TRAJ, KAPPA, LAM, EVERY = 32, 64, 10, 1.0, 0.21, 0.022, 10
-ENV = {**os.environ, **{v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+ENV = {**os.environ, **ONE_THREAD}
 
 
 def _child_cpu(cmd: list[str], src: Path | None = None) -> tuple[float, str]:
     """CPU seconds (user + system) and stdout of ``cmd``; ``src``: put that source tree first on PYTHONPATH."""
     env = ENV if src is None else {**ENV, "PYTHONPATH": os.pathsep.join([str(src), *ENV.get("PYTHONPATH", "").split(os.pathsep)])}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out, cpu = run_child(cmd, env)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), out.stdout
+    return cpu, out.stdout
 
 
 def compile_reference(tmp: Path) -> Path | None:

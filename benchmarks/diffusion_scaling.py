@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from _child import run_child
 
 
 def lftml(*args: str) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([sys.executable, "-m", "lftml", *args], check=True, capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """``python -m lftml args`` on one thread: its JSON output (with ``--json``) and ``_cpu_s``."""
+    out, cpu = run_child([sys.executable, "-m", "lftml", *args])
+    if out.returncode != 0:
+        raise RuntimeError(f"lftml {' '.join(args)} failed ({out.returncode}): {out.stderr[-2000:]}")
     res = json.loads(out.stdout) if "--json" in args else {}
-    res["_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    res["_cpu_s"] = cpu
     return res
 
 

@@ -30,15 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _child import run_child
 
 LAM = 0.022
 OBS = ("kurtosis", "abs_magnetisation", "susceptibility", "binder", "action_density")
@@ -60,12 +58,8 @@ def hmc_args(L: int, kappa: float) -> list[str]:
 
 def cli(*args: str, json_out: bool = True) -> tuple[Any, float]:
     """Run ``python -m lftml args`` under nice with one thread; returns (parsed JSON or None, CPU s)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = ["nice", "-n", "10", sys.executable, "-m", "lftml", *args] + (["--json"] if json_out else [])
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    p, cpu = run_child(cmd)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr[-2000:]}")
     out = None

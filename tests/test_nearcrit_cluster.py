@@ -129,6 +129,30 @@ def test_union_find_labels_are_the_connected_components_of_the_scipy_path(kind, 
     assert not torch.equal(outs[True][0], phi)  # a move that flipped nothing would pass trivially
 
 
+def test_bond_decision_without_expm1_equals_the_plain_comparison_at_the_boundary():
+    """The kernel decides ``u < -expm1(-2J)`` by bounds first and calls expm1 only inside the band.
+    At u = p and one ulp either side of p (the hardest cases), and at random u, for 2J from 1e-9 to 60,
+    its decision must be the plain comparison's. Bugs caught: a bound on the wrong side of p (e.g. the
+    upper bound y - y^2/2, which is the lower one), a missing safety margin, <= for <."""
+    from lftml.samplers import fused
+
+    if not fused.available():
+        pytest.skip("numba is not installed: the scipy path compares directly")
+    from lftml.samplers._cluster_kernels import bond_active
+
+    rng = np.random.default_rng(5)
+    y = np.concatenate([np.geomspace(1e-9, 60.0, 4001), rng.uniform(0.0, 3.0, 4000), [0.0, 1.0]])
+    p = -np.expm1(-y)
+    us = [p, np.nextafter(p, 0.0), np.nextafter(p, 1.0), rng.random(y.size), p * (1 - 1e-13), p * (1 + 1e-13)]
+    n_band = 0
+    for u in us:
+        u = np.clip(u, 0.0, np.nextafter(1.0, 0.0))
+        for ui, yi in zip(u, y):
+            assert bond_active(ui, -yi) == (ui < -math.expm1(-yi)), (ui, yi)
+        n_band += int(np.sum(np.abs(u - p) <= 1e-12 * p))
+    assert n_band > 4 * y.size  # the boundary cases were really tested
+
+
 def test_cluster_move_refuses_an_action_without_the_embedding():
     class NoHopping:
         """A theory without the phi^4 form (no coefficients): e.g. a general potential."""

@@ -15,6 +15,8 @@ Every comparison is a z-score with the Gamma-method error (chains as replicas), 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,17 @@ def test_eager_hmc_dH_satisfies_the_exact_equilibrium_identities(eager_chain):
     assert 0.5 < float(np.mean(rec["p_acc"])) < 0.95  # premise: many rejections, so the accept step matters
     _z(np.exp(-dH), 1.0, "<exp(-dH)>")
     _z(rec["p_acc"] - 2.0 * (dH < 0), 0.0, "<min(1, exp(-dH))> - 2 P(dH < 0)")
+
+
+def test_acceptance_probability_is_min_1_exp_minus_dH_on_both_info_paths():
+    """HMC._info has a numpy path (CPU float64, the common case) and a torch path (GPU, autograd);
+    both must give min(1, exp(-dH)) with a NaN dH (a diverged trajectory) as probability 0. Catches a
+    missing clamp at 1 (the run's step-size adaptation and <acceptance> would read values > 1) on
+    either path; the chain-level identity above sees only the numpy path."""
+    dH = torch.tensor([-2.0, -1e-3, 0.0, 0.5, 3.0, math.inf, math.nan], dtype=torch.float64)
+    expected = np.array([1.0, 1.0, 1.0, math.exp(-0.5), math.exp(-3.0), 0.0, 0.0])
+    accept = torch.zeros(dH.shape, dtype=torch.bool)
+    fast = HMC._info(dH, accept)["acceptance_probability"]
+    slow = HMC._info(dH.clone().requires_grad_(True), accept)["acceptance_probability"].detach()
+    np.testing.assert_allclose(fast.numpy(), expected, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(slow.numpy(), expected, rtol=1e-15, atol=0)

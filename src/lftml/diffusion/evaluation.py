@@ -204,12 +204,19 @@ def independence_metropolis(log_w: np.ndarray, rng: np.random.Generator) -> tupl
 
 def metropolis_acceptance(log_w: np.ndarray, rng: np.random.Generator) -> "Estimate":
     """Acceptance of the independence-Metropolis chain over ``log_w`` (see
-    :func:`independence_metropolis`) as a Gamma-method ``lftml.stats.Estimate``:
-    the accept indicator of step j (proposal j taken) is autocorrelated, rejections come in runs
-    while the chain sits on a high-weight state, so its error needs tau_int, not sqrt(p(1-p)/N)."""
+    :func:`independence_metropolis`) as a Gamma-method ``lftml.stats.Estimate``
+    (:func:`chain_acceptance` of the chain it runs)."""
+    idx, _ = independence_metropolis(log_w, rng)
+    return chain_acceptance(idx)
+
+
+def chain_acceptance(idx: np.ndarray) -> "Estimate":
+    """Acceptance of an independence-Metropolis chain given by its ``index`` (as returned by
+    :func:`independence_metropolis`), with its Gamma-method error: the accept indicator of step j
+    (proposal j taken) is autocorrelated, rejections come in runs while the chain sits on a
+    high-weight state, so its error needs tau_int, not sqrt(p(1-p)/N)."""
     from lftml.stats import gamma_method
 
-    idx, _ = independence_metropolis(log_w, rng)
     return gamma_method((np.diff(idx) != 0).astype(np.float64))
 
 

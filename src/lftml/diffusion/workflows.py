@@ -295,7 +295,7 @@ def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, 
     ``diffusion_metropolis``)."""
     import contextlib
 
-    from lftml.diffusion.evaluation import autocorrelation_comparison, independence_metropolis, metropolis_acceptance
+    from lftml.diffusion.evaluation import autocorrelation_comparison, chain_acceptance, independence_metropolis
     from lftml.diffusion.model import load_model
     from lftml.diffusion.sampling import generate
     from lftml.theories import theory_from_dict
@@ -316,9 +316,8 @@ def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, 
                        probes=probes, network_below=network_below)
         phi, log_w = res.configs, res.log_weights
         S = theory.action(torch.as_tensor(phi, dtype=torch.float64)).numpy()
-        idx, acc = independence_metropolis(log_w, _chain_rng(seed))
-        # the same chain again (same stream), for the Gamma-method error of its acceptance
-        acc_error = metropolis_acceptance(log_w, _chain_rng(seed)).error
+        idx, acc = independence_metropolis(log_w, np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1]))
+        acc_error = chain_acceptance(idx).error  # Gamma method over the chain's accept indicator
         V = int(np.prod(model.lattice_shape))
         M_gen = phi.reshape(n, -1).mean(axis=1)
         result = {"n_proposals": n, "weights": weights, "exact": weights == "path", "acceptance": acc,
@@ -364,11 +363,6 @@ def _read_hmc_chain(model: Any, hmc: str | Path) -> tuple[np.ndarray, float | No
         acc_hmc = float(np.mean(ens.records["accepted"])) if "accepted" in ens.records and ens.records["accepted"].size else None
         every = (ens.metadata.get("sampler") or {}).get("every")
     return M_hmc, acc_hmc, every
-
-
-def _chain_rng(seed: int) -> np.random.Generator:
-    """The Metropolis accept/reject stream of ``seed`` (independent of the proposals' stream)."""
-    return np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
 
 
 def _metropolis_estimates(M_gen: np.ndarray, s: np.ndarray, idx: np.ndarray, log_w: np.ndarray,

@@ -577,10 +577,9 @@ def _train_locked(stop, x_np, out, ckpt, config, cfg_net, lattice_shape, dev, th
     run = _start_run(model, x_all, f_all, ps_data, seeds, config, cfg_net, ckpt, ctx, dev, resume)
     end_step = config.steps if max_steps_this_call is None else min(config.steps, run.start_step + max_steps_this_call)
     wall_before = float(model.info.get("wall_seconds_before_resume", 0.0))
-    wall0 = _run_updates(run, stop, end_step, wall_before, resume=resume, progress=progress, heldout=heldout,
-                         monitor_every=monitor_every)
-    wall = wall_before + time.perf_counter() - wall0
-    return _finish_run(run, out, wall, (time.perf_counter() - wall0) / max(1, end_step - run.start_step))
+    elapsed = _run_updates(run, stop, end_step, wall_before, resume=resume, progress=progress, heldout=heldout,
+                           monitor_every=monitor_every)
+    return _finish_run(run, out, wall_before + elapsed, elapsed / max(1, end_step - run.start_step))
 
 
 def _tsm_force(target: str, theory: dict | None, x_np: np.ndarray, scale: float) -> tuple[str, torch.Tensor | None]:
@@ -736,7 +735,7 @@ def _run_updates(run: _Run, stop: dict, end_step: int, wall_before: float, *, re
                  heldout: np.ndarray | None, monitor_every: int) -> float:
     """Updates ``run.start_step .. end_step`` with divergence checks, EMA, the held-out monitor and
     periodic checkpoints; a stop request or a second signal ends it with :class:`TrainingInterrupted`.
-    Returns the ``time.perf_counter()`` at which the updates started."""
+    Returns the seconds they took."""
     config, ctx = run.config, run.ctx
     bar = None
     if progress and ctx.is_writer:
@@ -771,7 +770,7 @@ def _run_updates(run: _Run, stop: dict, end_step: int, wall_before: float, *, re
     finally:
         if bar is not None:
             bar.close()
-    return wall0
+    return time.perf_counter() - wall0
 
 
 def _finish_run(run: _Run, out: Path, wall: float, seconds_per_step: float) -> TrainResult:

@@ -176,22 +176,17 @@ def _write_plan(out: Path, spec: ScanSpec, planned: list[tuple[PointTask, dict[s
               "fixed_resolved": _common(planned), "points": [t.name for t, _ in planned]}
     try:
         write_config(out, config)
-    except BaseException:
-        if created:
-            _undo_new_folder(out, lock)
-        raise
-    points = index["points"]
-    parameters = {p.name: p.parameters for p in spec.points()}
-    for task, resolved in planned:
-        entry = points.get(task.name, {})
-        points[task.name] = {
-            "file": Path(task.path).name, "parameters": _plain(parameters[task.name]),
-            "options": resolved, "command": task.command_line(), "status": statuses[task.name],
-            "n_configs": entry.get("n_configs"), **{k: entry[k] for k in ("acceptance", "wall_time_s") if k in entry},
-        }
-        points[task.name].pop("error", None)
-    index.update(format=FORMAT, format_version=1, command=spec.command, lftml_version=lftml.__version__)
-    try:
+        points = index["points"]
+        parameters = {p.name: p.parameters for p in spec.points()}
+        for task, resolved in planned:
+            entry = points.get(task.name, {})
+            points[task.name] = {
+                "file": Path(task.path).name, "parameters": _plain(parameters[task.name]),
+                "options": resolved, "command": task.command_line(), "status": statuses[task.name],
+                "n_configs": entry.get("n_configs"), **{k: entry[k] for k in ("acceptance", "wall_time_s") if k in entry},
+            }
+            points[task.name].pop("error", None)
+        index.update(format=FORMAT, format_version=1, command=spec.command, lftml_version=lftml.__version__)
         write_index(out, index)
     except BaseException:
         if created:

@@ -4,6 +4,8 @@ turns :class:`lftml.errors.LftmlError` into a one-line message and exit status 2
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import typer
 from typer.core import TyperGroup
@@ -78,7 +80,30 @@ def main(argv: list[str] | None = None) -> None:
     from lftml.devices import keep_freed_memory
 
     keep_freed_memory()  # torch's MB-sized CPU buffers otherwise cost a page-fault storm per use
-    app(args=argv, prog_name="lftml")
+    try:
+        app(args=argv, prog_name="lftml")
+    except SystemExit as exc:
+        if exc.code == 130:
+            _exit_interrupted()
+        raise
+
+
+def _exit_interrupted() -> None:
+    """Exit with status 130 after an interrupt the command has already cleaned up after.
+
+    Under ``python -m`` CPython (3.11) ends the process with SIGINT, not with the status passed to
+    ``sys.exit``, once a ``KeyboardInterrupt`` has passed out of any ``exec`` of a string, even one
+    caught later: a SIGTERM landing in a dataclass being created by a lazy import (torch imports
+    torch._dynamo on the first optimizer) made ``lftml rbm train`` exit -2 instead of 130 now and
+    then. Every writer has released its lock and removed its temporary files by now, so the
+    streams are flushed and the process leaves with ``os._exit(130)``.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,7 @@ def _fit(tgt, config, *, resume: bool, out: Path, seed: int, progress: bool, ini
     from lftml.rbm.workflows import TrainingInterrupted, run_training
     from lftml.safeio import OutputLock, interrupts_as_keyboard_interrupt
 
+    before = _file_identity(out)
     try:
         with OutputLock(out, "model"), interrupts_as_keyboard_interrupt():
             if resume:
@@ -201,7 +202,22 @@ def _fit(tgt, config, *, resume: bool, out: Path, seed: int, progress: bool, ini
     except TrainingInterrupted as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # outside the training loop: while setting up, or after the model was saved
+        if _file_identity(out) == before:
+            typer.echo(f"interrupted before training: nothing was written ({out} untouched); rerun the command", err=True)
+        else:
+            typer.echo(f"interrupted after training: the complete model was written to {out}", err=True)
+        raise typer.Exit(130) from None
     return model, summary
+
+
+def _file_identity(path: Path) -> Optional[tuple[int, int, int]]:
+    """(inode, size, mtime) of ``path``, None if absent: an atomic save always changes it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _report_trained(summary: dict, *, method: str, out: Path, as_json: bool) -> None:

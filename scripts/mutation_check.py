@@ -173,6 +173,12 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("SW bond test: no safety margin on the bounds", "lftml/samplers/_cluster_kernels.py",
      "    if u < lo * (1.0 - 1e-12):", "    if u < lo:",
      "tests/test_nearcrit_cluster.py::test_bond_decision_without_expm1_equals_the_plain_comparison_at_the_boundary"),
+    ("SW flips (numba): each site reads its own uniform, not its cluster's", "lftml/samplers/_cluster_kernels.py",
+     "            if site_u[r] < 0.5:", "            if site_u[c * V + x] < 0.5:",
+     "tests/test_nearcrit_cluster.py::test_union_find_labels_are_the_connected_components_of_the_scipy_path"),
+    ("SW flips (numba): mean cluster size over the clusters, not over the sites", "lftml/samplers/_cluster_kernels.py",
+     "            total += counts[r]", "            total += counts[r] if r == c * V + x else 0",
+     "tests/test_nearcrit_cluster.py::test_union_find_labels_are_the_connected_components_of_the_scipy_path"),
 ]
 
 

@@ -125,7 +125,8 @@ def test_union_find_labels_are_the_connected_components_of_the_scipy_path(kind, 
         new, info = move.flip(phi, ChainRNG.from_seed(11, 5, purpose=1))
         outs[use] = (new, info)
     assert torch.equal(outs[True][0], outs[False][0])
-    assert torch.equal(outs[True][1]["cluster_size"], outs[False][1]["cluster_size"])
+    for key in ("cluster_size", "flipped_fraction"):
+        assert torch.equal(outs[True][1][key], outs[False][1][key])
     assert not torch.equal(outs[True][0], phi)  # a move that flipped nothing would pass trivially
 
 

@@ -74,3 +74,28 @@ def smallest_site_roots(x, u, c_hop, src, dst):
     for i in range(n * V):  # parent[i] < i already points at its root: one forward pass compresses all
         parent[i] = parent[parent[i]]
     return parent
+
+
+@_jit
+def sw_flips(labels, site_u, sign, size, frac):
+    """Swendsen-Wang's decisions for ``n`` chains of ``V`` sites (``sign`` ``(n, V)``): site i gets
+    ``-1`` when ``site_u[labels[i]] < 1/2`` (the uniform of its cluster's smallest site), else ``+1``;
+    ``size[c]`` the mean over chain c's sites of the size of their cluster (sum_c |c|^2 / V),
+    ``frac[c]`` the fraction flipped. Integer counts, so the same numbers as the numpy path bit for bit."""
+    n, V = sign.shape
+    counts = np.zeros(n * V, dtype=np.int64)
+    for i in range(n * V):
+        counts[labels[i]] += 1
+    for c in range(n):
+        total = 0
+        flipped = 0
+        for x in range(V):
+            r = labels[c * V + x]
+            total += counts[r]
+            if site_u[r] < 0.5:
+                sign[c, x] = -1.0
+                flipped += 1
+            else:
+                sign[c, x] = 1.0
+        size[c] = total / V
+        frac[c] = flipped / V

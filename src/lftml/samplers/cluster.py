@@ -58,7 +58,8 @@ def bond_probability(c_hop: float, abs_x: np.ndarray, abs_y: np.ndarray) -> np.n
 
 @lru_cache(maxsize=32)
 def _bonds(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``(src, dst)``, each ``(d V,)``: bond mu*V + x joins site x to x + mu (C order, periodic)."""
+    """``(src, dst)``, each ``(d V,)``: bond mu*V + x joins site x to x + mu (C order, periodic).
+    Cached per shape: every move of a run shares the same two arrays (do not modify them)."""
     idx = np.arange(int(np.prod(shape))).reshape(shape)
     src = np.concatenate([idx.ravel()] * len(shape))
     dst = np.concatenate([np.roll(idx, -1, axis=mu).ravel() for mu in range(len(shape))])
@@ -68,6 +69,39 @@ def _bonds(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
 _USE_NUMBA = True  # tests switch it off to compare the two paths
 
 
+def _kernels() -> Any:
+    """:mod:`lftml.samplers._cluster_kernels` where numba runs (compiled once), else None (numpy/scipy paths)."""
+    global _USE_NUMBA
+    if not _USE_NUMBA:
+        return None
+    from lftml.samplers import fused
+
+    if not fused.available():
+        return None
+    try:
+        fused._compiled()  # sets numba's cache folder (the user's cache, not the source tree)
+        from lftml.samplers import _cluster_kernels
+
+        return _cluster_kernels
+    except Exception:  # noqa: BLE001  (a broken numba install must not stop a run)
+        _USE_NUMBA = False  # do not retry the import/compile on every move
+        return None
+
+
+def _sw_flips(labels: np.ndarray, site_u: np.ndarray, n: int, V: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Swendsen-Wang's decisions from the cluster labels: ``(sign (n, V), mean cluster size (n,), flipped
+    fraction (n,))``; cluster c flips when the uniform of its smallest site, ``site_u[c]``, is < 1/2. The
+    mean size is the one of the cluster containing a site, sum_c |c|^2 / V."""
+    kernels = _kernels()
+    if kernels is not None:
+        sign, size, frac = np.empty((n, V)), np.empty(n), np.empty(n)
+        kernels.sw_flips(labels, site_u, sign, size, frac)
+        return sign, size, frac
+    sizes = np.bincount(labels, minlength=n * V)
+    flip = (site_u[labels] < 0.5).reshape(n, V)
+    return np.where(flip, -1.0, 1.0), (sizes[labels].reshape(n, V)).mean(axis=1), flip.mean(axis=1)
+
+
 def _labels(x: np.ndarray, u_bonds: np.ndarray, c_hop: float, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Label of every global site ``chain * V + x`` of the field ``x`` ``(n, V)``: the smallest global site
     of its cluster. Bond b (``src[b]`` -> ``dst[b]``) is active when its signs agree and
@@ -75,20 +109,10 @@ def _labels(x: np.ndarray, u_bonds: np.ndarray, c_hop: float, src: np.ndarray, d
 
     Union-find in numba (:mod:`lftml.samplers._cluster_kernels`) where it can run, else connected
     components through scipy; both give the same labels (tested)."""
-    global _USE_NUMBA
     n, V = x.shape
-    if _USE_NUMBA:
-        from lftml.samplers import fused
-
-        if fused.available():
-            try:
-                fused._compiled()  # sets numba's cache folder (the user's cache, not the source tree)
-                from lftml.samplers._cluster_kernels import smallest_site_roots
-
-                return smallest_site_roots(np.ascontiguousarray(x), np.ascontiguousarray(u_bonds), float(c_hop),
-                                           src, dst)
-            except Exception:  # noqa: BLE001  (a broken numba install must not stop a run)
-                _USE_NUMBA = False  # do not retry the import/compile on every move
+    kernels = _kernels()
+    if kernels is not None:
+        return kernels.smallest_site_roots(np.ascontiguousarray(x), np.ascontiguousarray(u_bonds), float(c_hop), src, dst)
     a, up = np.abs(x), x >= 0
     active = (up[:, src] == up[:, dst]) & (u_bonds < bond_probability(c_hop, a[:, src], a[:, dst]))
     chain, bond = np.nonzero(active)
@@ -147,19 +171,14 @@ class ClusterMove:
         x = phi.detach().to(torch.float64).cpu().numpy().reshape(n, V)
         src, dst = _bonds(shape)
         labels = _labels(x, u[:, : d * V], c_hop, src, dst)  # the smallest global site of each cluster
-        sizes = np.bincount(labels, minlength=n * V)
         if self.kind == "sw":
-            site_u = u[:, d * V:].ravel()
-            flip = (site_u[labels] < 0.5).reshape(n, V)
-            size = (sizes[labels].reshape(n, V)).mean(axis=1)
+            sign, size, frac = _sw_flips(labels, np.ascontiguousarray(u[:, d * V:]).ravel(), n, V)
         else:
+            sizes = np.bincount(labels, minlength=n * V)
             seed = np.minimum((u[:, d * V] * V).astype(np.int64), V - 1)
             seed_label = labels[np.arange(n) * V + seed]
             flip = labels.reshape(n, V) == seed_label[:, None]
-            size = sizes[seed_label].astype(np.float64)
-        sign = torch.from_numpy(np.where(flip, -1.0, 1.0).reshape(n, *shape)).to(device=phi.device, dtype=phi.dtype)
-        info = {
-            "cluster_size": torch.from_numpy(np.asarray(size, dtype=np.float64)),
-            "flipped_fraction": torch.from_numpy(flip.mean(axis=1)),
-        }
-        return phi * sign, info
+            sign, size, frac = np.where(flip, -1.0, 1.0), sizes[seed_label].astype(np.float64), flip.mean(axis=1)
+        sign_t = torch.from_numpy(sign.reshape(n, *shape)).to(device=phi.device, dtype=phi.dtype)
+        info = {"cluster_size": torch.from_numpy(np.asarray(size, dtype=np.float64)), "flipped_fraction": torch.from_numpy(frac)}
+        return phi * sign_t, info

@@ -129,6 +129,30 @@ def test_interrupt_at_a_chosen_configuration_keeps_the_last_checkpoint(tmp_path,
     assert _same(out, clean)
 
 
+def test_interrupt_line_offers_resume_only_where_the_command_has_it(tmp_path, monkeypatch):
+    """The catch-all interrupt line said "use --resume to continue" after any command, also after
+    `analyze`, which has no --resume (the user's retry then fails with a usage error). Now the line
+    names --resume for a command that has it (hmc) and says to rerun the others."""
+    out = tmp_path / "a.h5"
+    with inject("append", 5, "interrupt"):
+        res = run_cli("hmc", *ARGS, "--n-configs", N, "--out", out)
+    assert res.exit_code == 130 and "--resume" in res.stderr
+    import lftml.analysis
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lftml.analysis, "analyze", interrupted)
+    res = run_cli("analyze", out)
+    assert res.exit_code == 130
+    assert res.stderr.strip() == "interrupted: every output is written whole or not at all; rerun the command"
+    import lftml.diffusion.workflows  # a command inside a group (`diffusion train` has --resume)
+
+    monkeypatch.setattr(lftml.diffusion.workflows, "train_from_file", interrupted)
+    res = run_cli("diffusion", "train", "--data", out, "--out", tmp_path / "m.pt")
+    assert res.exit_code == 130 and "--resume" in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("signal_name", ["sigterm", pytest.param("sigint", marks=pytest.mark.slow)])
 def test_real_signal_at_a_chosen_configuration(tmp_path, clean, signal_name):
     """A real signal delivered to a subprocess at configuration 7 (no sleeps): exit 130, one line,

@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from lftml.cli.common import UsageError, normalize_argv
 from lftml.errors import LftmlError
 
+
 def _usage_error(ctx: typer.Context, exc: UsageError) -> None:
     """A click usage error as one line (``error: ...; see 'lftml CMD --help'``), exit status 2."""
     where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
@@ -46,9 +47,29 @@ class _Group(TyperGroup):
         except MemoryError:
             typer.echo("error: out of memory; use a smaller lattice, fewer chains or a smaller batch", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            typer.echo("interrupted: output files hold everything completed so far (use --resume to continue)", err=True)
+        except KeyboardInterrupt:  # a command without its own interrupt message
+            leaf = ctx.meta.get(_LEAF)
+            if leaf is not None and any(p.name == "resume" for p in leaf.params):
+                typer.echo("interrupted: the output file holds everything completed so far (continue with the same "
+                           "command plus --resume)", err=True)
+            else:
+                typer.echo("interrupted: every output is written whole or not at all; rerun the command", err=True)
             ctx.exit(130)
+
+    def resolve_command(self, ctx, args):  # type: ignore[override]
+        """Also note the command that will run (through sub-groups: ``rbm train``) for the interrupt message."""
+        name, cmd, rest = super().resolve_command(ctx, args)
+        leaf, tail = cmd, list(rest)
+        while hasattr(leaf, "get_command") and tail and not tail[0].startswith("-"):  # a group (typer vendors click)
+            sub = leaf.get_command(ctx, tail[0])
+            if sub is None:
+                break
+            leaf, tail = sub, tail[1:]
+        ctx.meta[_LEAF] = leaf
+        return name, cmd, rest
+
+
+_LEAF = "lftml.command"  # ctx.meta key (meta is shared by a context and its children)
 
 
 app = typer.Typer(

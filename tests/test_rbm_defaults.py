@@ -4,8 +4,8 @@ guards of issues 10-12 (unbounded likelihood, runaway divergence, interrupts, an
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 
 import numpy as np
 import pytest

@@ -180,5 +180,5 @@ class ClusterMove:
             flip = labels.reshape(n, V) == seed_label[:, None]
             sign, size, frac = np.where(flip, -1.0, 1.0), sizes[seed_label].astype(np.float64), flip.mean(axis=1)
         sign_t = torch.from_numpy(sign.reshape(n, *shape)).to(device=phi.device, dtype=phi.dtype)
-        info = {"cluster_size": torch.from_numpy(np.asarray(size, dtype=np.float64)), "flipped_fraction": torch.from_numpy(frac)}
+        info = {"cluster_size": torch.from_numpy(size), "flipped_fraction": torch.from_numpy(frac)}  # float64 (n,)
         return phi * sign_t, info

@@ -179,6 +179,20 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("SW flips (numba): mean cluster size over the clusters, not over the sites", "lftml/samplers/_cluster_kernels.py",
      "            total += counts[r]", "            total += counts[r] if r == c * V + x else 0",
      "tests/test_nearcrit_cluster.py::test_union_find_labels_are_the_connected_components_of_the_scipy_path"),
+    ("undo journal: pages below the old size written in place at once (no journal)", "lftml/undo.py",
+     "        split = min(max(pos, self._old), end)", "        split = pos",
+     "tests/test_undo.py::test_a_kill_before_any_file_operation_of_a_flush_is_undone_to_the_byte"),
+    ("undo journal: pages written before their old content is journaled", "lftml/undo.py",
+     "        if records:\n            _pwrite(self._jfd, records,",
+     "        for page, content in sorted(self._dirty.items()):\n            _pwrite(self._fd, content, page * PAGE)\n"
+     "        if records:\n            _pwrite(self._jfd, records,",
+     "tests/test_undo.py::test_a_kill_before_any_file_operation_of_a_flush_is_undone_to_the_byte"),
+    ("recovery: a reader undoes the flush of a live writer in another process", "lftml/ensemble.py",
+     "            return False  # a live writer", "            return rollback(path)  # a live writer",
+     "tests/test_undo.py::test_a_reader_undoes_a_dead_writers_flush_but_never_a_live_one"),
+    ("recovery: a reader undoes the flush in progress in its own process", "lftml/ensemble.py",
+     "    if not journal_path(path).exists() or in_progress_here(path):", "    if not journal_path(path).exists():",
+     "tests/test_scan_faults.py::test_live_reader_while_the_scan_writes_its_second_point"),
 ]
 
 

@@ -9,7 +9,7 @@ Points (what a writer does)::
     flush       EnsembleWriter._flush           one call per flush of an ensemble
     h5write     h5py.Dataset.__setitem__         every dataset write (rows, checkpoints)
     fsync       lftml.ensemble._fsync           the fsync that precedes moving the counters
-    reserve     lftml.ensemble.reserve_space    the space reservation before a flush
+    reserve     lftml.undo._reserve             the space reservation before a flush
     replace     os.replace                      atomic renames (new files, one-shot writers)
     h5open      lftml.ensemble.h5open           every open of an ensemble file
     <mod>:<attr>  any other function, e.g. "lftml.diffusion.training:save_checkpoint"
@@ -58,7 +58,7 @@ _POINTS: dict[str, tuple[str, str]] = {
     "flush": ("lftml.ensemble", "EnsembleWriter._flush"),
     "h5write": ("h5py", "Dataset.__setitem__"),
     "fsync": ("lftml.ensemble", "_fsync"),
-    "reserve": ("lftml.ensemble", "reserve_space"),
+    "reserve": ("lftml.undo", "_reserve"),
     "replace": ("os", "replace"),
     "h5open": ("lftml.ensemble", "h5open"),
 }

@@ -14,19 +14,22 @@ Layout (``format = "lftml-ensemble"``, ``format_version = 1``)::
     attrs: format, format_version, metadata (JSON), n_configs, n_records, lattice_shape, n_chains,
            checkpoint (name of the current checkpoint group or ""), wall_time_s
 
-Crash safety: rows beyond the ``n_configs`` / ``n_records`` attributes are not part of the
-ensemble (a run killed between writing rows and updating the counters loses only those rows); the
-file is opened, appended and closed for each flush, so the window in which a kill could damage
-HDF5's own metadata is the few milliseconds of a flush. The checkpoint is double-buffered and only
-becomes current after its data are written. One-shot writers (:func:`write_ensemble`) write a
-temporary file and rename it, so they never leave a half-written file under the target name.
+Crash safety: every change to an existing file (a flush, a metadata update, the trim of a resume)
+goes through :func:`lftml.undo.atomic_update`, an undo journal under HDF5: it reaches the file whole
+or not at all, however the process ends (SIGKILL included). HDF5 rewrites its own metadata in place,
+so without it a kill inside a flush can leave a file that opens but cannot grow. A journal left by a
+kill is undone by the next writer (which holds the file's lock) or reader (which takes the lock for
+the rollback, unless a live writer holds it). Rows beyond the ``n_configs`` / ``n_records``
+attributes are not part of the ensemble. The checkpoint is double-buffered and only becomes current
+after its data are written. One-shot writers (:func:`write_ensemble`) write a temporary file and
+rename it, so they never leave a half-written file under the target name.
 
 Full disks and write errors: before a flush the writer reserves room for it (``posix_fallocate``
 beyond the file's end; HDF5 writes into the reserved tail and truncates it away on close), so a
 full disk is refused cleanly before HDF5 has written anything. Each flush writes rows and the new
 checkpoint, flushes and ``fsync``s them, and only then moves the committed counters and the
-checkpoint pointer: the counters never name rows that have not reached the disk. Any write error
-becomes one-line :class:`~lftml.errors.LftmlError`; the file stays at its last flushed state.
+checkpoint pointer, so a reader of a live file never sees counters that name rows not yet written.
+Any write error undoes the flush and becomes one-line :class:`~lftml.errors.LftmlError`.
 
 Readers and writers open the file with HDF5's own file locking off: the writer is protected from a
 second writer by :class:`lftml.safeio.OutputLock`, and a reader of a live file (``lftml analyze``
@@ -38,7 +41,6 @@ never blocks or kills the writer. The store keeps data: callers measure observab
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -55,6 +57,7 @@ import torch
 import lftml
 from lftml.errors import FileFormatError, LftmlError
 from lftml.safeio import write_error
+from lftml.undo import atomic_update, in_progress_here, journal_path, rollback
 from lftml.theories.base import Theory, theory_from_dict
 
 log = logging.getLogger(__name__)
@@ -151,7 +154,37 @@ def _not_hdf5_reason(path: Path) -> str:
         return "is not an HDF5 file (it is a NumPy .npy array)"
     if head != _HDF5_SIGNATURE:
         return "is not an HDF5 file"
+    if journal_path(path).exists():
+        return ("cannot be read: a write to it was interrupted and could not be undone yet; open it once "
+                "with write permission to the file and its folder, and no lftml process writing it")
     return "is an HDF5 file that cannot be read; it is damaged (truncated or overwritten)"
+
+
+def recover(path: str | os.PathLike) -> bool:
+    """Undo a write to ``path`` that a kill interrupted (its undo journal is still there), when no live
+    writer holds the file; returns True when the file was restored.
+
+    Safe to call from a reader: with a live writer (the journal is that of a flush in progress) it
+    does nothing; otherwise it takes the file's lock for the rollback, so no writer starts meanwhile."""
+    from lftml.safeio import OutputLock
+
+    path = Path(path)
+    if not journal_path(path).exists() or in_progress_here(path):
+        return False
+    try:
+        if OutputLock.held_by_this_process(path):
+            return rollback(path)
+        try:
+            lock = OutputLock(path, "recovery").acquire()
+        except LftmlError:
+            return False  # a live writer: readers read its committed prefix, as always
+        try:
+            return rollback(path)
+        finally:
+            lock.release()
+    except OSError as exc:  # e.g. a read-only file or folder: read what is there
+        log.warning("%s: an interrupted write could not be undone (%s)", path, exc.strerror or exc)
+        return False
 
 
 def open_checked(path: str | os.PathLike, mode: str) -> h5py.File:
@@ -167,6 +200,7 @@ def open_checked(path: str | os.PathLike, mode: str) -> h5py.File:
         raise FileFormatError(f"ensemble file {path} does not exist")
     if path.is_dir():
         raise FileFormatError(f"ensemble file {path} is a directory, expected a file")
+    recover(path)
     try:
         f = h5open(path, mode)
     except OSError:
@@ -189,27 +223,6 @@ def open_checked(path: str | os.PathLike, mode: str) -> h5py.File:
 
 
 _open_checked = open_checked  # old private name, kept for callers not yet updated
-
-
-def reserve_space(path: str | os.PathLike, n_bytes: int) -> None:
-    """Make sure the file system holds ``n_bytes`` more for ``path`` (allocated beyond its end).
-
-    Raises one-line :class:`LftmlError` (e.g. "no space left on the device") before anything is
-    written. A no-op where the file system cannot preallocate."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as exc:
-        raise write_error(exc, path) from None
-    try:
-        os.posix_fallocate(fd, os.fstat(fd).st_size, max(int(n_bytes), 1))
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            return
-        raise write_error(exc, path) from None
-    except AttributeError:  # pragma: no cover - no posix_fallocate on this platform
-        return
-    finally:
-        os.close(fd)
 
 
 def _fsync(path: Path) -> None:
@@ -344,7 +357,7 @@ class EnsembleWriter:
                      or any(ds.shape[0] != nr for ds in f["records"].values()))
         if stale:
             try:
-                with open_checked(path, "a") as f:
+                with atomic_update(path) as f:
                     f["configs"].resize(n, axis=0)
                     for ds in f["observables"].values():
                         ds.resize(n, axis=0)
@@ -455,9 +468,7 @@ class EnsembleWriter:
 
     def _flush(self) -> None:
         n_new = sum(len(c) for c in self._configs)
-        reserve_space(self.path, self._pending_bytes())
-        f = h5open(self.path, "a")
-        try:
+        with atomic_update(self.path, reserve=self._pending_bytes()) as f:
             n0 = int(f.attrs["n_configs"])
             nr0 = int(f.attrs["n_records"])
             n_rec_new = 0
@@ -516,11 +527,6 @@ class EnsembleWriter:
             f.attrs["wall_time_s"] = float(f.attrs.get("wall_time_s", 0.0)) + self._extra_wall
             if target is not None:
                 f.attrs["checkpoint"] = target
-            f.close()
-        except BaseException:
-            _abandon(f)
-            raise
-        _fsync(self.path)
         self._n_committed += n_new
         self.discard_buffer()
         self._extra_wall = 0.0
@@ -529,8 +535,7 @@ class EnsembleWriter:
     def update_metadata(self, **items: Any) -> None:
         """Merge ``items`` into the file's JSON metadata (written immediately)."""
         try:
-            reserve_space(self.path, RESERVE_OVERHEAD_BYTES)
-            with h5open(self.path, "a") as f:
+            with atomic_update(self.path, reserve=RESERVE_OVERHEAD_BYTES) as f:
                 meta = json.loads(f.attrs["metadata"])
                 meta.update(items)
                 f.attrs["metadata"] = json.dumps(meta, default=_json_default)

@@ -153,11 +153,20 @@ class OutputLock:
     inode, so two processes can never both believe they hold it.
     """
 
+    #: Lock files held by this process (a second ``flock`` of one file in the same process fails too).
+    _held_here: set[str] = set()
+
     def __init__(self, path: str | os.PathLike, what: str = "output"):
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.what = what
         self._fd: int | None = None
+
+    @classmethod
+    def held_by_this_process(cls, path: str | os.PathLike) -> bool:
+        """Whether this process holds the lock on ``path``."""
+        path = Path(path)
+        return os.path.abspath(path.with_name(path.name + ".lock")) in cls._held_here
 
     def acquire(self) -> "OutputLock":
         import fcntl
@@ -191,12 +200,14 @@ class OutputLock:
             except OSError:
                 pass  # a full disk must not stop the lock itself; the holder is then 'unknown'
             self._fd = fd
+            OutputLock._held_here.add(os.path.abspath(self.lock_path))
             return self
         raise LftmlError(f"could not lock {self.lock_path}: it keeps being replaced")  # pragma: no cover
 
     def release(self) -> None:
         if self._fd is None:
             return
+        OutputLock._held_here.discard(os.path.abspath(self.lock_path))
         with contextlib.suppress(OSError):
             os.unlink(self.lock_path)
         with contextlib.suppress(OSError):

@@ -131,10 +131,12 @@ def expected_metadata(resolved: Mapping[str, Any]) -> dict[str, Any]:
 
 def file_state(path: str | Path) -> dict[str, Any] | None:
     """``{"n_configs", "metadata"}`` of an existing ensemble file, or None when it cannot be read
-    (e.g. a worker was killed inside one of HDF5's few-millisecond metadata writes)."""
-    from lftml.ensemble import h5open
+    (damaged by something else than a kill: a flush a kill interrupted is undone first, unless a live
+    writer holds the file)."""
+    from lftml.ensemble import h5open, recover
 
     try:
+        recover(path)
         with h5open(path, "r") as f:  # no HDF5 file lock: a live writer's flush must not fail because of us
             return {"n_configs": int(f.attrs["n_configs"]), "metadata": json.loads(f.attrs["metadata"])}
     except (OSError, KeyError, ValueError):

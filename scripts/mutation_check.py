@@ -193,6 +193,9 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     ("recovery: a reader undoes the flush in progress in its own process", "lftml/ensemble.py",
      "    if not journal_path(path).exists() or in_progress_here(path):", "    if not journal_path(path).exists():",
      "tests/test_scan_faults.py::test_live_reader_while_the_scan_writes_its_second_point"),
+    ("undo journal: no truncation to the logical end after whole pages are written", "lftml/undo.py",
+     "        if truncated or self._size < self._old:", "        if truncated:",
+     "tests/test_undo.py::test_the_file_object_reads_and_ends_as_a_plain_file_under_random_writes_and_truncations"),
 ]
 
 

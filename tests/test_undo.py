@@ -199,3 +199,42 @@ def test_a_flush_through_the_journal_writes_a_plain_hdf5_file(ensemble):
         np.testing.assert_array_equal(f["configs"][:], np.concatenate([_rows(1, 5), _rows(2, 5)]))
         np.testing.assert_array_equal(f["records/dH"][:], np.concatenate([_rows(1, 5), _rows(2, 5)])[:, :, 0, 0])
     assert os.path.getsize(ensemble) < 64 * 1024  # the reservation was cut off again
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_file_object_reads_and_ends_as_a_plain_file_under_random_writes_and_truncations(tmp_path, seed):
+    """Random writes across the old end, truncations below and above it, commit points and reads, the
+    same on a plain file: every read agrees, a commit leaves the plain file's bytes, an abort the old
+    bytes. Catches held pages served stale, a truncation carried out before its pages are journaled,
+    new bytes beyond the old end cut by a later truncation, whole pages written past the end."""
+    import random
+
+    rng = random.Random(seed)
+    ours, plain = tmp_path / "ours", tmp_path / "plain"
+    for trial in range(150):
+        base = rng.randbytes(rng.randrange(0, 30000))
+        ours.write_bytes(base)
+        plain.write_bytes(base)
+        jf = undo.JournaledFile(ours)
+        with open(plain, "r+b") as ref:
+            for _ in range(rng.randrange(1, 30)):
+                op, off = rng.random(), rng.randrange(0, 40000)
+                if op < 0.6:
+                    data = rng.randbytes(rng.randrange(1, 9000))
+                    jf.seek(off), jf.write(data), ref.seek(off), ref.write(data)
+                elif op < 0.75:
+                    jf.truncate(off), ref.truncate(off)
+                elif op < 0.85:
+                    jf.flush()
+                else:
+                    n = rng.randrange(0, 9000)
+                    jf.seek(off), ref.seek(off)
+                    assert jf.read(n) == ref.read(n), trial
+            assert jf.seek(0, 2) == ref.seek(0, 2)
+        if rng.random() < 0.5:
+            jf.commit()
+            assert ours.read_bytes() == plain.read_bytes(), trial
+        else:
+            jf.abort()
+            assert ours.read_bytes() == base, trial
+        assert not undo.journal_path(ours).exists()

@@ -150,8 +150,7 @@ class JournaledFile:
         pos, end = self._pos, min(self._pos + len(view), self._size)
         if end <= pos:
             return 0
-        data = bytearray(_pread(self._fd, end - pos, pos))
-        data.extend(b"\0" * (end - pos - len(data)))
+        data = self._base(pos, end - pos)
         for page in range(pos // PAGE, min(end, self._old) // PAGE + 1):
             content = self._dirty.get(page)
             if content is None:
@@ -178,8 +177,7 @@ class JournaledFile:
             page = offset // PAGE
             content = self._dirty.get(page)
             if content is None:
-                start = page * PAGE
-                content = bytearray(_pread(self._fd, min(PAGE, self._old - start), start))
+                content = self._base(page * PAGE, min(PAGE, self._old - page * PAGE))
                 self._dirty[page] = content
             lo = offset - page * PAGE
             hi = min(split - page * PAGE, len(content))
@@ -191,12 +189,28 @@ class JournaledFile:
         self._pos = end
         return len(view)
 
+    def _base(self, start: int, length: int) -> bytearray:
+        """The file's bytes ``[start, start + length)`` as HDF5 last left them, before the held pages:
+        what the file holds, with zeros where a truncation that is not yet carried out cut the old bytes."""
+        data = bytearray(_pread(self._fd, length, start))
+        data.extend(b"\0" * (length - len(data)))
+        if self._truncate_to is not None:
+            lo, hi = max(start, self._truncate_to), min(start + length, self._old)
+            if lo < hi:
+                data[lo - start:hi - start] = bytes(hi - lo)
+        return data
+
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else int(size)
         if size >= self._old:
             os.ftruncate(self._fd, size)
-        else:
+        else:  # the old bytes are cut at the next commit point, after the journal holds them
+            os.ftruncate(self._fd, self._old)
             self._truncate_to = size if self._truncate_to is None else min(self._truncate_to, size)
+            for page, content in self._dirty.items():  # held bytes beyond the cut are cut too
+                cut = size - page * PAGE
+                if cut < len(content):
+                    content[max(cut, 0):] = bytes(len(content) - max(cut, 0))
         self._size = size
         return size
 
@@ -204,9 +218,12 @@ class JournaledFile:
         """A commit point: journal the old content of the held pages, ``fsync`` it, write them in place."""
         if self._jfd is None:
             return
+        truncated = self._truncate_to is not None
+        if truncated:  # the cut old bytes become zeros written in place (later writes beyond stay)
+            for page in range(self._truncate_to // PAGE, (self._old + PAGE - 1) // PAGE):
+                if page not in self._dirty:
+                    self._dirty[page] = self._base(page * PAGE, min(PAGE, self._old - page * PAGE))
         pages = set(self._dirty)
-        if self._truncate_to is not None:
-            pages.update(range(self._truncate_to // PAGE, (self._old + PAGE - 1) // PAGE))
         records = bytearray()
         for page in sorted(pages - self._saved):
             start = page * PAGE
@@ -220,14 +237,12 @@ class JournaledFile:
             _fsync_dir(self.path)
             self._synced_dir = True
         self._saved |= pages
-        if self._truncate_to is not None:  # as a real truncation: the cut bytes read as zeros if the file regrows
-            os.ftruncate(self._fd, self._truncate_to)
         for page, content in sorted(self._dirty.items()):
             _pwrite(self._fd, content, page * PAGE)
         self._dirty.clear()
-        if self._truncate_to is not None:
+        self._truncate_to = None
+        if truncated or self._size < self._old:  # whole pages may have been written beyond the end
             os.ftruncate(self._fd, self._size)
-            self._truncate_to = None
 
     def close(self) -> None:  # h5py may call it; the commit is :meth:`commit`
         pass

@@ -245,15 +245,15 @@ def test_write_error_in_a_pool_worker_stops_the_scan_too(tmp_path, scan_file, re
 
 @pytest.mark.slow
 def test_live_reader_of_a_paused_scan_process(tmp_path, scan_file, reference, caplog):
-    """`lftml scan` in its own process, paused inside its second point (the engine's 16th fsync; the
-    first point takes 13): `scan-analyze DIR` here analyses the finished point, names the scan's PID
+    """`lftml scan` in its own process, paused inside its second point (the engine's 10th fsync: one at
+    creation and one per flush, so the first point takes 7): `scan-analyze DIR` here analyses the finished point, names the scan's PID
     in its warning, and the released scan finishes bit-identically."""
     from faults import Paused
 
     caplog.set_level(logging.WARNING)
     out = tmp_path / "DIR"
     (tmp_path / "ana").mkdir()
-    with Paused(tmp_path, ["scan", scan_file, "--out", out, "--cluster", "serial"], "fsync", 16) as w:
+    with Paused(tmp_path, ["scan", scan_file, "--out", out, "--cluster", "serial"], "fsync", 10) as w:
         r = run_cli("scan-analyze", out, "--out", tmp_path / "ana", "--no-figures", "--json")
         assert r.exit_code == 0, r.stderr
         assert [row["name"] for row in r.json()["points"]] == ["kappa=0.2"]

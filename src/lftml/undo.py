@@ -27,7 +27,9 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import struct
+import threading
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -331,6 +333,33 @@ def atomic_update(path: str | os.PathLike, reserve: int = 0) -> Iterator[h5py.Fi
     cuts the rest off on close), so a full disk is refused before anything is written. A clean exit commits; an exception (a full disk included) undoes every change and re-raises; a
     kill leaves a journal that :func:`rollback` undoes. Call it only while holding the file's
     :class:`~lftml.safeio.OutputLock`; an older journal is rolled back first."""
+    with _signals_deferred():
+        with _atomic_update(path, reserve) as f:
+            yield f
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block act when it ends. Inside an update HDF5 calls this
+    module's file object from C, where h5py swallows an exception (a KeyboardInterrupt would be lost and
+    the run would go on); an update takes milliseconds. Main thread only (elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if got:
+            signal.raise_signal(got[0])
+
+
+@contextmanager
+def _atomic_update(path: str | os.PathLike, reserve: int) -> Iterator[h5py.File]:
     key = os.path.abspath(path)
     if key in _active:
         raise RuntimeError(f"{path}: atomic_update does not nest")

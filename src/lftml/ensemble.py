@@ -56,7 +56,7 @@ import torch
 
 import lftml
 from lftml.errors import FileFormatError, LftmlError
-from lftml.safeio import write_error
+from lftml.safeio import OutputLock, write_error
 from lftml.undo import atomic_update, in_progress_here, journal_path, rollback
 from lftml.theories.base import Theory, theory_from_dict
 
@@ -166,8 +166,6 @@ def recover(path: str | os.PathLike) -> bool:
 
     Safe to call from a reader: with a live writer (the journal is that of a flush in progress) it
     does nothing; otherwise it takes the file's lock for the rollback, so no writer starts meanwhile."""
-    from lftml.safeio import OutputLock
-
     path = Path(path)
     if not journal_path(path).exists() or in_progress_here(path):
         return False

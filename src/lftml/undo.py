@@ -330,8 +330,9 @@ def atomic_update(path: str | os.PathLike, reserve: int = 0) -> Iterator[h5py.Fi
     """``h5py.File`` open for in-place writing whose changes reach ``path`` all or not at all.
 
     ``reserve`` bytes are allocated beyond the file's end first (HDF5 writes its new chunks there and
-    cuts the rest off on close), so a full disk is refused before anything is written. A clean exit commits; an exception (a full disk included) undoes every change and re-raises; a
-    kill leaves a journal that :func:`rollback` undoes. Call it only while holding the file's
+    cuts the rest off on close), so a full disk is refused before anything is written. A clean exit
+    commits; an exception (a full disk included) undoes every change and re-raises; a kill leaves a
+    journal that :func:`rollback` undoes. Call it only while holding the file's
     :class:`~lftml.safeio.OutputLock`; an older journal is rolled back first."""
     with _signals_deferred():
         with _atomic_update(path, reserve) as f:
@@ -367,23 +368,17 @@ def _atomic_update(path: str | os.PathLike, reserve: int) -> Iterator[h5py.File]
     jf = JournaledFile(path, reserve)
     _active.add(key)
     try:
-        try:
-            f = h5py.File(jf, "r+")
-        except BaseException:
-            jf.abort()
-            raise
+        f = h5py.File(jf, "r+")
         try:
             yield f
-            f.close()
         except BaseException:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # the caller's error is the one to report
                 f.close()
-            jf.abort()
             raise
-        try:
-            jf.commit()
-        except BaseException:
-            jf.abort()
-            raise
+        f.close()
+        jf.commit()
+    except BaseException:
+        jf.abort()
+        raise
     finally:
         _active.discard(key)

@@ -68,42 +68,61 @@ def kick(phi, pi, tmp, rows, L, coef, c_hop, two_c2, four_c4):
 
 
 @_jit
-def kick2d(phi, pi, edge, rows, L, coef, c_hop, two_c2, four_c4):
+def _band(phi, out, pi, ct0, up0, dn0, n, coef, dcoef, c_hop, two_c2, four_c4):
+    """The kick of the ``n`` sites ``ct0 ..`` whose +-1 neighbours are the next/previous flat sites and
+    whose +-e_0 neighbours start at ``up0``/``dn0``; with ``out`` (not None) also the drift that
+    follows it, ``out = phi + dcoef * pi``, written to the other buffer."""
+    ct = phi[ct0 : ct0 + n]
+    rg = phi[ct0 + 1 : ct0 + n + 1]
+    lf = phi[ct0 - 1 : ct0 + n - 1]
+    up = phi[up0 : up0 + n]
+    dn = phi[dn0 : dn0 + n]
+    pp = pi[ct0 : ct0 + n]
+    if out is None:
+        for j in range(n):
+            p = ct[j]
+            nb = ((up[j] + dn[j]) + rg[j]) + lf[j]
+            pp[j] = pp[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+    else:
+        oo = out[ct0 : ct0 + n]
+        for j in range(n):
+            p = ct[j]
+            nb = ((up[j] + dn[j]) + rg[j]) + lf[j]
+            q = pp[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+            pp[j] = q
+            oo[j] = p + dcoef * q
+
+
+@_jit
+def kick2d(phi, out, pi, edge, rows, L, coef, dcoef, c_hop, two_c2, four_c4):
     """The same kick for a 2d lattice with R >= 3 rows of L >= 3 sites, as one flat loop over rows
     1 .. R-2 (neighbours at flat offsets +-L, +-1), then rows 0 and R-1, then the first and last site
-    of every row (whose +-1 neighbours wrap), restarting from their momenta saved in ``edge`` (2R,)."""
+    of every row (whose +-1 neighbours wrap), restarting from their momenta saved in ``edge`` (2R,).
+    With ``out`` (not None) the drift that follows the kick is fused into it: ``out = phi + dcoef *
+    pi`` with the kicked momenta (``phi`` unchanged), the arithmetic of :func:`drift`, site for site."""
     R = rows.shape[0]
     V = R * L
     for r in range(R):
         edge[2 * r] = pi[r * L]
         edge[2 * r + 1] = pi[r * L + L - 1]
-    n = V - 2 * L
-    up = phi[2 * L : V]
-    dn = phi[0:n]
-    rg = phi[L + 1 : V - L + 1]
-    lf = phi[L - 1 : V - L - 1]
-    ct = phi[L : V - L]
-    pp = pi[L : V - L]
-    for j in range(n):
-        p = ct[j]
-        nb = ((up[j] + dn[j]) + rg[j]) + lf[j]
-        pp[j] = pp[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+    _band(phi, out, pi, L, 2 * L, 0, V - 2 * L, coef, dcoef, c_hop, two_c2, four_c4)
+    for r in (0, R - 1):
+        _band(phi, out, pi, r * L + 1, rows[r, 0] * L + 1, rows[r, 1] * L + 1, L - 2, coef, dcoef, c_hop, two_c2,
+              four_c4)
     for r in range(R):
-        ph = phi[r * L : (r + 1) * L]
-        pr = pi[r * L : (r + 1) * L]
-        u = phi[rows[r, 0] * L : (rows[r, 0] + 1) * L]
-        d = phi[rows[r, 1] * L : (rows[r, 1] + 1) * L]
-        if r == 0 or r == R - 1:
-            for j in range(1, L - 1):
-                p = ph[j]
-                nb = ((u[j] + d[j]) + ph[j + 1]) + ph[j - 1]
-                pr[j] = pr[j] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
-        p = ph[0]
-        nb = ((u[0] + d[0]) + ph[1]) + ph[L - 1]
-        pr[0] = edge[2 * r] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
-        p = ph[L - 1]
-        nb = ((u[L - 1] + d[L - 1]) + ph[0]) + ph[L - 2]
-        pr[L - 1] = edge[2 * r + 1] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+        x = r * L
+        u = rows[r, 0] * L
+        d = rows[r, 1] * L
+        y = x + L - 1
+        p = phi[x]
+        nb = ((phi[u] + phi[d]) + phi[x + 1]) + phi[y]
+        pi[x] = edge[2 * r] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+        p = phi[y]
+        nb = ((phi[u + L - 1] + phi[d + L - 1]) + phi[x]) + phi[y - 1]
+        pi[y] = edge[2 * r + 1] + coef * (c_hop * nb - p * (two_c2 + (four_c4 * p) * p))
+        if out is not None:
+            out[x] = phi[x] + dcoef * pi[x]
+            out[y] = phi[y] + dcoef * pi[y]
 
 
 @_jit
@@ -160,6 +179,36 @@ def actions(phi, s, rows, L, c64):
 
 
 @_jit
+def _md(x, y, p, edge, tmp, rows, L, ops, coefs, cf, flat2d):
+    """The schedule ``ops``/``coefs`` (see :func:`trajectory`) on one chain's ``(x, p)``, in place; the
+    end point is left in ``x``. On a flat 2d lattice each kick followed by a drift is one pass
+    (:func:`kick2d` with ``out``) that writes the drifted field to the other buffer of ``x``/``y``
+    (``y``: scratch of ``x``'s size); the arithmetic is that of the separate kick and drift."""
+    n_ops = ops.shape[0]
+    swapped = False
+    cur = x
+    oth = y
+    i = 0
+    while i < n_ops:
+        if ops[i] == 0:
+            if flat2d and i + 1 < n_ops and ops[i + 1] == 1:
+                kick2d(cur, oth, p, edge, rows, L, coefs[i], coefs[i + 1], cf[0], cf[1], cf[2])
+                cur, oth = oth, cur
+                swapped = not swapped
+                i += 2
+                continue
+            if flat2d:
+                kick2d(cur, None, p, edge, rows, L, coefs[i], coefs[i], cf[0], cf[1], cf[2])
+            else:
+                kick(cur, p, tmp, rows, L, coefs[i], cf[0], cf[1], cf[2])
+        else:
+            drift(cur, p, coefs[i])
+        i += 1
+    if swapped:
+        x[:] = cur
+
+
+@_jit
 def trajectory(phi0, pi, phi1, k0, k1, s1, rows, L, ops, coefs, cf, c64):
     """One MD trajectory per chain, chain after chain: ``phi1[c] <- MD(phi0[c], pi[c])``, ``pi`` in place.
 
@@ -172,22 +221,13 @@ def trajectory(phi0, pi, phi1, k0, k1, s1, rows, L, ops, coefs, cf, c64):
     tmp = np.empty(L, dtype=phi0.dtype)
     edge = np.empty(2 * R, dtype=phi0.dtype)
     flat2d = rows.shape[1] == 2 and R >= 3 and L >= 3
-    c_hop = cf[0]
-    two_c2 = cf[1]
-    four_c4 = cf[2]
+    y = np.empty(phi0.shape[1], dtype=phi0.dtype)
     for c in range(n):
         x = phi1[c]
         p = pi[c]
         x[:] = phi0[c]
         k0[c] = half_sum_sq(p)
-        for i in range(ops.shape[0]):
-            if ops[i] == 0:
-                if flat2d:
-                    kick2d(x, p, edge, rows, L, coefs[c, i], c_hop, two_c2, four_c4)
-                else:
-                    kick(x, p, tmp, rows, L, coefs[c, i], c_hop, two_c2, four_c4)
-            else:
-                drift(x, p, coefs[c, i])
+        _md(x, y, p, edge, tmp, rows, L, ops, coefs[c], cf, flat2d)
         k1[c] = half_sum_sq(p)
         s1[c] = action(x, tmp, rows, L, c64[0], c64[1], c64[2])
 
@@ -226,6 +266,7 @@ def hmc_step(phi0, s0, phi1, s1, pi, dH, acc, rows, L, ops, base, step, jitter, 
     oa = np.empty(nb)
     ob = np.empty(nb)
     coefs = np.empty(ops.shape[0])
+    y = np.empty(V)
     half = V // 2
     for c in range(n):
         ch = np.uint64(chains[c])
@@ -250,14 +291,7 @@ def hmc_step(phi0, s0, phi1, s1, pi, dH, acc, rows, L, ops, base, step, jitter, 
         x = phi1[c]
         x[:] = phi0[c]
         kin0 = half_sum_sq(p)
-        for i in range(ops.shape[0]):
-            if ops[i] == 0:
-                if flat2d:
-                    kick2d(x, p, edge, rows, L, coefs[i], cf[0], cf[1], cf[2])
-                else:
-                    kick(x, p, tmp, rows, L, coefs[i], cf[0], cf[1], cf[2])
-            else:
-                drift(x, p, coefs[i])
+        _md(x, y, p, edge, tmp, rows, L, ops, coefs, cf, flat2d)
         kin1 = half_sum_sq(p)
         s_new = action(x, tmp, rows, L, c64[0], c64[1], c64[2])
         _pk._units(ctr, ch, rk0, rk1, one, one_b, one.view(np.uint64), one_b.view(np.uint64))
@@ -284,6 +318,6 @@ def kicks(phi, pi, rows, L, coefs, cf):
     flat2d = rows.shape[1] == 2 and R >= 3 and L >= 3
     for c in range(phi.shape[0]):
         if flat2d:
-            kick2d(phi[c], pi[c], edge, rows, L, coefs[c], cf[0], cf[1], cf[2])
+            kick2d(phi[c], None, pi[c], edge, rows, L, coefs[c], coefs[c], cf[0], cf[1], cf[2])
         else:
             kick(phi[c], pi[c], tmp, rows, L, coefs[c], cf[0], cf[1], cf[2])

@@ -279,3 +279,26 @@ def test_live_reader_of_a_paused_writer_process(tmp_path, inputs, reference, wri
     assert done.returncode == 0, done.stderr
     assert content(out) == content(reference[writer])
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_sigkilled_writers_temporaries_are_removed_by_the_rerun(tmp_path, inputs, reference, writer):
+    """SIGKILL (no handler can run) while the writer is inside its temporary file: it leaves the
+    atomic temporary, write_ensemble's .partial (and possibly a journal) and a stale lock file. The
+    rerun, once it holds the lock, removes them with one warning line and writes the undisturbed file.
+    Bugs caught: temporaries of killed runs piling up beside --out for ever; a rerun refused by the
+    dead writer's lock file; a rerun that sweeps but writes a different file."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    out = folder / "out.h5"
+    with Paused(tmp_path, _args(inputs, writer, out), "h5write", 1) as w:
+        w.proc.kill()
+        w.proc.wait(timeout=60)
+    left = leftovers(folder)
+    assert any(n.endswith(".partial") for n in left) and not out.exists(), left
+    res = run_lftml(*_args(inputs, writer, out))
+    assert res.returncode == 0, res.stderr[-1500:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "temporary file(s) that a killed writer of" in lines[0], lines
+    assert leftovers(folder) == []
+    assert content(out) == content(reference[writer])

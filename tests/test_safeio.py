@@ -90,3 +90,33 @@ def test_lock_is_exclusive_within_one_process(tmp_path):
     with OutputLock(out):
         with pytest.raises(LftmlError, match=f"pid {os.getpid()}"):
             OutputLock(out).acquire()
+
+
+def test_the_lock_holder_removes_what_a_killed_writer_left_and_nothing_else(tmp_path, caplog):
+    """Bugs caught: temporaries of a SIGKILLed writer piling up beside an output forever (atomic
+    temps, write_ensemble's .partial, both nested, their undo journals); a sweep that deletes the
+    output's own journal (it undoes an interrupted flush), the output, another file's temporaries
+    or a user's look-alike file; a sweep by someone who does not hold the lock (a live writer's
+    temporaries are its own)."""
+    import logging
+
+    from lftml.safeio import leftovers_of
+
+    out = tmp_path / "out.h5"
+    stale = [".out.h5.k2x_9abc.tmp", ".out.h5.abcd1234.h5", ".out.h5.4242.partial", "..out.h5.4242.partial.undo",
+             "..out.h5.abcd1234.h5.77.partial", "...out.h5.abcd1234.h5.77.partial.undo", "..out.h5.abcd1234.h5.undo",
+             ".out.h5.q0q0q0q0.pt.tmp"]
+    kept = ["out.h5", ".out.h5.undo", ".out.h5.backup_1", ".out.h5.ABCD1234.tmp", ".out.h5x.77.partial", "out.h5.lock.bak", ".out.h5.12x.partial", "notes.txt"]
+    for n in stale + kept + [".other.h5.abcd1234.tmp"]:
+        (tmp_path / n).write_text("x")
+    (tmp_path / ".out.h5.dir12345.tmp").mkdir()  # a folder is never removed
+    assert [p.name for p in leftovers_of(out)] == sorted(stale)
+    held = OutputLock(tmp_path / "other.h5").acquire()  # another output's lock sweeps only its own
+    held.release()
+    assert all((tmp_path / n).exists() for n in stale) and not (tmp_path / ".other.h5.abcd1234.tmp").exists()
+    with caplog.at_level(logging.WARNING, logger="lftml.safeio"):
+        with OutputLock(out):
+            pass
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(kept + [".out.h5.dir12345.tmp"]), left
+    assert "removed 8 temporary file(s) that a killed writer of" in caplog.text

@@ -14,13 +14,17 @@
   so SIGINT and SIGTERM stop a command through the same path (flush, one message, exit 130).
 * :func:`write_error` — an ``OSError`` from writing, as one line (ENOSPC, EROFS, EACCES named).
 * :func:`lock_holder` — who holds a path's lock (readers say "being written" instead of "missing").
+* :func:`leftovers_of` — the temporaries a killed writer of a path left beside it; whoever acquires
+  the path's :class:`OutputLock` removes them (no live writer of the path can then own them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -37,7 +41,10 @@ __all__ = [
     "write_error",
     "same_file",
     "lock_holder",
+    "leftovers_of",
 ]
+
+log = logging.getLogger(__name__)
 
 _REASONS = {
     errno.ENOSPC: "no space left on the device",
@@ -201,6 +208,7 @@ class OutputLock:
                 pass  # a full disk must not stop the lock itself; the holder is then 'unknown'
             self._fd = fd
             OutputLock._held_here.add(os.path.abspath(self.lock_path))
+            _remove_leftovers(self.path)
             return self
         raise LftmlError(f"could not lock {self.lock_path}: it keeps being replaced")  # pragma: no cover
 
@@ -248,6 +256,55 @@ def lock_holder(path: str | os.PathLike) -> str | None:
         except OSError:
             pass  # it exists (another user's process)
     return text
+
+
+#: the suffixes :func:`atomic_output` is called with (its ``.tmp`` default, ensembles, models, figures)
+_TEMP_SUFFIXES = (".tmp", ".h5", ".pt.tmp", ".png", ".pdf", ".svg")
+#: mkstemp's random part: 8 characters of lower-case letters, digits and "_"
+_TEMP = re.compile(r"^(?P<inner>.+)\.[a-z0-9_]{8}(?:" + "|".join(re.escape(s) for s in _TEMP_SUFFIXES) + r")$")
+_PARTIAL = re.compile(r"^(?P<inner>.+)\.\d+\.partial$")  # write_ensemble's .NAME.PID.partial
+_JOURNAL = re.compile(r"^(?P<inner>.+)\.undo$")  # lftml.undo's .NAME.undo
+
+
+def _is_leftover_of(candidate: str, name: str) -> bool:
+    """Whether the file name ``candidate`` is a temporary of a writer of ``name``: ``.NAME.XXXXXXXX.SUF``
+    (:func:`atomic_output`), ``.NAME.PID.partial`` (``write_ensemble``), or either of those nested in
+    or journaled for another such temporary. ``.NAME.undo``, the journal of ``NAME`` itself, is not:
+    it undoes an interrupted update of the file (``lftml.ensemble.recover``)."""
+    if not candidate.startswith("."):
+        return False
+    rest = candidate[1:]
+    for pattern, direct in ((_TEMP, True), (_PARTIAL, True), (_JOURNAL, False)):
+        m = pattern.match(rest)
+        if m and ((direct and m["inner"] == name) or _is_leftover_of(m["inner"], name)):
+            return True
+    return False
+
+
+def leftovers_of(path: str | os.PathLike) -> list[Path]:
+    """The temporaries beside ``path`` that a writer of ``path`` makes and removes when it ends, in any
+    way but SIGKILL or a power cut (see :func:`_is_leftover_of`): they hold no data anyone can use
+    (the output is only ever renamed into place whole). Only meaningful while holding ``path``'s
+    :class:`OutputLock`, when no live writer of ``path`` can own them."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(folder / n for n in names if _is_leftover_of(n, path.name) and (folder / n).is_file())
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove :func:`leftovers_of` ``path`` (called by the holder of its lock), saying so."""
+    removed = []
+    for p in leftovers_of(path):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p.name)
+    if removed:
+        log.warning("removed %d temporary file(s) that a killed writer of %s left: %s", len(removed), path,
+                    ", ".join(removed))
 
 
 @contextlib.contextmanager

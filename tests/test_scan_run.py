@@ -193,6 +193,23 @@ def test_two_scans_on_one_folder_are_refused(tmp_path):
     assert not list(out.glob("*.h5"))
 
 
+def test_a_scan_refused_its_lock_leaves_no_new_folder(tmp_path, monkeypatch):
+    """A scan that creates DIR and then cannot take its lock (refused, or the lock file cannot be made)
+    removes the empty DIR again. Bug caught: an empty folder left by a failed start, which the next
+    scan then takes for an existing scan folder."""
+    from lftml.errors import LftmlError
+    from lftml.safeio import OutputLock
+
+    def refuse(self):
+        raise LftmlError(f"{self.path} is in use by another lftml process (pid 1 on host h); wait for it")
+
+    monkeypatch.setattr(OutputLock, "acquire", refuse)
+    out = tmp_path / "DIR"
+    res = run_cli("scan", _write(tmp_path, MINIMAL), "--out", out, "--cluster", "serial")
+    assert res.exit_code == 2 and "in use by another lftml process" in res.stderr
+    assert not out.exists()
+
+
 def test_without_dask_the_points_run_in_process_and_the_user_is_told(tmp_path, monkeypatch, caplog):
     """No Dask installed: --cluster local still runs every point (in this process) and one warning
     says how to get parallelism; --cluster slurm without dask-jobqueue is one line, nothing written."""

@@ -109,15 +109,16 @@ def run_scan(
         check_backend(cluster, workers=workers, scheduler=scheduler, cluster_table=spec.cluster)
     created = _make_folder(out)
     lock = OutputLock(out / INDEX, what="scan")
-    lock.acquire()
     t0 = time.perf_counter()
     try:
+        lock.acquire()
         index = read_index(out)
         statuses = {task.name: _check_existing(task, resolved, index) for task, resolved in planned}
     except BaseException:
         lock.release()
         if created:
-            out.rmdir()
+            with contextlib.suppress(OSError):  # not empty: another scan that started at once works in it
+                out.rmdir()
         raise
     try:
         _write_plan(out, spec, planned, index, statuses, lock, created)

@@ -154,3 +154,7 @@ def test_cli_likelihood_and_metropolis_produce_their_reports(tmp_path, data):
 
     with Ensemble.open(tmp_path / "chain.h5") as ens:
         assert ens.n_configs == 32 and ens.metadata["kind"] == "diffusion_metropolis"
+        stats = ens.metadata["sampler"]  # the chain's sampler statistics travel with its data
+        assert stats["acceptance"] == mh["acceptance"] and stats["acceptance_error"] == mh["acceptance_error"] > 0
+        assert stats["ess_fraction"] == mh["reweighted"]["ess_fraction"] and stats["n_proposals"] == 32
+        assert stats["tau_int_chain"] == mh["tau_int_chain"] and ens.metadata["lftml_version"]

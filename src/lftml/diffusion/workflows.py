@@ -327,7 +327,7 @@ def metropolis_report(model_path: str | Path, hmc: str | Path | None = None, *, 
             ac = autocorrelation_comparison(M_gen[idx], M_hmc, max_lag=max_lag, acceptance=acc, hmc_acceptance=acc_hmc)
             result.update({"autocorrelation": ac, "hmc_file": str(hmc), "hmc_every": every})
         if out is not None:
-            _write_metropolis_chain(out, phi[idx], model, theory, res.settings, acc, weights, seed, model_path)
+            _write_metropolis_chain(out, phi[idx], model, theory, res.settings, result, weights, seed, model_path)
             result["out"] = str(out)
     if png is not None and hmc is not None:
         _plot_metropolis_autocorrelation(result["autocorrelation"], every, png)
@@ -389,13 +389,19 @@ def _metropolis_estimates(M_gen: np.ndarray, s: np.ndarray, idx: np.ndarray, log
 
 
 def _write_metropolis_chain(out: str | Path, chain: np.ndarray, model: Any, theory: Any, sampler: dict[str, Any],
-                            acc: float, weights: str, seed: int, model_path: str | Path) -> None:
-    """The chain's configurations as an ensemble file (kind ``diffusion_metropolis``), atomically."""
+                            result: dict[str, Any], weights: str, seed: int, model_path: str | Path) -> None:
+    """The chain's configurations as an ensemble file (kind ``diffusion_metropolis``), atomically, with the
+    sampler statistics of ``result`` (acceptance with its Gamma-method error, proposals, ESS/N, the
+    spread of log w, the chain's tau_int) in its metadata."""
     from lftml.ensemble import write_ensemble
     from lftml.safeio import atomic_output
 
+    stats = {"acceptance": result["acceptance"], "acceptance_error": result["acceptance_error"],
+             "n_proposals": result["n_proposals"], "ess_fraction": result["reweighted"]["ess_fraction"],
+             "log_w_std": result["log_w_std"], "tau_int_chain": result["tau_int_chain"],
+             "wall_seconds_proposals": result["wall_seconds_proposals"]}
     meta = {"kind": "diffusion_metropolis", "theory": model.theory, "seed": seed,
-            "sampler": {**sampler, "acceptance": acc,
+            "sampler": {**sampler, **stats,
                         "proposals": "exp sampler paths (exact weights)" if weights == "path"
                         else "probability-flow ODE (approximate log q)"},
             "model": {"path": str(model_path)}}

@@ -111,14 +111,17 @@ def add_z(row: dict[str, Any], ref: dict[str, Any]) -> None:
 
 
 def point(L: int, kappa: float, updates: int, preset: str, n: int, batch: int, work: Path,
-          parametrization: str = "auto") -> dict[str, Any]:
+          parametrization: str = "auto", train_configs: int = 100) -> dict[str, Any]:
     from lftml.diffusion.model import load_model
 
     d = work / f"L{L}_k{kappa}"
     d.mkdir(parents=True, exist_ok=True)
     tr, te = d / "train.h5", d / "test.h5"
-    res: dict[str, Any] = {"L": L, "kappa": kappa, "lam": LAM, "n": n, "hmc_args": hmc_args(L, kappa)}
-    _, res["hmc_train_cpu_s"] = cli("hmc", *hmc_args(L, kappa), "--seed", "101", "--out", str(tr), json_out=False)
+    res: dict[str, Any] = {"L": L, "kappa": kappa, "lam": LAM, "n": n, "hmc_args": hmc_args(L, kappa),
+                           "train_configs_per_chain": train_configs}
+    train_args = hmc_args(L, kappa)
+    train_args[train_args.index("--n-configs") + 1] = str(train_configs)
+    _, res["hmc_train_cpu_s"] = cli("hmc", *train_args, "--seed", "101", "--out", str(tr), json_out=False)
     _, res["hmc_test_cpu_s"] = cli("hmc", *hmc_args(L, kappa), "--seed", "202", "--out", str(te), json_out=False)
     m = d / "model.pt"
     t, res["train_cpu_s"] = cli("diffusion", "train", "--data", str(tr), "--heldout", str(te), "--preset", preset,
@@ -275,6 +278,8 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--preset", default="tiny-equi", choices=["tiny-equi", "equi"])
+    ap.add_argument("--train-configs", type=int, default=100,
+                    help="configurations per chain of the HMC training set (8 chains; the test set keeps 100)")
     ap.add_argument("--parametrization", default="auto", choices=["auto", "gaussian", "mixture"],
                     help="the score's analytic part (diffusion train --parametrization)")
     ap.add_argument("--n", type=int, default=1024)
@@ -304,7 +309,7 @@ def main() -> None:
         for kappa in map(float, a.kappas.split(",")):
             if (L, kappa) in done:
                 continue
-            r = point(L, kappa, a.updates, a.preset, a.n, a.batch_size, work, a.parametrization)
+            r = point(L, kappa, a.updates, a.preset, a.n, a.batch_size, work, a.parametrization, a.train_configs)
             results["points"].append(r)
             tmp = out.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(results, indent=1))

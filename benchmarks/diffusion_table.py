@@ -208,7 +208,8 @@ def summary_table(results: dict[str, Any]) -> str:
         g = p["gain"] or {}
         gain = fmt(g["gain_nats"], g["error"]) if "gain_nats" in g else "-"
         n = p["rows"]["hmc_test"]["n"]
-        lines.append(f"| {p['L']} | {p['kappa']} | {p['parametrization']} | {n} / {n} | "
+        n_train = n * p.get("train_configs_per_chain", 100) // 100  # the test set: 8 chains x 100
+        lines.append(f"| {p['L']} | {p['kappa']} | {p['parametrization']} | {n_train} / {n} | "
                      f"{p['rows']['hmc_test']['tau_int_abs_magnetisation']:.2f} | {p['updates']} | "
                      f"{p['train_cpu_s']:.0f} | {gain} | {p['hmc_test_cpu_s']:.0f} |")
     return "\n".join(lines)

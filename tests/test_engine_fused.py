@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,8 +19,9 @@ from lftml.theories.phi4 import Phi4
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
 
-# shapes: 1d, 2d through the flat kernel, 2d with fewer than 3 rows (row kernel), 3d, and extents 1/2
-SHAPES = [(12,), (8, 6), (2, 5), (4, 3, 5), (3, 1, 2)]
+# shapes: 1d, 2d through the padded flat kernel, 2d through the in-place flat kernel (above
+# PADDED_MAX_SITES), 2d with fewer than 3 rows (row kernel), 3d, and extents 1/2
+SHAPES = [(12,), (8, 6), (41, 40), (2, 5), (4, 3, 5), (3, 1, 2)]
 
 
 def _chains(theory, backend: str, integrator: str, n_traj: int, dtype=torch.float64, seed: int = 7, n_chains: int = 3):
@@ -50,6 +52,15 @@ def test_fused_and_eager_chains_coincide_over_many_trajectories(shape, integrato
     assert (s_f.phi - s_e.phi).abs().max() <= 1e-12 * scale
     assert torch.allclose(s_f.action, s_e.action, rtol=1e-12, atol=1e-10)
     assert (dH_f - dH_e).abs().max() < 1e-9
+
+
+@needs_numba
+def test_the_coincidence_shapes_take_every_path_of_the_md_kernel():
+    # if PADDED_MAX_SITES moves, the test above must still run the generic, in-place and padded paths
+    k = fused._compiled()
+    modes = {k.md_mode(int(np.prod(s[:-1])) if len(s) > 1 else 1, 2 * (len(s) - 1), s[-1]) for s in SHAPES}
+    assert modes == {0, 1, 2}
+    assert k.md_mode(40, 2, 40) == 2 and k.md_mode(41, 2, 40) == 1
 
 
 @needs_numba

@@ -225,6 +225,17 @@ def md_mode(shape_rows, nr, L):
 
 
 @_jit
+def _md_scratch(phi, rows, L, mode):
+    """The scratch arrays :func:`_md` needs in ``mode``, in ``phi``'s dtype: ``edge`` ``(2R,)``, ``y`` (one
+    field, mode 1) and ``pad`` ``(3, (R + 2) (L + 2))`` (mode 2); the ones a mode does not use have size 1."""
+    R = rows.shape[0]
+    edge = np.empty(2 * R, dtype=phi.dtype)
+    y = np.empty(R * L if mode == 1 else 1, dtype=phi.dtype)
+    pad = np.empty((3, (R + 2) * (L + 2) if mode == 2 else 1), dtype=phi.dtype)
+    return edge, y, pad
+
+
+@_jit
 def _md(x, y, pad, p, edge, tmp, rows, L, ops, coefs, cf, mode):
     """The schedule ``ops``/``coefs`` (see :func:`trajectory`) on one chain's ``(x, p)``, in place; the
     end point is left in ``x``. ``mode`` (:func:`md_mode`):
@@ -314,9 +325,7 @@ def trajectory(phi0, pi, phi1, k0, k1, s1, rows, L, ops, coefs, cf, c64):
     R = rows.shape[0]
     tmp = np.empty(L, dtype=phi0.dtype)
     mode = md_mode(R, rows.shape[1], L)
-    edge = np.empty(2 * R, dtype=phi0.dtype)
-    y = np.empty(phi0.shape[1] if mode == 1 else 1, dtype=phi0.dtype)
-    pad = np.empty((3, (R + 2) * (L + 2) if mode == 2 else 1), dtype=phi0.dtype)
+    edge, y, pad = _md_scratch(phi0, rows, L, mode)
     for c in range(n):
         x = phi1[c]
         p = pi[c]
@@ -341,7 +350,7 @@ def hmc_step(phi0, s0, phi1, s1, pi, dH, acc, rows, L, ops, base, step, jitter, 
     R = rows.shape[0]
     tmp = np.empty(L, dtype=phi0.dtype)
     mode = md_mode(R, rows.shape[1], L)
-    edge = np.empty(2 * R)
+    edge, y, pad = _md_scratch(phi0, rows, L, mode)
     nb = (V + 1) // 2
     rk0 = np.empty(10, dtype=np.uint64)
     rk1 = np.empty(10, dtype=np.uint64)
@@ -361,8 +370,6 @@ def hmc_step(phi0, s0, phi1, s1, pi, dH, acc, rows, L, ops, base, step, jitter, 
     oa = np.empty(nb)
     ob = np.empty(nb)
     coefs = np.empty(ops.shape[0])
-    y = np.empty(V if mode == 1 else 1)
-    pad = np.empty((3, (R + 2) * (L + 2) if mode == 2 else 1))
     half = V // 2
     for c in range(n):
         ch = np.uint64(chains[c])

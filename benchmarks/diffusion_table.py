@@ -8,7 +8,7 @@ Per (L, kappa) at lambda = 0.022, everything through the CLI (``python -m lftml 
 2. ``lftml diffusion train --data train --heldout test`` with the default recipe
    (``--parametrization``, auto by default) at ``--preset`` (tiny-equi by default, to fit the shared
    machine): held-out likelihood gain over the analytic part, training CPU seconds;
-3. ``lftml diffusion sample`` (exp sampler, exact path weights, 20 steps), n samples, for the model
+3. ``lftml diffusion sample`` (exp sampler, exact path weights, ``--steps``, 20 by default), n samples, for the model
    and for its analytic part alone (``--network-below 1e-9``), and ``lftml diffusion baseline``
    (exact samples, exact log w) of the kind auto chose;
 4. for each proposal: independence-Metropolis acceptance (Gamma-method error over the chain's
@@ -111,14 +111,14 @@ def add_z(row: dict[str, Any], ref: dict[str, Any]) -> None:
 
 
 def point(L: int, kappa: float, updates: int, preset: str, n: int, batch: int, work: Path,
-          parametrization: str = "auto", train_configs: int = 100) -> dict[str, Any]:
+          parametrization: str = "auto", train_configs: int = 100, steps: int = 20) -> dict[str, Any]:
     from lftml.diffusion.model import load_model
 
     d = work / f"L{L}_k{kappa}"
     d.mkdir(parents=True, exist_ok=True)
     tr, te = d / "train.h5", d / "test.h5"
     res: dict[str, Any] = {"L": L, "kappa": kappa, "lam": LAM, "n": n, "hmc_args": hmc_args(L, kappa),
-                           "train_configs_per_chain": train_configs}
+                           "train_configs_per_chain": train_configs, "sample_steps": steps}
     train_args = hmc_args(L, kappa)
     train_args[train_args.index("--n-configs") + 1] = str(train_configs)
     _, res["hmc_train_cpu_s"] = cli("hmc", *train_args, "--seed", "101", "--out", str(tr), json_out=False)
@@ -136,7 +136,7 @@ def point(L: int, kappa: float, updates: int, preset: str, n: int, batch: int, w
     files = {"model": d / "gen.h5", "analytic": d / "part.h5", "baseline": d / "base.h5"}
     for name, extra in (("model", ()), ("analytic", ("--network-below", "1e-9"))):
         _, res[f"{name}_sample_cpu_s"] = cli("diffusion", "sample", "--model", str(m), "--n-configs", str(n),
-                                             "--steps", "20", "--threads", "1", "--seed", "3", "--no-progress",
+                                             "--steps", str(steps), "--threads", "1", "--seed", "3", "--no-progress",
                                              *extra, "--out", str(files[name]))
     _, res["baseline_sample_cpu_s"] = cli("diffusion", "baseline", "--data", str(tr), "--kind", kind,
                                           "--n-configs", str(n), "--seed", "3", "--out", str(files["baseline"]))
@@ -284,6 +284,7 @@ def main() -> None:
     ap.add_argument("--parametrization", default="auto", choices=["auto", "gaussian", "mixture"],
                     help="the score's analytic part (diffusion train --parametrization)")
     ap.add_argument("--n", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=20, help="reverse-process steps of every diffusion sample (default 20)")
     ap.add_argument("--out", default="benchmarks/diffusion_table.json")
     ap.add_argument("--work", default=None, help="folder for the ensembles and models (default: a temporary one)")
     ap.add_argument("--resume", action="store_true", help="keep the points already in --out, run the rest")
@@ -310,7 +311,7 @@ def main() -> None:
         for kappa in map(float, a.kappas.split(",")):
             if (L, kappa) in done:
                 continue
-            r = point(L, kappa, a.updates, a.preset, a.n, a.batch_size, work, a.parametrization, a.train_configs)
+            r = point(L, kappa, a.updates, a.preset, a.n, a.batch_size, work, a.parametrization, a.train_configs, a.steps)
             results["points"].append(r)
             tmp = out.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(results, indent=1))

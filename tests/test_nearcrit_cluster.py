@@ -130,6 +130,38 @@ def test_union_find_labels_are_the_connected_components_of_the_scipy_path(kind, 
     assert not torch.equal(outs[True][0], phi)  # a move that flipped nothing would pass trivially
 
 
+def test_branch_free_union_find_gives_the_scipy_labels_with_many_band_bonds(monkeypatch):
+    """The kernel sorts every bond by the bounds into surely active, band (expm1 decides) and inactive,
+    then unions; its labels must be scipy's connected components of the plainly decided bonds. Many
+    draws on a 12x12 near-critical field, with uniforms placed on the band so that hundreds of
+    decisions go through expm1. Bugs caught (each checked by breaking the kernel): band bonds dropped,
+    band bonds decided against a wrong probability, the sign test lost in the branch-free pass.
+    (A surely active bond also listed in the band is joined twice: harmless, so not a bug to catch.)"""
+    from lftml.samplers import fused
+
+    if not fused.available():
+        pytest.skip("numba is not installed: only the scipy path exists")
+    from lftml.samplers._cluster_kernels import smallest_site_roots
+
+    shape, c_hop = (12, 12), 0.541
+    src, dst = cluster_mod._bonds(shape)
+    rng = np.random.default_rng(2)
+    n_band = 0
+    for draw in range(20):
+        x = rng.normal(0.0, 1.2, (3, 144))
+        y = 2.0 * c_hop * np.abs(x[:, src]) * np.abs(x[:, dst])
+        p = -np.expm1(-y)
+        u = rng.random(p.shape)
+        near = rng.random(p.shape) < 0.3  # 30 % of the uniforms within 1e-13 of their probability
+        u = np.where(near, np.clip(p * (1.0 + rng.uniform(-1e-13, 1e-13, p.shape)), 0.0, 0.999), u)
+        n_band += int(np.sum(near & (np.sign(x[:, src]) == np.sign(x[:, dst]))))
+        monkeypatch.setattr(cluster_mod, "_USE_NUMBA", False)
+        want = cluster_mod._labels(x, u, c_hop, src, dst)
+        got = smallest_site_roots(x, u, c_hop, src, dst)
+        assert np.array_equal(got, want), draw
+    assert n_band > 1000
+
+
 def test_bond_decision_without_expm1_equals_the_plain_comparison_at_the_boundary():
     """The kernel decides ``u < -expm1(-2J)`` by bounds first and calls expm1 only inside the band.
     At u = p and one ulp either side of p (the hardest cases), and at random u, for 2J from 1e-9 to 60,

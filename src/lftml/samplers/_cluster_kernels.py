@@ -24,24 +24,31 @@ def _find(parent, i):
 
 
 @_jit
-def bond_active(u, neg_two_j):
-    """``u < -expm1(neg_two_j)``, ``neg_two_j = -2 J <= 0``, decided without the expm1 for most ``u``.
+def bond_bounds(y):
+    """``(lo, hi)`` with ``lo <= 1 - exp(-y) <= hi`` for ``y = 2 J >= 0``, each widened by a relative 1e-12.
 
-    With ``y = 2 J``: ``y - y^2/2 <= 1 - exp(-y) <= y - y^2/2 + y^3/6`` (y < 1) and
-    ``1 - 1/(1 + y + y^2/2) <= 1 - exp(-y) <= 1`` (any y). ``u`` below the lower bound or above the upper
-    one (each widened by a relative 1e-12, far beyond the few ulps of rounding in the bounds and in
-    expm1) decides the comparison as the expm1 itself would; only ``u`` inside the band (~5 % of
-    the bonds near kappa_c) pays for the transcendental. Same result as the plain comparison, bit for bit."""
-    y = -neg_two_j
-    if y < 1.0:
-        lo = y * (1.0 - 0.5 * y)
-        hi = y * (1.0 - y * (0.5 - y / 6.0))
-    else:
-        lo = 1.0 - 1.0 / (1.0 + y * (1.0 + 0.5 * y))
-        hi = 1.0
-    if u < lo * (1.0 - 1e-12):
+    ``y - y^2/2 <= 1 - exp(-y) <= y - y^2/2 + y^3/6`` (y < 1) and ``1 - 1/(1 + y + y^2/2) <= 1 - exp(-y)
+    <= 1`` (any y); the margin is far beyond the few ulps of rounding in the bounds and in expm1, so
+    ``u < lo`` and ``u >= hi`` decide ``u < -expm1(-y)`` exactly. Written with selects, not branches (the
+    kernel below evaluates it for every bond)."""
+    small = y < 1.0
+    lo1 = y * (1.0 - 0.5 * y)
+    hi1 = y * (1.0 - y * (0.5 - y / 6.0))
+    lo2 = 1.0 - 1.0 / (1.0 + y * (1.0 + 0.5 * y))
+    lo = lo1 if small else lo2
+    hi = hi1 if small else 1.0
+    return lo * (1.0 - 1e-12), hi * (1.0 + 1e-12)
+
+
+@_jit
+def bond_active(u, neg_two_j):
+    """``u < -expm1(neg_two_j)``, ``neg_two_j = -2 J <= 0``, decided by :func:`bond_bounds` for most ``u``:
+    only ``u`` inside the band (~5 % of the bonds near kappa_c) pays for the transcendental. Same
+    result as the plain comparison, bit for bit."""
+    lo, hi = bond_bounds(-neg_two_j)
+    if u < lo:
         return True
-    if u >= hi * (1.0 + 1e-12):
+    if u >= hi:
         return False
     return u < -math.expm1(neg_two_j)
 
@@ -52,19 +59,40 @@ def smallest_site_roots(x, u, c_hop, src, dst):
 
     Bond b joins ``src[b]`` and ``dst[b]`` (sites of one chain); it is active when the signs agree and
     ``u[chain, b] < 1 - exp(-2 c_hop |x_src| |x_dst|)`` (the same expression, in the same order, as
-    :func:`lftml.samplers.cluster.bond_probability`)."""
+    :func:`lftml.samplers.cluster.bond_probability`), decided exactly as :func:`bond_active` does.
+
+    Per chain, three passes: every bond through the bounds without a branch (the sign test and the
+    bounds are coin flips near kappa_c: as branches they cost ~15 ns per bond in mispredictions),
+    appending the surely active bonds to one list and the band's to another; expm1 for the band's;
+    then union-find over the active list. Union by the smaller root makes every root the smallest site
+    of its cluster whatever the order of the unions, so the labels are those of any other order."""
     n, V = x.shape
     nb = src.shape[0]
     parent = np.arange(n * V)
+    active = np.empty(nb, dtype=np.int64)
+    band = np.empty(nb, dtype=np.int64)
     for c in range(n):
         off = c * V
+        k = 0
+        kb = 0
         for b in range(nb):
             xs = x[c, src[b]]
             xd = x[c, dst[b]]
-            if (xs >= 0) != (xd >= 0):
-                continue
-            if not bond_active(u[c, b], -2.0 * c_hop * abs(xs) * abs(xd)):
-                continue
+            same = (xs >= 0) == (xd >= 0)
+            lo, hi = bond_bounds(2.0 * c_hop * abs(xs) * abs(xd))  # = -neg_two_j of bond_active, bit for bit
+            ub = u[c, b]
+            sure = ub < lo
+            active[k] = b
+            k += same & sure
+            band[kb] = b
+            kb += same & (ub < hi) & (not sure)
+        for i in range(kb):
+            b = band[i]
+            if u[c, b] < -math.expm1(-2.0 * c_hop * abs(x[c, src[b]]) * abs(x[c, dst[b]])):
+                active[k] = b
+                k += 1
+        for i in range(k):
+            b = active[i]
             r = _find(parent, off + src[b])
             q = _find(parent, off + dst[b])
             if r < q:

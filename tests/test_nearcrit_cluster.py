@@ -133,8 +133,8 @@ def test_union_find_labels_are_the_connected_components_of_the_scipy_path(kind, 
 def test_branch_free_union_find_gives_the_scipy_labels_with_many_band_bonds(monkeypatch):
     """The kernel sorts every bond by the bounds into surely active, band (expm1 decides) and inactive,
     then unions; its labels must be scipy's connected components of the plainly decided bonds. Many
-    draws on a 12x12 near-critical field, with uniforms placed on the band so that hundreds of
-    decisions go through expm1. Bugs caught (each checked by breaking the kernel): band bonds dropped,
+    draws on a 12x12 field at the near-critical hopping coupling, with uniforms placed on the band so
+    that over a thousand decisions go through expm1. Bugs caught (each checked by breaking the kernel): band bonds dropped,
     band bonds decided against a wrong probability, the sign test lost in the branch-free pass.
     (A surely active bond also listed in the band is joined twice: harmless, so not a bug to catch.)"""
     from lftml.samplers import fused
@@ -147,6 +147,7 @@ def test_branch_free_union_find_gives_the_scipy_labels_with_many_band_bonds(monk
     src, dst = cluster_mod._bonds(shape)
     rng = np.random.default_rng(2)
     n_band = 0
+    monkeypatch.setattr(cluster_mod, "_USE_NUMBA", False)  # _labels: the scipy path
     for draw in range(20):
         x = rng.normal(0.0, 1.2, (3, 144))
         y = 2.0 * c_hop * np.abs(x[:, src]) * np.abs(x[:, dst])
@@ -155,7 +156,6 @@ def test_branch_free_union_find_gives_the_scipy_labels_with_many_band_bonds(monk
         near = rng.random(p.shape) < 0.3  # 30 % of the uniforms within 1e-13 of their probability
         u = np.where(near, np.clip(p * (1.0 + rng.uniform(-1e-13, 1e-13, p.shape)), 0.0, 0.999), u)
         n_band += int(np.sum(near & (np.sign(x[:, src]) == np.sign(x[:, dst]))))
-        monkeypatch.setattr(cluster_mod, "_USE_NUMBA", False)
         want = cluster_mod._labels(x, u, c_hop, src, dst)
         got = smallest_site_roots(x, u, c_hop, src, dst)
         assert np.array_equal(got, want), draw

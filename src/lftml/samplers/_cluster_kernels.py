@@ -63,7 +63,8 @@ def smallest_site_roots(x, u, c_hop, src, dst):
 
     Per chain, three passes: every bond through the bounds without a branch (the sign test and the
     bounds are coin flips near kappa_c: as branches they cost ~15 ns per bond in mispredictions),
-    appending the surely active bonds to one list and the band's to another; expm1 for the band's;
+    appending the surely active bonds to one list and the band's to another; :func:`bond_active` for
+    the band's;
     then union-find over the active list. Union by the smaller root makes every root the smallest site
     of its cluster whatever the order of the unions, so the labels are those of any other order."""
     n, V = x.shape
@@ -86,9 +87,9 @@ def smallest_site_roots(x, u, c_hop, src, dst):
             k += same & sure
             band[kb] = b
             kb += same & (ub < hi) & (not sure)
-        for i in range(kb):
+        for i in range(kb):  # the band's few bonds: the one decision function, expm1 included
             b = band[i]
-            if u[c, b] < -math.expm1(-2.0 * c_hop * abs(x[c, src[b]]) * abs(x[c, dst[b]])):
+            if bond_active(u[c, b], -2.0 * c_hop * abs(x[c, src[b]]) * abs(x[c, dst[b]])):
                 active[k] = b
                 k += 1
         for i in range(k):

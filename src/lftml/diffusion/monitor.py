@@ -9,18 +9,30 @@ r"""What a trained score model has learned beyond its analytic part, measured on
   per-configuration differences are analysed with the Gamma method over (configurations, chains).
   The blended target (force of the held-out configurations, see :mod:`lftml.diffusion.losses`)
   makes the pairs far less noisy than plain DSM.
+* :func:`gain_ceiling` — ``KL(p || q)`` of the exact target ``p = exp(-S)/Z`` and an analytic part
+  ``q`` with an exact log density (the data-fitted Gaussian or the sign-aligned mixture of
+  :mod:`lftml.diffusion.baselines`): the largest held-out gain over ``q`` that *any* model can have.
+  With the likelihood weighting the analytic part's ELBO is ``E_p log q`` (its score is the exact
+  score of ``q`` diffused), and a model's ELBO is at most ``E_p log p``, so
+  ``gain <= E_p[log p - log q] = KL(p || q)``. Computed as ``E_p[-S - log q] - log Z`` with the
+  expectation over held-out configurations of ``p`` (Gamma method) and
+  ``log Z = log E_q[exp(-S - log q)]`` by importance sampling from ``q`` (exact: both densities
+  are known; its error by the delta method, its bias ``-err^2/2`` is negligible when it is small).
 * :func:`site_kurtosis` — ``<phi^4> / <phi^2>^2`` over all sites (3 for every Gaussian), with a
   Gamma-method error (derived observable, configurations as the Monte Carlo axis).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from lftml.diffusion.losses import nats_per_unit_loss, per_config_loss, loss_weight, sample_times
+from lftml.errors import LftmlError
 
-__all__ = ["likelihood_gain", "site_kurtosis", "model_force"]
+__all__ = ["likelihood_gain", "gain_ceiling", "site_kurtosis", "model_force"]
 
 
 def model_force(theory: dict | None, phi: np.ndarray, scale: float) -> np.ndarray | None:
@@ -93,6 +105,45 @@ def likelihood_gain(model, phi: np.ndarray, *, force: np.ndarray | None = None, 
             "z": est.value / est.error if est.error > 0 else float("inf"),
             "loss_analytic_nats": float(la.mean() * nats), "draws": draws, "n": int(flat.shape[0]),
             "target": "tsm" if f_all is not None else "dsm", "t_sampling": t_sampling}
+
+
+def gain_ceiling(baseline, theory, phi: np.ndarray, *, n_samples: int = 20000, seed: int = 0,
+                 chains_axis: bool = False, batch_size: int = 2000) -> dict:
+    """``KL(p || q)`` in nats per configuration (see the module docstring), with its error.
+
+    ``baseline``: anything with ``sample(n, generator)`` and an exact ``log_prob`` in engine units
+    (:class:`~lftml.diffusion.baselines.GaussianBaseline`, ``MixtureBaseline``, or
+    ``GaussianBaseline.from_model(model)`` for a model's own analytic part); ``theory``: the target's
+    action; ``phi``: held-out configurations of ``p``, ``(n, *lattice)`` or, with ``chains_axis``,
+    ``(n_configs, n_chains, *lattice)``. Returns ``{"value", "error", "e_p", "log_z", "log_z_error",
+    "ess_fraction", "kl_reverse", "jeffreys", "n_samples", "n"}`` (``kl_reverse = KL(q || p)``,
+    ``jeffreys`` their sum, which needs no ``log Z``).
+    """
+    from lftml.stats import gamma_method
+
+    if n_samples < 2:
+        raise LftmlError(f"gain_ceiling needs n_samples >= 2, got {n_samples}")
+    phi = np.asarray(phi, dtype=np.float64)
+    shape2 = phi.shape[:2] if chains_axis else (phi.shape[0], 1)
+    flat = torch.as_tensor(phi.reshape(-1, *baseline.lattice_shape))
+
+    def log_ratio(x: torch.Tensor) -> np.ndarray:  # -S - log q per configuration
+        return (-theory.action(x) - baseline.log_prob(x)).numpy()
+
+    a = np.concatenate([log_ratio(flat[i:i + batch_size]) for i in range(0, flat.shape[0], batch_size)])
+    ep = gamma_method(a.reshape(shape2))
+    g = torch.Generator().manual_seed(int(seed))
+    w = np.concatenate([log_ratio(baseline.sample(min(batch_size, n_samples - i), g))
+                        for i in range(0, n_samples, batch_size)])
+    m = float(w.max())
+    r = np.exp(w - m)
+    log_z = m + math.log(float(r.mean()))
+    log_z_error = float(r.std(ddof=1) / r.mean()) / math.sqrt(len(r))
+    return {"value": ep.value - log_z, "error": math.hypot(ep.error, log_z_error), "e_p": ep.value,
+            "e_p_error": ep.error, "log_z": log_z, "log_z_error": log_z_error,
+            "ess_fraction": float(r.sum() ** 2 / (r * r).sum() / len(r)),
+            "kl_reverse": log_z - float(w.mean()), "jeffreys": ep.value - float(w.mean()),
+            "n_samples": int(n_samples), "n": int(flat.shape[0])}
 
 
 def site_kurtosis(phi: np.ndarray) -> dict:

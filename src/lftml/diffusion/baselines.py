@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
-from lftml.diffusion.sampling import color_noise, symmetrize_spectrum
+from lftml.diffusion.sampling import color_noise, point_group_average, symmetrize_spectrum
 
 __all__ = ["GaussianBaseline", "MixtureBaseline", "BASELINES", "fit_baseline"]
 
@@ -64,12 +64,14 @@ class GaussianBaseline:
         return tuple(self.power_spectrum.shape)
 
     @classmethod
-    def fit(cls, phi) -> "GaussianBaseline":
-        """Z2-symmetric fit: mean 0, ``c_p = <|F(phi)_p|^2> / V`` over the configurations."""
+    def fit(cls, phi, point_group: bool = True) -> "GaussianBaseline":
+        """Z2-symmetric fit: mean 0, ``c_p = <|F(phi)_p|^2> / V`` over the configurations, averaged
+        over the lattice's reflections and equal-extent axis permutations unless ``point_group`` is
+        false (:func:`~lftml.diffusion.sampling.point_group_average`)."""
         x = _check_data(phi)
         V = math.prod(x.shape[1:])
         c = (torch.fft.fftn(x, dim=_dims(x)).abs() ** 2).mean(0) / V
-        return cls(c, 0.0)
+        return cls(point_group_average(c) if point_group else c, 0.0)
 
     @classmethod
     def from_model(cls, model) -> "GaussianBaseline | MixtureBaseline":
@@ -115,8 +117,9 @@ class MixtureBaseline:
         return self.component.lattice_shape
 
     @classmethod
-    def fit(cls, phi) -> "MixtureBaseline":
-        """Fit ``N(mu, C)`` to the sign-aligned configurations ``sign(M) phi`` (``sign(0) = +1``)."""
+    def fit(cls, phi, point_group: bool = True) -> "MixtureBaseline":
+        """Fit ``N(mu, C)`` to the sign-aligned configurations ``sign(M) phi`` (``sign(0) = +1``);
+        ``point_group`` as for :meth:`GaussianBaseline.fit`."""
         x = _check_data(phi)
         M = x.reshape(x.shape[0], -1).mean(1)
         s = torch.where(M >= 0, 1.0, -1.0).to(torch.float64).reshape(-1, *([1] * (x.ndim - 1)))
@@ -124,7 +127,7 @@ class MixtureBaseline:
         mu = float(y.mean())
         V = math.prod(x.shape[1:])
         c = (torch.fft.fftn(y - mu, dim=_dims(y)).abs() ** 2).mean(0) / V
-        return cls(GaussianBaseline(c, mu))
+        return cls(GaussianBaseline(point_group_average(c) if point_group else c, mu))
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         x = self.component.sample(n, generator)
@@ -142,10 +145,11 @@ class MixtureBaseline:
                 "zero_mode_variance": float(self.component.power_spectrum.flatten()[0])}
 
 
-def fit_baseline(kind: str, phi) -> GaussianBaseline | MixtureBaseline:
-    """``gaussian`` or ``mixture`` fitted to configurations ``(n, *lattice_shape)``."""
+def fit_baseline(kind: str, phi, point_group: bool = True) -> GaussianBaseline | MixtureBaseline:
+    """``gaussian`` or ``mixture`` fitted to configurations ``(n, *lattice_shape)`` (``point_group``:
+    see :meth:`GaussianBaseline.fit`)."""
     if kind == "gaussian":
-        return GaussianBaseline.fit(phi)
+        return GaussianBaseline.fit(phi, point_group)
     if kind == "mixture":
-        return MixtureBaseline.fit(phi)
+        return MixtureBaseline.fit(phi, point_group)
     raise LftmlError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")

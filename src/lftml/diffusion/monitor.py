@@ -55,8 +55,11 @@ def likelihood_gain(model, phi: np.ndarray, *, force: np.ndarray | None = None, 
     ``phi``: held-out configurations, engine units, ``(n, *lattice)`` or, with ``chains_axis``,
     ``(n_configs, n_chains, *lattice)`` (then the Gamma method sees the chains). ``force``: their
     force (engine units); default: from ``model.theory`` (``None`` falls back to plain DSM).
-    Returns ``{"value", "error", "tau_int", "z", "loss_analytic", "loss_model", "draws", "target"}``.
-    """
+    Returns ``{"value", "error", "tau_int", "z", "loss_analytic_nats", "draws", "n", "target",
+    "t_sampling"}``. Only the average over configurations is the ELBO difference: per configuration
+    the blended target is unbiased only on average, and the ELBO is not ``log p_model(x)``, so the
+    per-configuration terms cannot be paired with per-configuration log densities (tried: the
+    noise of ``gain_i`` and of ``log p(x_i) - log q(x_i)`` does not cancel)."""
     from lftml.stats import gamma_method
 
     phi = np.asarray(phi)

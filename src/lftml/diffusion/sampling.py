@@ -480,11 +480,12 @@ def point_group_average(c: torch.Tensor) -> torch.Tensor:
     """Average of a per-mode spectrum ``c`` (lattice shape, momentum index ``k = 0..L-1`` per axis)
     over the lattice's point group: every reflection ``k_mu -> -k_mu`` and every permutation of
     axes of equal extent (the symmetries of an isotropic nearest-neighbour action on a periodic
-    hypercubic lattice, those that the training augmentation applies). Exact for the true spectrum;
-    for one estimated from ``n`` configurations it divides the variance of the estimate by up to the
-    orbit size of each mode (8 in 2d, 4 beyond ``p -> -p``), and with it the part of a fitted
-    Gaussian's ``KL(p || q)`` that is estimation noise (measured: 0.07 -> 0.02 nats at 32x32 from
-    3200 configurations)."""
+    hypercubic lattice; in 2d exactly the training augmentation's group, in 3d and beyond a superset
+    of it). Exact for the true spectrum. For one estimated from configurations of a Gaussian-like
+    field it divides the variance of each mode's estimate by the number of distinct +-pairs in its
+    orbit (4 for a generic 2d mode), and with it the part of a fitted Gaussian's ``KL(p || q)`` that
+    is estimation noise (measured at 32x32 from 3200 configurations: the fit's KL 0.727 -> 0.668
+    nats, against 0.651 for a fit of 19200)."""
     import itertools
 
     nd = c.ndim

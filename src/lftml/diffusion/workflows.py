@@ -214,7 +214,7 @@ def baseline_to_file(data: str | Path, out: str | Path, *, kind: str = "gaussian
         wall = time.perf_counter() - t0
         meta = {"kind": "baseline", "theory": d.theory, "seed": int(seed),
                 "sampler": {"baseline": base.to_dict(), "data": str(data), "n_fit": int(len(d.configs)),
-                            "weights": "exact" if lw is not None else "none"},
+                            "spectrum_fit": "point-group average", "weights": "exact" if lw is not None else "none"},
                 "wall_seconds": wall}
         with atomic_output(out, suffix=".h5") as tmp:
             write_ensemble(tmp, phi.numpy()[:, None], metadata=meta, theory=theory,

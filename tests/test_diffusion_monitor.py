@@ -25,7 +25,7 @@ def kl_gauss(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def free_pair():
     """p: the free field (m2 = 0.5) on 6x6; q: a Gaussian whose power spectrum is p's, each mode
-    off by a random factor in [0.7, 1.3] (Z2- and reflection-symmetrised by the baseline)."""
+    off by a random factor in [0.7, 1.3] (then made even in p by the baseline; not point-group averaged)."""
     theory = FreeScalar(Lattice((6, 6)), 0.5)
     c_p = 1.0 / theory.spectrum()
     rng = np.random.default_rng(3)

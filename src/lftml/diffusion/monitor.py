@@ -124,7 +124,7 @@ def gain_ceiling(baseline, theory, phi: np.ndarray, *, n_samples: int = 20000, s
     without an error; ``jeffreys`` the sum of the two KLs, which needs no ``log Z``). Where q's
     ESS/N is small (near kappa_c: 1e-3) ``log Z`` is probably underestimated and the ceiling high.
     """
-    from lftml.stats import gamma_method
+    from lftml.stats import ess_fraction, gamma_method
 
     if n_samples < 2:
         raise LftmlError(f"gain_ceiling needs n_samples >= 2, got {n_samples}")
@@ -146,7 +146,7 @@ def gain_ceiling(baseline, theory, phi: np.ndarray, *, n_samples: int = 20000, s
     log_z_error = float(r.std(ddof=1) / r.mean()) / math.sqrt(len(r))
     return {"value": ep.value - log_z, "error": math.hypot(ep.error, log_z_error), "e_p": ep.value,
             "e_p_error": ep.error, "log_z": log_z, "log_z_error": log_z_error,
-            "ess_fraction": float(r.sum() ** 2 / (r * r).sum() / len(r)),
+            "ess_fraction": ess_fraction(w),
             "kl_reverse": log_z - float(w.mean()), "jeffreys": ep.value - float(w.mean()),
             "n_samples": int(n_samples), "n": int(flat.shape[0])}
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lftml.errors import LftmlError
-from lftml.diffusion.sampling import color_noise, point_group_average, symmetrize_spectrum
+from lftml.diffusion.sampling import color_noise, gaussian_log_prob, point_group_average, power_spectrum, symmetrize_spectrum
 
 __all__ = ["GaussianBaseline", "MixtureBaseline", "BASELINES", "fit_baseline"]
 
@@ -68,9 +68,7 @@ class GaussianBaseline:
         """Z2-symmetric fit: mean 0, ``c_p = <|F(phi)_p|^2> / V`` over the configurations, averaged
         over the lattice's reflections and equal-extent axis permutations unless ``point_group`` is
         false (:func:`~lftml.diffusion.sampling.point_group_average`)."""
-        x = _check_data(phi)
-        V = math.prod(x.shape[1:])
-        c = (torch.fft.fftn(x, dim=_dims(x)).abs() ** 2).mean(0) / V
+        c = power_spectrum(_check_data(phi))
         return cls(point_group_average(c) if point_group else c, 0.0)
 
     @classmethod
@@ -97,10 +95,7 @@ class GaussianBaseline:
         x = torch.as_tensor(np.asarray(phi) if not isinstance(phi, torch.Tensor) else phi, dtype=torch.float64)
         if tuple(x.shape[1:]) != self.lattice_shape:
             raise LftmlError(f"configurations of shape {tuple(x.shape[1:])} for a baseline on {self.lattice_shape}")
-        V = math.prod(self.lattice_shape)
-        xh = torch.fft.fftn(x - self.mean, dim=_dims(x))
-        quad = (xh.abs() ** 2 / self.power_spectrum).reshape(x.shape[0], -1).sum(1) / V
-        return -0.5 * quad - 0.5 * float(torch.log(2 * math.pi * self.power_spectrum).sum())
+        return gaussian_log_prob(x, self.power_spectrum, self.mean)
 
     def to_dict(self) -> dict:
         return {"kind": "gaussian", "mean": self.mean, "zero_mode_variance": float(self.power_spectrum.flatten()[0])}
@@ -125,8 +120,7 @@ class MixtureBaseline:
         s = torch.where(M >= 0, 1.0, -1.0).to(torch.float64).reshape(-1, *([1] * (x.ndim - 1)))
         y = s * x
         mu = float(y.mean())
-        V = math.prod(x.shape[1:])
-        c = (torch.fft.fftn(y - mu, dim=_dims(y)).abs() ** 2).mean(0) / V
+        c = power_spectrum(y, mu)
         return cls(GaussianBaseline(point_group_average(c) if point_group else c, mu))
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:

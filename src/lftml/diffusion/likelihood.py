@@ -36,7 +36,6 @@ helpers :func:`model_log_likelihood` and :func:`model_sample_with_log_likelihood
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -216,22 +215,15 @@ def pf_ode_prior(score_fn, sde: VESDE):
     c = score_fn.analytic_power_spectrum() if hasattr(score_fn, "analytic_power_spectrum") else None
     if c is None:
         return sde.prior_log_prob, sde.prior_sample
+    from lftml.diffusion.baselines import GaussianBaseline, MixtureBaseline
     from lftml.diffusion.sampling import color_noise, symmetrize_spectrum
 
     var = symmetrize_spectrum(torch.as_tensor(c, dtype=torch.float64).cpu()) + sde.sigma_max**2
-    logdet = float(torch.log(2 * math.pi * var).sum())
     vac = score_fn.analytic_vacuum() if hasattr(score_fn, "analytic_vacuum") else None
-
-    def gauss(x: torch.Tensor) -> torch.Tensor:
-        dims = tuple(range(1, x.ndim))
-        xh = torch.fft.fftn(x, dim=dims)
-        return -0.5 * (xh.abs() ** 2 / var).reshape(x.shape[0], -1).sum(1) / x[0].numel() - 0.5 * logdet
+    density = GaussianBaseline(var) if vac is None else MixtureBaseline(GaussianBaseline(var, vac))
 
     def log_prob(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float64).cpu()
-        if vac is None:
-            return gauss(x)
-        return torch.logaddexp(gauss(x - vac), gauss(x + vac)) - math.log(2.0)  # 1/2 N(mu, .) + 1/2 N(-mu, .)
+        return density.log_prob(x.to(torch.float64).cpu())
 
     def sample(shape, generator, dtype=torch.float32, device="cpu"):
         z = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device).cpu()

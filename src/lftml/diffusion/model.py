@@ -221,11 +221,11 @@ class ScoreModel(nn.Module):
 
     @staticmethod
     def estimate_power_spectrum(x: torch.Tensor) -> torch.Tensor:
-        """``c_p = <|F(x)_p|^2> / V`` over the batch axis (Z2- and translation-symmetric by construction)."""
-        dims = tuple(range(1, x.ndim))
-        V = math.prod(x.shape[1:])
-        xh = torch.fft.fftn(x.to(torch.float64), dim=dims)
-        return (xh.abs() ** 2).mean(dim=0) / V
+        """``c_p = <|F(x)_p|^2> / V`` over the batch axis (Z2- and translation-symmetric by construction;
+        :func:`lftml.diffusion.sampling.power_spectrum`)."""
+        from lftml.diffusion.sampling import power_spectrum
+
+        return power_spectrum(x)
 
     score = forward
 

@@ -477,6 +477,26 @@ def symmetrize_spectrum(c: torch.Tensor) -> torch.Tensor:
     return 0.5 * (c + flipped)
 
 
+def power_spectrum(x: torch.Tensor, mean: float = 0.0) -> torch.Tensor:
+    """``c_p = <|F(x - mean)_p|^2> / V`` over the batch axis 0 (unnormalised DFT over the lattice
+    axes, float64): the two-point function in momentum space of configurations ``(n, *lattice)``,
+    the maximum-likelihood per-mode variance of a translation-invariant Gaussian around ``mean``."""
+    x = torch.as_tensor(x).to(torch.float64)
+    dims = tuple(range(1, x.ndim))
+    V = math.prod(x.shape[1:])
+    return (torch.fft.fftn(x - mean, dim=dims).abs() ** 2).mean(dim=0) / V
+
+
+def gaussian_log_prob(x: torch.Tensor, c: torch.Tensor, mean: float = 0.0) -> torch.Tensor:
+    """``log N(x; mean * 1, F^-1 diag(c) F)`` per configuration (float64) for ``x`` of shape
+    ``(n, *c.shape)``: ``-(1/2V) sum_p |F(x - mean)_p|^2 / c_p - (1/2) sum_p log(2 pi c_p)``
+    (``c`` even in p, :func:`symmetrize_spectrum`, so that this is a real Gaussian's density)."""
+    x = x.to(torch.float64)
+    dims = tuple(range(1, x.ndim))
+    quad = (torch.fft.fftn(x - mean, dim=dims).abs() ** 2 / c).reshape(x.shape[0], -1).sum(1) / c.numel()
+    return -0.5 * quad - 0.5 * float(torch.log(2 * math.pi * c).sum())
+
+
 def point_group_average(c: torch.Tensor) -> torch.Tensor:
     """Average of a per-mode spectrum ``c`` (lattice shape, momentum index ``k = 0..L-1`` per axis)
     over the lattice's point group: every reflection ``k_mu -> -k_mu`` and every permutation of

@@ -118,3 +118,23 @@ def test_diffusion_train_no_resume_is_a_hidden_deprecated_spelling(tmp_path):
                    "--no-resume", "--resume")
     assert both.exit_code == 2 and "contradict" in both.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_help_and_the_command_tree_load_without_torch():
+    """``lftml --help`` (and every subcommand's help) must not import torch: a module-level
+    ``import torch`` in the CLI's start-up path costs ~2 s of CPU before each help text or one-line
+    usage error. Catches such an import creeping back into lftml/__init__, lftml.devices or a
+    command module."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from lftml.cli.main import main\n"
+            "for argv in (['--help'], ['hmc', '--help'], ['diffusion', 'train', '--help'], ['rbm', 'train', '--help']):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code in (0, None), e.code\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

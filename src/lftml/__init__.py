@@ -12,6 +12,15 @@ Conventions used throughout the package (stated once here, repeated where they m
 __version__ = "0.1.0"
 
 from lftml.errors import LftmlError
-from lftml.lattice import Lattice
 
 __all__ = ["__version__", "LftmlError", "Lattice"]
+
+
+def __getattr__(name: str):
+    """``lftml.Lattice`` on first use: importing the package (and so the CLI's ``--help`` and its
+    one-line errors) does not import torch."""
+    if name == "Lattice":
+        from lftml.lattice import Lattice
+
+        return Lattice
+    raise AttributeError(f"module 'lftml' has no attribute {name!r}")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from lftml.errors import LftmlError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["resolve_device", "keep_freed_memory"]
 
@@ -13,6 +16,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` as given.
 
     Raises one-line :class:`LftmlError` for an unknown name or a CUDA request without CUDA."""
+    import torch  # here, not at module level: the CLI imports this module before any command runs
+
     if isinstance(device, torch.device):
         device = str(device)
     if device == "auto":

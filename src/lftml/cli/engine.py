@@ -16,8 +16,6 @@ import typer
 from lftml.cli.common import (JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, given_on_command_line,
                               parse_shape, require_file)
 from lftml.errors import LftmlError
-from lftml.lattice import Lattice
-from lftml.theories import FreeScalar, Phi4
 
 SHAPE_HELP = "Lattice extents, e.g. --shape 32 32 (any dimension)."
 
@@ -51,6 +49,9 @@ def build_theory(
     g: Optional[float] = None,
 ):
     """Theory from CLI flags; exactly one parametrisation must be given completely."""
+    from lftml.lattice import Lattice
+    from lftml.theories import FreeScalar, Phi4
+
     if shape is None:
         raise LftmlError("--shape is required, e.g. --shape 32 32 (with --resume it is read from the file)")
     lattice = Lattice(parse_shape(shape))
@@ -450,6 +451,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Exact free-field values: <phi^2>, chi_2 = 1/m^2, U_L = 0, C(t), effective mass, spectrum."""
+        from lftml.lattice import Lattice
+        from lftml.theories import FreeScalar
+
         theory = FreeScalar(Lattice(parse_shape(shape)), m2)
         T = theory.lattice.shape[0]
         eig = theory.eigenvalues()
@@ -478,8 +482,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """A quick 2d phi^4 HMC run (16x16, kappa = 0.21, lambda = 0.022, the talk's symmetric point) and its analysis."""
+        from lftml.lattice import Lattice
         from lftml.safeio import check_output
         from lftml.samplers import HMC
+        from lftml.theories import Phi4
 
         if out is not None:
             check_output(out, overwrite=overwrite)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 
@@ -50,6 +51,28 @@ def test_atomic_output_keeps_old_content_and_leaves_no_temp_on_error(tmp_path):
         tmp.write_text("new")
     assert out.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_atomic_output_gives_new_files_the_umask_mode_and_keeps_a_replaced_files_mode(tmp_path):
+    """mkstemp creates its temporary 0600, so every model, figure and CSV written through it was
+    private to its owner (colleagues on a shared cluster could not read them) while the HDF5 files
+    were 0644: a new file gets 0666 less the umask, a replaced file keeps its own mode."""
+    old_mask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.pt"
+        with atomic_output(new) as tmp:
+            tmp.write_text("x")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        os.umask(0o077)
+        with atomic_output(tmp_path / "private.pt") as tmp:
+            tmp.write_text("x")
+        assert stat.S_IMODE((tmp_path / "private.pt").stat().st_mode) == 0o600
+        new.chmod(0o640)
+        with atomic_output(new) as tmp:
+            tmp.write_text("y")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640 and new.read_text() == "y"
+    finally:
+        os.umask(old_mask)
 
 
 def test_atomic_output_turns_enospc_into_one_line(tmp_path):

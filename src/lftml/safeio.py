@@ -114,6 +114,17 @@ def check_output(
     return out
 
 
+def _output_mode(path: Path) -> int:
+    """Permissions for a file about to replace ``path``: those of the file it replaces, else what
+    ``open()`` would give a new file (0666 less the process's umask), as for the HDF5 outputs."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
@@ -135,6 +146,7 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
         try:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(tmp, _output_mode(out))  # mkstemp's 0600 would make every output private
             os.replace(tmp, out)
         except OSError as exc:
             raise write_error(exc, out) from None

@@ -449,6 +449,11 @@ def test_cli_sample_stores_path_weights_and_analyze_reweights(tmp_path, model_fi
         log_w = np.asarray(ens.log_weights).reshape(-1)  # the proposals metropolis draws below (same seed)
     a = run_cli("analyze", out, "--json", check=True).json()
     assert a["reweighted"] is True and a["ess_fraction"] == pytest.approx(r["weights_summary"]["ess_fraction"])
+    # the sampling time travels with the samples (the file said 0 s, so no cost could be reported);
+    # the cost per independent sample is that time over the weights' effective sample size
+    assert a["wall_time_s"] > 0
+    assert a["cost_per_independent_config_s"] == pytest.approx(a["wall_time_s"] * 2 * a["abs_magnetisation"]["tau_int"]
+                                                               / (40 * a["ess_fraction"]), rel=1e-9)
     before = out.read_bytes()
     bad = [
         (("--out", out), "exists; pass --overwrite"),

@@ -37,8 +37,11 @@ def _pipeline(tmp_path, shape, n_train_per_chain, n_test_per_chain, preset, step
             "--batch-size", str(batch), "--seed", str(seed), "--out", tmp_path / "model.pt", "--json", check=True)
     run_cli("diffusion", "sample", "--model", tmp_path / "model.pt", "--n", str(n_gen), "--sampler", "em",
             "--steps", str(sample_steps), "--seed", "7", "--out", tmp_path / "gen.h5", "--json", check=True)
+    run_cli("diffusion", "baseline", "--data", tmp_path / "train.h5", "--kind", "gaussian", "--n-configs", str(n_gen),
+            "--seed", "9", "--out", tmp_path / "base.h5", "--json", check=True)
     res = run_cli("diffusion", "compare", "--train", tmp_path / "train.h5", "--test", tmp_path / "test.h5",
-                  "--generated", tmp_path / "gen.h5", "--png", tmp_path / "cmp.png", "--json", check=True).json()
+                  "--generated", tmp_path / "gen.h5", "--baseline", tmp_path / "base.h5", "--png", tmp_path / "cmp.png",
+                  "--json", check=True).json()
     return res
 
 
@@ -52,6 +55,15 @@ def _assert_acceptance(res):
     assert abs(z["binder"]) < 2.0, z
     m = g["magnetisation"]
     assert abs(m["value"]) < 2.0 * m["error"], m
+    # the baseline column: exact samples reweighted by exact weights, so within errors of HMC
+    # (4 sigma: 3 observables; catches a baseline row compared with the generated set, or dropped)
+    b, zb = res["baseline"], res["z_baseline_vs_test"]
+    assert b["kind"] == "baseline" and b["reweighted"] is True
+    assert zb["susceptibility"] == pytest.approx((b["susceptibility"]["value"] - res["test"]["susceptibility"]["value"])
+                                                 / (b["susceptibility"]["error"] ** 2
+                                                    + res["test"]["susceptibility"]["error"] ** 2) ** 0.5, rel=1e-9)
+    for key in ("magnetisation", "susceptibility", "binder"):
+        assert abs(zb[key]) < 4.0, zb
 
 
 def test_scaled_down_end_to_end_8x8_generated_observables_agree_with_independent_hmc(tmp_path):
@@ -59,6 +71,10 @@ def test_scaled_down_end_to_end_8x8_generated_observables_agree_with_independent
     _assert_acceptance(res)
     assert res["generated"]["n_configs"] * res["generated"]["n_chains"] == 1024
     assert (tmp_path / "cmp.png").stat().st_size > 0
+    table = run_cli("diffusion", "compare", "--test", tmp_path / "test.h5", "--generated", tmp_path / "gen.h5",
+                    "--baseline", tmp_path / "base.h5", check=True).stdout
+    rows = [ln.split()[0] for ln in table.splitlines()]
+    assert rows[:3] == ["data", "test", "baseline"] and "generated" in rows and "z (base vs test)" in table
 
 
 @pytest.mark.slow

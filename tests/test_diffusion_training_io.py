@@ -146,6 +146,17 @@ def test_cli_likelihood_and_metropolis_produce_their_reports(tmp_path, data):
                  "--png", tmp_path / "s.png", "--json", check=True).json()
     assert lk["n"] == 16 and set(lk["fit"]) >= {"slope", "r2"}
     assert (tmp_path / "s.png").exists()
+    # --out is written under exactly its name (np.savez on a path appended .npz) and, like every
+    # output, refused when it exists unless --overwrite
+    lk_args = ["diffusion", "likelihood", "--model", tmp_path / "m.pt", "--data", tmp_path / "free.h5", "--max-configs", "4",
+               "--solver", "heun", "--steps", "4", "--out", tmp_path / "lq.npz", "--json"]
+    run_cli(*lk_args, check=True)
+    with np.load(tmp_path / "lq.npz") as z:
+        assert z["action"].shape == (4,) and z["log_q"].shape == (4,)
+    before = (tmp_path / "lq.npz").read_bytes()
+    again = run_cli(*lk_args)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr and (tmp_path / "lq.npz").read_bytes() == before
+    run_cli(*lk_args, "--overwrite", check=True)
     mh = run_cli("diffusion", "metropolis", "--model", tmp_path / "m.pt", "--hmc", tmp_path / "free.h5", "--n", "32",
                  "--steps", "10", "--png", tmp_path / "ac.png", "--out", tmp_path / "chain.h5", "--json", check=True).json()
     assert 0.0 <= mh["acceptance"] <= 1.0

@@ -582,12 +582,15 @@ def write_ensemble(
     observables: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = True,
     log_weights: np.ndarray | None = None,
+    wall_time_s: float = 0.0,
 ) -> Path:
     """Write a whole ensemble ``(n_configs, n_chains, *shape)`` at once, atomically (temp + rename).
 
     ``observables`` ``{name: (n_configs, n_chains, ...)}`` are the caller's measurements
     (:func:`lftml.observables.measure_history`); the store does not compute them. ``log_weights``
-    (``(n_configs, n_chains)``, finite) are stored as ``/log_weights``. On any error the temporary
+    (``(n_configs, n_chains)``, finite) are stored as ``/log_weights``. ``wall_time_s``: the
+    seconds it took to produce the configurations (the file's ``wall_time_s``, from which
+    ``lftml analyze`` reports the cost per independent configuration). On any error the temporary
     file is removed and ``path`` keeps its previous content."""
     path = Path(path)
     c = configs.detach().cpu().numpy() if isinstance(configs, torch.Tensor) else np.asarray(configs)
@@ -606,6 +609,7 @@ def write_ensemble(
             overwrite=True, flush_every=max(len(c), 1), flush_seconds=1e9,
         )
         w.append(c, observables=observables)
+        w.add_wall_time(wall_time_s)
         w.close()
         if log_weights is not None:
             with h5open(tmp, "a") as f:

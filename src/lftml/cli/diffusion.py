@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from lftml.cli.common import JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, parse_shape, require_file
+from lftml.cli.common import PROGRESS_OPTION, show_progress, JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, parse_shape, require_file
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Diffusion models (VE SDE + periodic U-Net) trained on lattice ensembles.", no_args_is_help=True)
@@ -63,11 +63,10 @@ def train(
                                             "stderr is a terminal)."),
     threads: Optional[int] = THREADS_OPTION,
     device: str = DEVICE_OPTION,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random stream (default 0; recorded)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random stream, recorded in the output (default 0)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a score model (default: the recommended equivariant model, target score matching)."""
-    import sys
     from dataclasses import replace
 
     from lftml.diffusion.training import (TrainConfig, TrainingInterrupted, refuse_interrupted, check_resume_settings,
@@ -103,7 +102,7 @@ def train(
         cfg = replace(stored, checkpoint_every=checkpoint_every)
     else:
         cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None}, checkpoint_every=checkpoint_every)
-    show = (sys.stderr.isatty() and not as_json) if progress is None else progress
+    show = show_progress(progress, as_json)
     try:
         res = train_from_file(data, out, cfg, thin=thin if thin == "auto" else int(thin) if thin.isdigit() else thin,
                               resume=resume, overwrite=overwrite, progress=show, device=device, heldout=heldout,
@@ -130,12 +129,8 @@ def train(
 
 
 def _progress(flag: Optional[bool], as_json: bool) -> bool:
-    """``--progress/--no-progress``: default on when stderr is a terminal (never with --json)."""
-    import sys
-
-    if flag is None:
-        return (not as_json) and sys.stderr.isatty()
-    return bool(flag)
+    """``--progress/--no-progress``: :func:`lftml.cli.common.show_progress`."""
+    return show_progress(flag, as_json)
 
 
 def _interrupted(out: Optional[Path]) -> None:
@@ -154,8 +149,6 @@ def _interrupted(out: Optional[Path]) -> None:
     raise typer.Exit(130)
 
 
-PROGRESS_OPTION = typer.Option(None, "--progress/--no-progress",
-                               help="Progress bar (default: on when stderr is a terminal).")
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace an existing --out file.")
 NETWORK_BELOW_OPTION = typer.Option(None, "--network-below",
                                     help="exp sampler: evaluate the network only at noise std <= K x the data's per-site "
@@ -289,20 +282,22 @@ def baseline(
 
 @app.command()
 def likelihood(
-    model: Path = typer.Option(..., "--model"),
+    model: Path = typer.Option(..., "--model", help="Trained model (`lftml diffusion train`)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Ensemble whose configurations to evaluate."),
     generate: Optional[int] = typer.Option(None, "--generate", help="Instead: N fresh PF-ODE samples with their log q."),
     max_configs: int = typer.Option(256, "--max-configs", help="Evaluate at most this many configurations of --data."),
     probes: int = typer.Option(1, "--probes", help="Hutchinson probe vectors per configuration."),
     probe: str = typer.Option("rademacher", "--probe", help="rademacher, gaussian, or exact (small lattices)."),
     solver: str = typer.Option("rk45", "--solver", help="rk45 (adaptive, --rtol/--atol) or heun (--steps)."),
-    rtol: float = typer.Option(1e-5, "--rtol"),
-    atol: float = typer.Option(1e-5, "--atol"),
+    rtol: float = typer.Option(1e-5, "--rtol", help="Relative tolerance of the rk45 solver."),
+    atol: float = typer.Option(1e-5, "--atol", help="Absolute tolerance of the rk45 solver."),
     steps: int = typer.Option(100, "--steps", help="Fixed steps of the heun solver."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Configurations per ODE solve."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot of -log q against S (PNG)."),
     png: Optional[Path] = typer.Option(None, "--png", hidden=True, help="Deprecated: use --plot."),
-    out: Optional[Path] = typer.Option(None, "--out", help="npz file with arrays action and log_q."),
+    out: Optional[Path] = typer.Option(None, "--out", help="npz file (name ending in .npz) with arrays action and log_q."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out or --plot file."),
+    progress: Optional[bool] = PROGRESS_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, cuda:N (the rk45 "
                                "solver itself is scipy's, on the CPU)."),
@@ -322,11 +317,21 @@ def likelihood(
     require_file(model, "model file")
     if data is not None:
         require_file(data, "ensemble")
+    from lftml.safeio import check_output
+
+    if out is not None:
+        if out.suffix.lower() != ".npz":
+            raise LftmlError(f"--out {out}: the arrays are written as an npz file; give a name ending in .npz")
+        check_output(out, overwrite=overwrite, inputs=[model, data], option="--out")
+    if png is not None:
+        if png.suffix.lower() != ".png":
+            raise LftmlError(f"--plot {png}: figures are PNG files; give a name ending in .png")
+        check_output(png, overwrite=overwrite, inputs=[model, data], option="--plot")
     set_threads(threads)
     settings = LikelihoodSettings(probes=probes, probe=probe, solver=solver, rtol=rtol, atol=atol, steps=steps)
     res = likelihood_report(model, data=data, generate_n=generate, settings=settings, seed=seed,
                             max_configs=max_configs, batch_size=batch_size, png=png, out_npz=out,
-                            device=str(resolve_device(device)), progress=not as_json)
+                            device=str(resolve_device(device)), progress=show_progress(progress, as_json))
     if as_json:
         emit_json(res)
         return
@@ -340,22 +345,25 @@ def compare(
     train: Optional[Path] = typer.Option(None, "--train", help="Training ensemble (optional)."),
     test: Path = typer.Option(..., "--test", help="Independent HMC test ensemble."),
     generated: Path = typer.Option(..., "--generated", help="Generated ensemble (`lftml diffusion sample`); reweighted when it carries log weights."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline ensemble (`lftml diffusion baseline`): its own row and z-scores."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Histograms of M and S/V and the two-point function (PNG)."),
     png: Optional[Path] = typer.Option(None, "--png", hidden=True, help="Deprecated: use --plot."),
-    overwrite: bool = OVERWRITE_OPTION,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """The talk's table: <M>, <|M|>, chi_2, U_L, <S>/V, two-point function, with z-scores of generated vs test."""
+    """The talk's table: <M>, <|M|>, chi_2, U_L, <S>/V, two-point function, with z-scores of generated (and
+    --baseline) vs test."""
     from lftml.diffusion.evaluation import format_compare_table
     from lftml.diffusion.workflows import compare_report
 
     if png is not None:
         deprecated_option("--png", "--plot")
         plot = plot or png
-    for p, what in ((train, "training ensemble"), (test, "test ensemble"), (generated, "generated ensemble")):
+    for p, what in ((train, "training ensemble"), (test, "test ensemble"), (generated, "generated ensemble"),
+                    (baseline, "baseline ensemble")):
         if p is not None:
             require_file(p, what)
-    res = compare_report(train, test, generated, png=plot, overwrite=overwrite)
+    res = compare_report(train, test, generated, png=plot, overwrite=overwrite, baseline=baseline)
     if as_json:
         emit_json(res)
         return
@@ -364,7 +372,7 @@ def compare(
 
 @app.command()
 def metropolis(
-    model: Path = typer.Option(..., "--model"),
+    model: Path = typer.Option(..., "--model", help="Trained model (`lftml diffusion train`)."),
     hmc: Optional[Path] = typer.Option(None, "--hmc", help="HMC ensemble to compare autocorrelations with (optional)."),
     n_configs: Optional[int] = typer.Option(None, "--n-configs", help="Number of proposals (default 1024)."),
     n: Optional[int] = typer.Option(None, "--n", hidden=True, help="Deprecated: use --n-configs."),
@@ -372,7 +380,7 @@ def metropolis(
     steps: Optional[int] = typer.Option(None, "--steps", help="Reverse steps (path: default 50) or Heun steps (ode: default 100)."),
     probes: int = typer.Option(1, "--probes", help="Hutchinson probes (--weights ode)."),
     probe: str = typer.Option("rademacher", "--probe", hidden=True),
-    max_lag: int = typer.Option(30, "--max-lag"),
+    max_lag: int = typer.Option(30, "--max-lag", help="Largest lag of the autocorrelation functions reported and plotted."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Proposals per batch (default: cache-sized)."),
     network_below: Optional[float] = NETWORK_BELOW_OPTION,
     plot: Optional[Path] = typer.Option(None, "--plot", help="Autocorrelation plot (needs --hmc)."),

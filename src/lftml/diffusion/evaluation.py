@@ -50,56 +50,69 @@ def z_score(a: dict, b: dict) -> float:
     return (float(a["value"]) - float(b["value"])) / den if den > 0 else float("nan")
 
 
-def compare(train: str | Path | None, test: str | Path, generated: str | Path, *, check_theory: bool = True) -> dict[str, Any]:
-    """``{"train": A, "test": A, "generated": A, "z_generated_vs_test": {...}}`` where each A is the
-    :func:`lftml.analysis.analyze` result of that file (``None`` for a missing train file) and the
-    z-scores cover :data:`COMPARE_KEYS` plus ``correlator`` (a list over t)."""
+def compare(train: str | Path | None, test: str | Path, generated: str | Path, *, baseline: str | Path | None = None,
+            check_theory: bool = True) -> dict[str, Any]:
+    """``{"train": A, "test": A, "baseline": A, "generated": A, "z_generated_vs_test": {...},
+    "z_baseline_vs_test": {...}}`` where each A is the :func:`lftml.analysis.analyze` result of that
+    file (``None`` for a train or baseline file not given; a weighted file is reweighted) and the
+    z-scores cover :data:`COMPARE_KEYS` plus ``correlator`` (a list over t). ``baseline``: an
+    ensemble of ``lftml diffusion baseline`` (the Gaussian or two-Gaussian mixture fitted to the
+    training data), the column every diffusion result is compared with."""
     from lftml.analysis import analyze
 
     res: dict[str, Any] = {}
-    for name, path in (("train", train), ("test", test), ("generated", generated)):
+    for name, path in (("train", train), ("test", test), ("baseline", baseline), ("generated", generated)):
         res[name] = analyze(path) if path is not None else None
     if check_theory:
-        th = {k: (res[k] or {}).get("theory") for k in ("train", "test", "generated")}
+        th = {k: (res[k] or {}).get("theory") for k in res}
         ref = th["test"]
-        for k in ("train", "generated"):
+        for k in ("train", "baseline", "generated"):
             if res[k] is not None and th[k] and ref and th[k] != ref:
                 raise LftmlError(f"the {k} ensemble is for {th[k]} but the test ensemble for {ref}: compare like with like")
         shapes = {k: res[k]["volume"] for k in res if res[k] is not None}
         if len(set(shapes.values())) > 1:
             raise LftmlError(f"the ensembles have different lattice volumes {shapes}")
-    g, t = res["generated"], res["test"]
-    z: dict[str, Any] = {}
-    for key in COMPARE_KEYS:
-        if key in g and key in t:
-            z[key] = z_score(g[key], t[key])
-    if "correlator" in g and "correlator" in t:
-        z["correlator"] = [z_score(a, b) for a, b in zip(g["correlator"], t["correlator"])]
-    res["z_generated_vs_test"] = z
+    t = res["test"]
+    for name in ("generated", "baseline"):
+        g = res[name]
+        if g is None:
+            continue
+        z: dict[str, Any] = {}
+        for key in COMPARE_KEYS:
+            if key in g and key in t:
+                z[key] = z_score(g[key], t[key])
+        if "correlator" in g and "correlator" in t:
+            z["correlator"] = [z_score(a, b) for a, b in zip(g["correlator"], t["correlator"])]
+        res[f"z_{name}_vs_test"] = z
     return res
 
 
 def format_compare_table(res: dict[str, Any]) -> str:
-    """The talk's table as text: rows train/test/generated, columns <M>, <|M|>, chi_2, U_L, <S>/V, and z."""
+    """The talk's table as text: rows train/test/baseline/generated, columns <M>, <|M|>, chi_2, U_L,
+    <S>/V, and the z-scores against the test set."""
     from lftml.stats import format_value_error
 
     cols = [k for k in ("magnetisation", "abs_magnetisation", "susceptibility", "binder", "action_density")
             if k in res["test"]]
     lines = [f"{'data set':<18}" + "".join(f"{_LABELS[c]:>18}" for c in cols) + f"{'configs':>10}"]
-    for name in ("train", "test", "generated"):
+    for name in ("train", "test", "baseline", "generated"):
         a = res.get(name)
         if a is None:
             continue
         row = f"{name:<18}" + "".join(f"{format_value_error(a[c]['value'], a[c]['error']):>18}" for c in cols)
         lines.append(row + f"{a['n_configs'] * a['n_chains']:>10}")
-    g = res.get("generated") or {}
-    if g.get("reweighted"):
-        lines.append(f"generated: reweighted by its stored log weights (self-normalised), ESS/N = {g['ess_fraction']:.3f}")
-    z = res["z_generated_vs_test"]
-    lines.append(f"{'z (gen vs test)':<18}" + "".join(f"{z.get(c, float('nan')):>18.2f}" for c in cols))
-    if "correlator" in z:
-        zc = np.asarray(z["correlator"], dtype=float)
-        lines.append(f"two-point function C(t), t = 0..{len(zc) - 1}: max |z| = {np.nanmax(np.abs(zc)):.2f}")
+    for name in ("baseline", "generated"):
+        g = res.get(name) or {}
+        if g.get("reweighted"):
+            lines.append(f"{name}: reweighted by its stored log weights (self-normalised), ESS/N = {g['ess_fraction']:.3f}")
+    for name, short in (("baseline", "base"), ("generated", "gen")):
+        z = res.get(f"z_{name}_vs_test")
+        if z is None:
+            continue
+        lines.append(f"{'z (' + short + ' vs test)':<18}" + "".join(f"{z.get(c, float('nan')):>18.2f}" for c in cols))
+        if "correlator" in z:
+            zc = np.asarray(z["correlator"], dtype=float)
+            lines.append(f"{name} two-point function C(t), t = 0..{len(zc) - 1}: max |z| = {np.nanmax(np.abs(zc)):.2f}")
     return "\n".join(lines)
 
 
@@ -119,7 +132,7 @@ def plot_comparison(paths: dict[str, str | Path | None], res: dict[str, Any] | N
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    styles = {"train": dict(color="0.5"), "test": dict(color="C0"), "generated": dict(color="C3")}
+    styles = {"train": dict(color="0.5"), "test": dict(color="C0"), "baseline": dict(color="C2"), "generated": dict(color="C3")}
     obs = {k: _load_obs(p) for k, p in paths.items() if p is not None}
     allM = np.concatenate([o["M"] for o in obs.values()])
     binsM = np.linspace(allM.min(), allM.max(), 41)

@@ -461,7 +461,7 @@ def write_generated(path, result: SampleResult, model, *, model_path: str | None
     from lftml.observables import measure_history
 
     return write_ensemble(path, configs, metadata=meta, theory=theory, log_weights=lw,
-                          observables=measure_history(configs, theory))
+                          observables=measure_history(configs, theory), wall_time_s=result.wall_seconds)
 
 
 # ----------------------------------------------------------------------------------------------

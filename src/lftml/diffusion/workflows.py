@@ -219,7 +219,7 @@ def baseline_to_file(data: str | Path, out: str | Path, *, kind: str = "gaussian
         with atomic_output(out, suffix=".h5") as tmp:
             write_ensemble(tmp, phi.numpy()[:, None], metadata=meta, theory=theory,
                            log_weights=None if lw is None else lw[:, None],
-                           observables=measure_history(phi.numpy()[:, None], theory))
+                           observables=measure_history(phi.numpy()[:, None], theory), wall_time_s=wall)
     res = {"out": str(out), "kind": kind, "n": n, "seed": seed, "wall_seconds": wall, "baseline": base.to_dict()}
     if lw is not None:
         res["weights_summary"] = weight_diagnostics(lw, int(np.prod(d.configs.shape[1:])))
@@ -273,7 +273,10 @@ def likelihood_report(model_path: str | Path, *, data: str | Path | None = None,
         save_figure(ax.figure, png, dpi=120)
         out["png"] = str(png)
     if out_npz is not None:
-        np.savez(out_npz, action=S, log_q=log_q)
+        from lftml.safeio import atomic_output
+
+        with atomic_output(out_npz, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, action=S, log_q=log_q)  # a file object: the name stays as given (no .npz appended)
         out["npz"] = str(out_npz)
     return out
 
@@ -407,7 +410,7 @@ def _write_metropolis_chain(out: str | Path, chain: np.ndarray, model: Any, theo
             "model": {"path": str(model_path)}}
     with atomic_output(out, suffix=".h5") as tmp:
         write_ensemble(tmp, chain[:, None], metadata=meta, theory=theory,
-                       observables=measure_history(chain[:, None], theory))
+                       observables=measure_history(chain[:, None], theory), wall_time_s=result["wall_seconds_proposals"])
 
 
 def _plot_metropolis_autocorrelation(ac: dict[str, Any], every: Any, png: str | Path) -> None:
@@ -421,16 +424,17 @@ def _plot_metropolis_autocorrelation(ac: dict[str, Any], every: Any, png: str | 
 
 
 def compare_report(train: str | Path | None, test: str | Path, generated: str | Path,
-                   png: str | Path | None = None, overwrite: bool = True) -> dict[str, Any]:
+                   png: str | Path | None = None, overwrite: bool = True,
+                   baseline: str | Path | None = None) -> dict[str, Any]:
     """:func:`lftml.diffusion.evaluation.compare` plus the comparison PNG."""
     from lftml.diffusion.evaluation import compare, plot_comparison
     from lftml.safeio import check_output
 
     if png is not None:
-        check_output(png, overwrite=overwrite, inputs=[train, test, generated], option="--plot")
-    res = compare(train, test, generated)
+        check_output(png, overwrite=overwrite, inputs=[train, test, generated, baseline], option="--plot")
+    res = compare(train, test, generated, baseline=baseline)
     if png is not None:
         pyplot()  # Agg backend before the figure exists
-        axes = plot_comparison({"train": train, "test": test, "generated": generated}, res)
+        axes = plot_comparison({"train": train, "test": test, "baseline": baseline, "generated": generated}, res)
         save_figure(axes[0].figure, png, dpi=110)
     return res

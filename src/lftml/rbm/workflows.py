@@ -382,7 +382,7 @@ def sample_to_ensemble(
 
     with atomic_output(out, suffix=".h5") as tmp:
         write_ensemble(tmp, configs.numpy(), metadata=metadata, theory=theory,
-                       observables=measure_history(configs.numpy(), theory))
+                       observables=measure_history(configs.numpy(), theory), wall_time_s=wall)
     return {"out": str(out), "n_configs": n_configs, "n_chains": n_chains, "lattice_shape": list(model.lattice_shape),
             "method": method, "seed": int(seed), "wall_time_s": wall}
 

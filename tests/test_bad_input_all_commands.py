@@ -136,6 +136,11 @@ _add([*DS, "--out", "{dm}"], "")
 _add([*DS, "--out", "{dm}", "--overwrite"], "")
 _add(["rbm", "train", "--data", "{npy}", "--hidden", "2", "--method", "analytic", "--out", "{npy}", "--overwrite"], "")
 _add([*RS, "--out", "{rbm}", "--overwrite"], "")
+DL = ["diffusion", "likelihood", "--model", "{dm}", "--data", ENS, "--max-configs", "4"]
+_add([*DL, "--out", "{tmp}/notes.txt"], ".npz")  # was written silently as notes.txt.npz
+_add([*DL, "--out", "{existing_h5}"], ".npz")
+_add([*DL, "--out", "{missing_dir}/x.npz"], "does not exist")
+_add([*DL, "--plot", "{existing_h5}"], ".png")
 # --- contradictory options -----------------------------------------------------------------------------
 _add([*CL, "--out", "{cl}", "--resume", "--overwrite"], "")
 _add([*DT, "--out", "{dm}", "--resume", "--overwrite"], "")

@@ -7,7 +7,7 @@ Rules checked for each visible option of each (sub)command:
     ``--force`` (``--overwrite``), ``--no-resume`` (resume is opt-in);
   * ``--resume`` and ``--overwrite`` are flags that default to off;
   * ``--device`` defaults to ``auto``; ``--seed`` is an integer option;
-  * ``--json`` is a flag.
+  * ``--json`` is a flag; ``--progress/--no-progress`` defaults to the terminal rule (None).
 Old spellings may stay one release as *hidden* options (a deprecation line on use); they are not
 flagged. Commands whose owners are still converting them are in ``KNOWN_OFFENDERS`` with the owning
 subsystem; the integrator shrinks that list as branches merge (an entry that no longer offends fails).
@@ -60,6 +60,11 @@ def _violations(path, cmd):
             out.append(("--json", "must be a flag"))
         if "--seed" in names and getattr(getattr(p, "type", None), "name", "integer") != "integer":
             out.append(("--seed", "must be an integer"))
+        if "--progress" in names and (p.default is not None or "--no-progress" not in names):
+            # docs/cli.md: on when stderr is a terminal, off otherwise (a fixed default put bars into
+            # redirected logs, or hid them in a terminal)
+            out.append(("--progress", f"must be --progress/--no-progress with default None (terminal rule), "
+                                      f"not {p.default!r}"))
     return out
 
 
@@ -138,3 +143,13 @@ def test_help_and_the_command_tree_load_without_torch():
             "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_version_flag_prints_the_package_version():
+    """``lftml --version``: one line with the installed version, exit 0 (there was no such flag)."""
+    from typer.testing import CliRunner
+
+    import lftml
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"lftml {lftml.__version__}"

@@ -69,6 +69,12 @@ def test_analyze_plot_writes_png(tmp_path):
     res = run_cli("analyze", out, "--plot", png, "--json", check=True)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert res.json()["exact"]["susceptibility"] == pytest.approx(2.0)
+    # an existing figure is refused without --overwrite (it was replaced silently) and kept intact
+    png.write_bytes(b"keep")
+    again = run_cli("analyze", out, "--plot", png)
+    assert again.exit_code == 2 and "exists; pass --overwrite" in again.stderr and png.read_bytes() == b"keep"
+    run_cli("analyze", out, "--plot", png, "--overwrite", check=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_free_json_matches_closed_forms():
@@ -94,7 +100,7 @@ def test_free_json_matches_closed_forms():
         (["langevin", "--shape", "8", "--m2", "1", "--dt", "0.5", "--out", "X"], "unstable"),
         (["hmc", "--shape", "8", "--m2", "1", "--integrator", "rk4", "--out", "X"], "unknown integrator"),
         (["langevin", "--shape", "8", "--m2", "1", "--scheme", "rk4", "--out", "X"], "unknown Langevin scheme"),
-        (["hmc", "--shape", "8", "--m2", "1", "--chains", "0", "--out", "X"], "n-chains must be >= 1"),
+        (["hmc", "--shape", "8", "--m2", "1", "--chains", "0", "--out", "X"], "--chains (n_chains) must be >= 1"),
         (["hmc", "--shape", "8", "--m2", "1", "--start", "warm", "--out", "X"], "hot' or 'cold"),
         (["analyze", "missing.h5"], "does not exist"),
     ],
@@ -141,3 +147,50 @@ def test_generated_ensembles_show_the_training_target_not_exact_values(tmp_path)
         assert key in result and other not in result
         assert result[key]["susceptibility"] == pytest.approx(2.0)
     assert "target" in run_cli("analyze", tmp_path / "rbm.h5", check=True).stdout
+
+
+def test_a_reader_that_closes_stdout_early_ends_the_command_quietly(tmp_path):
+    """`lftml analyze f.h5 | head -1`: the reader closes the pipe and the next write raises
+    BrokenPipeError, which the CLI reported as 'error: cannot access a file: Broken pipe', exit 2.
+    Here the read end is closed before lftml writes anything: exit 0, nothing on stderr."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "e.h5"
+    run_cli("hmc", "--shape", "4", "4", "--m2", "0.5", "--chains", "2", "--n-configs", "8", "--therm", "2",
+            "--out", out, "--no-progress", "--json", check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "lftml", "analyze", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "error" not in err, err
+
+
+def test_resume_of_a_missing_file_starts_a_new_run_and_says_so(tmp_path):
+    """`--resume` on a file that does not exist starts a new run (a job script may always pass it)
+    but no longer silently: one note on stderr. The run is the same as without --resume."""
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    common = ["hmc", "--shape", "4", "4", "--m2", "0.5", "--chains", "2", "--n-configs", "6", "--therm", "2",
+              "--seed", "5", "--no-progress", "--json"]
+    res = run_cli(*common, "--out", a, "--resume", check=True)
+    assert "does not exist yet, so this starts a new run" in res.stderr
+    plain = run_cli(*common, "--out", b, check=True)
+    assert "does not exist" not in plain.stderr
+    import h5py
+
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert np.array_equal(fa["configs"][:], fb["configs"][:])
+
+
+def test_resume_with_one_coupling_typed_compares_it_with_the_file(tmp_path):
+    """`--resume --kappa 0.3` on a kappa = 0.2, lam = 0.02 file said 'the hopping form needs both
+    --kappa and --lam' (the untyped --lam was not taken from the file); now the file supplies lam and
+    the refusal names the contradiction. The same kappa resumes."""
+    out = tmp_path / "r.h5"
+    base = ["--chains", "2", "--therm", "2", "--no-progress", "--json", "--out", out]
+    run_cli("hmc", "--shape", "4", "4", "--kappa", "0.2", "--lam", "0.02", "--n-configs", "6", *base, check=True)
+    bad = run_cli("hmc", "--resume", "--kappa", "0.3", "--n-configs", "8", *base)
+    assert bad.exit_code == 2 and "cannot resume" in bad.stderr and "'kappa': 0.3" in bad.stderr
+    assert "needs both" not in bad.stderr
+    ok = run_cli("hmc", "--resume", "--kappa", "0.2", "--n-configs", "8", *base, check=True).json()
+    assert ok["n_configs"] == 8

@@ -181,6 +181,15 @@ def test_a_point_contradicting_an_existing_file_is_refused_before_anything_runs(
     assert res.exit_code == 2 and "point kappa=0.25_shape=8x8" in res.stderr and "seed" in res.stderr
 
 
+def test_workers_with_a_backend_that_does_not_use_them_is_refused(tmp_path):
+    """`--cluster serial --workers 3` ran serially and ignored --workers without a word: one line now,
+    nothing written."""
+    out = tmp_path / "DIR"
+    res = run_cli("scan", _write(tmp_path, MINIMAL), "--out", out, "--cluster", "serial", "--workers", "3")
+    assert res.exit_code == 2 and "--workers applies to --cluster local" in res.stderr
+    assert not out.exists()
+
+
 def test_two_scans_on_one_folder_are_refused(tmp_path):
     """While a scan holds DIR's index lock, a second scan of DIR is refused naming the holder."""
     from lftml.safeio import OutputLock

@@ -15,6 +15,8 @@ tau_int is in units of the measurement spacing of the file.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 from contextlib import contextmanager
@@ -73,6 +75,17 @@ REFERENCE_LABELS = {
     "dt0_limit": "dt = 0 limit (this ensemble has O(dt) bias)",
     "target": "target",
 }
+
+
+
+def reference_label(key: str | None, result: dict[str, Any]) -> str:
+    """How a table labels the closed forms under ``key``: for Langevin the step-size bias's order
+    is the scheme's (``result["sampler"]["order"]``: 1 Euler, 2 Heun)."""
+    if key == "dt0_limit":
+        order = int((result.get("sampler") or {}).get("order", 1))
+        return f"dt = 0 limit (this ensemble has O(dt{'^' + str(order) if order > 1 else ''}) bias)"
+    return REFERENCE_LABELS.get(key, "") if key else ""
+
 
 PRIMARY_KEYS = ("magnetisation", "abs_magnetisation", "susceptibility", "susceptibility_abs", "binder")
 
@@ -239,9 +252,20 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[s
     result["reweighted"] = ens.log_weights is not None
     rec = ens.records
     result["acceptance"] = float(np.mean(rec["accepted"])) if "accepted" in rec and rec["accepted"].size else None
+    result["acceptance_error"] = None  # None: too few records, or every update had the same outcome
+    if result["acceptance"] is not None:
+        acc = np.asarray(rec["accepted"], dtype=np.float64)
+        acc = acc.reshape(acc.shape[0], -1)
+        if acc.shape[0] >= 4 and np.ptp(acc) > 0:  # Gamma method over records x chains: correlated outcomes
+            result["acceptance_error"] = gamma_method(acc, S=S, name="acceptance").error
     if "exp_minus_dH" in rec and rec["exp_minus_dH"].size:
         x = rec["exp_minus_dH"]
         e = gamma_method(x, S=S, name="exp_minus_dH") if x.shape[0] >= 4 else None
+        if e is not None and e.note.startswith("anticorrelated data"):
+            # common for exp(-dH) of an HMC chain and harmless (the Gamma method resolves it, and
+            # the error is only smaller than the naive one); printed on every default run it told
+            # the user nothing to act on. It stays a warning for the physics observables.
+            e = dataclasses.replace(e, note="")
         result["exp_minus_dH"] = _entry(e) if e else None
     result["kind"] = ens.metadata.get("kind")
     result["theory"] = ens.metadata.get("theory")
@@ -252,6 +276,10 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[s
     n_tot = result["n_configs"] * result["n_chains"]
     result["cost_per_independent_config_s"] = (
         ens.wall_time_s * 2.0 * tau / (n_tot * result.get("ess_fraction", 1.0)) if ens.wall_time_s > 0 else None
+    )
+    result["cost_per_independent_config_s_error"] = (  # from tau_int's error (the wall time is exact)
+        result["cost_per_independent_config_s"] * result["abs_magnetisation"]["tau_int_error"] / tau
+        if result["cost_per_independent_config_s"] is not None and tau > 0 else None
     )
     result["warnings"] = collect_warnings(result)
     for w in result["warnings"]:

@@ -61,20 +61,20 @@ class RunConfig:
     dtype: str = "float64"
 
     def __post_init__(self) -> None:
-        for name in ("n_chains", "every"):
+        # the messages name the CLI flag and, in brackets, the field (what a library caller set)
+        for name, flag in (("n_chains", "--chains"), ("every", "--every")):
             if int(getattr(self, name)) < 1:
-                raise LftmlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise LftmlError(f"{flag} ({name}) must be >= 1, got {getattr(self, name)}")
         if int(self.n_configs) < 1:
-            raise LftmlError(f"n-configs must be >= 1 (configurations to store per chain), got {self.n_configs}")
+            raise LftmlError(f"--n-configs (n_configs) must be >= 1 (configurations to store per chain), got {self.n_configs}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
-            raise LftmlError(f"seed must be a non-negative integer below 2^63, got {self.seed!r}")
-        for name in ("n_therm",):
-            if int(getattr(self, name)) < 0:
-                raise LftmlError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            raise LftmlError(f"--seed must be a non-negative integer below 2^63, got {self.seed!r}")
+        if int(self.n_therm) < 0:
+            raise LftmlError(f"--therm (n_therm) must be >= 0, got {self.n_therm}")
         if self.start not in ("hot", "cold"):
             raise LftmlError(f"--start must be 'hot' or 'cold', got {self.start!r}")
         if not 0.0 < self.target_acceptance < 1.0:
-            raise LftmlError(f"target acceptance must lie in (0, 1), got {self.target_acceptance}")
+            raise LftmlError(f"--target-acceptance must lie in (0, 1), got {self.target_acceptance}")
         if self.dtype not in ("float64", "float32"):
             raise LftmlError(f"--dtype must be float64 or float32, got {self.dtype!r}")
 

@@ -37,6 +37,20 @@ __all__ = [
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one machine-readable JSON object instead of a table.")
+PROGRESS_OPTION = typer.Option(None, "--progress/--no-progress",
+                               help="Progress bar (default: on when stderr is a terminal, off otherwise).")
+
+
+def show_progress(flag: bool | None, as_json: bool = False) -> bool:
+    """``--progress/--no-progress``: as given, else on when stderr is a terminal (never with --json),
+    the one rule of docs/cli.md for every command."""
+    import sys
+
+    if flag is None:
+        return (not as_json) and sys.stderr.isatty()
+    return bool(flag)
+
+
 SEED_OPTION = typer.Option(0, "--seed", help="Seed of every random stream (recorded in the output).")
 
 

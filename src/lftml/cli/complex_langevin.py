@@ -102,7 +102,7 @@ def run_command(
     scheme: str = typer.Option("euler", "--scheme", help="euler (O(eps) bias) or heun (O(eps^2))."),
     chains: int = typer.Option(64, "--chains", help="Independent chains (replicas, batched)."),
     steps: int = typer.Option(10000, "--steps", help="Measured Langevin steps per chain (Langevin time steps * dt)."),
-    therm: Optional[int] = typer.Option(None, "--therm", help="Thermalisation steps per chain (Langevin time therm * dt) [steps/5]."),
+    therm: Optional[int] = typer.Option(None, "--therm", help="Thermalisation steps per chain (Langevin time therm * dt; default steps/5)."),
     bins: int = typer.Option(100, "--bins", help="Stored equal-Langevin-time bins per chain (the unit of the error analysis)."),
     seed: int = SEED_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Write the run as an ensemble file (HDF5, complex fields)."),
@@ -111,7 +111,7 @@ def run_command(
     checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="Bins per chain between checkpoints (OUT.ckpt)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a figure of the four diagnostics (PNG)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar [on when stderr is a terminal]."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on when stderr is a terminal)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Run complex Langevin; print estimates with errors beside the exact values, and the diagnostics."""

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from lftml.cli.common import (JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, given_on_command_line,
+from lftml.cli.common import (PROGRESS_OPTION, show_progress, JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, given_on_command_line,
                               parse_shape, require_file)
 from lftml.errors import LftmlError
 
@@ -36,7 +36,6 @@ RESUME_OPTION = typer.Option(
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace an existing --out.")
 DEVICE_OPTION = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 DTYPE_OPTION = typer.Option("float64", help="float64 (default) or float32.")
-PROGRESS_OPTION = typer.Option(True, help="Show a progress bar.")
 CHECKPOINT_EVERY_OPTION = typer.Option(50, "--checkpoint-every", help="Configurations between file flushes.")
 
 
@@ -109,10 +108,10 @@ def _table(result: dict[str, Any]) -> str:
         ("U_L = 1-<M^4>/3<M^2>^2", "binder"),
         ("<S>/V", "action_density"),
     ]
-    from lftml.analysis import REFERENCE_LABELS
+    from lftml.analysis import REFERENCE_LABELS, reference_label
 
     ref_key = next((k for k in REFERENCE_LABELS if k in result), None)
-    label = REFERENCE_LABELS.get(ref_key, "")
+    label = reference_label(ref_key, result)
     exact = result.get(ref_key, {}) if ref_key else {}
     lines = [f"{'observable':<26}{'value(error)':>22}{'tau_int':>16}" + (f"   {label}" if exact else "")]
     for row_label, key in rows:
@@ -124,12 +123,19 @@ def _table(result: dict[str, Any]) -> str:
         lines.append(f"{row_label:<26}{fmt_err(e['value'], e['error']):>22}{tau:>16}" + (f"   {ex:.6g}" if ex is not None else ""))
     info = [f"configs {result['n_configs']} x chains {result['n_chains']}", f"volume {result['volume']}"]
     if result.get("acceptance") is not None:
-        info.append(f"acceptance {result['acceptance']:.4f}")
+        if result.get("acceptance_error"):
+            info.append(f"acceptance {fmt_err(result['acceptance'], result['acceptance_error'])}")
+        elif result["acceptance"] in (0.0, 1.0):
+            info.append(f"acceptance {result['acceptance']:g} ({'all' if result['acceptance'] else 'none'} of the "
+                        "recorded updates accepted)")
+        else:
+            info.append(f"acceptance {result['acceptance']:.4f}")
     if result.get("exp_minus_dH"):
         e = result["exp_minus_dH"]
         info.append(f"<exp(-dH)> {fmt_err(e['value'], e['error'])}")
     if result.get("cost_per_independent_config_s"):
-        info.append(f"cost/independent config {result['cost_per_independent_config_s']:.3g} s")
+        c, ce = result["cost_per_independent_config_s"], result.get("cost_per_independent_config_s_error")
+        info.append(f"cost/independent config {fmt_err(c, ce) if ce else format(c, '.3g')} s (from tau_int(|M|))")
     lines.append("; ".join(info))
     if result.get("effective_mass"):
         em = ", ".join(f"t={d['t']}: {fmt_err(d['value'], d['error'])}" for d in result["effective_mass"][:4])
@@ -171,19 +177,28 @@ def with_stored_options(kind: str, values: dict[str, Any]) -> tuple[dict[str, An
         if name in values and name not in given and key in (meta.get(section) or {}):
             values[name] = meta[section][key]
     theory = meta.get("theory") or {}
-    if not (given & set(THEORY_OPTIONS)) and theory:
-        values["shape"] = ",".join(str(int(n)) for n in theory.get("shape", []))
+    if not theory:
+        return values, meta
+    stored: dict[str, Any] = {}  # the stored theory as the options that would make it
+    if theory.get("name") == "free":
+        stored = {"m2": theory["m2"]}
+    elif theory.get("form") == "hopping":
+        stored = {"kappa": theory["kappa"], "lam": theory["lam"]}
+    elif theory.get("form") == "m2_lam4":
+        stored = {"m2": theory["m2"], "lam4": theory["lam"]}
+    elif theory.get("form") == "m2_g":
+        stored = {"m2": theory["m2"], "g": theory["g"]}
+    typed = given & (set(THEORY_OPTIONS) - {"shape"})
+    if not typed:
         for name in ("kappa", "lam", "m2", "lam4", "g"):
-            values[name] = None
-        if theory.get("name") == "free":
-            values["m2"] = theory["m2"]
-        elif theory.get("form") == "hopping":
-            values["kappa"], values["lam"] = theory["kappa"], theory["lam"]
-        elif theory.get("form") == "m2_lam4":
-            values["m2"], values["lam4"] = theory["m2"], theory["lam"]
-        elif theory.get("form") == "m2_g":
-            values["m2"], values["g"] = theory["m2"], theory["g"]
-    elif not (given & {"shape"}) and theory:
+            values[name] = stored.get(name)
+    elif typed <= set(stored):
+        # some couplings of the stored form typed (--kappa alone): the others from the file, so that
+        # run() compares the typed ones with the file by name instead of "needs both --kappa and --lam"
+        for name, v in stored.items():
+            if name not in given:
+                values[name] = v
+    if "shape" not in given:
         values["shape"] = ",".join(str(int(n)) for n in theory.get("shape", []))
     return values, meta
 
@@ -204,7 +219,9 @@ def _run_command(sampler, theory, *, chains, n_configs, therm, every, seed, star
     if resume and Path(out).is_file():
         ck = read_checkpoint(out)
         complete = ck is not None and int(ck["n_configs"]) == n_configs
-    result = run(sampler, config, out, resume=resume, overwrite=overwrite, progress=progress and not as_json,
+    elif resume and not Path(out).exists():  # allowed (a job script that always passes --resume), but said
+        typer.echo(f"note: --resume: {out} does not exist yet, so this starts a new run", err=True)
+    result = run(sampler, config, out, resume=resume, overwrite=overwrite, progress=show_progress(progress, as_json),
                  kind=kind, flush_every=flush_every)
     if complete:
         typer.echo(f"note: {out} already holds all {n_configs} configurations per chain; nothing to do "
@@ -262,7 +279,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = OVERWRITE_OPTION,
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
-        progress: bool = PROGRESS_OPTION,
+        progress: Optional[bool] = PROGRESS_OPTION,
         checkpoint_every: int = CHECKPOINT_EVERY_OPTION,
         as_json: bool = JSON_OPTION,
     ) -> None:
@@ -304,7 +321,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = OVERWRITE_OPTION,
         device: str = DEVICE_OPTION,
         dtype: str = DTYPE_OPTION,
-        progress: bool = PROGRESS_OPTION,
+        progress: Optional[bool] = PROGRESS_OPTION,
         checkpoint_every: int = CHECKPOINT_EVERY_OPTION,
         as_json: bool = JSON_OPTION,
     ) -> None:
@@ -326,7 +343,7 @@ def register(app: typer.Typer) -> None:
         S: float = typer.Option(2.0, "--window-factor", help="Wolff's window parameter S (1 to 2; larger: longer window)."),
         S_old: Optional[float] = typer.Option(None, "--S", hidden=True, help="Deprecated spelling of --window-factor."),
         plot: Optional[Path] = typer.Option(None, help="Save a figure (history, histogram, correlator) as PNG."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Scan folder: replace an earlier analysis.json/csv and figures."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file (scan folder: an earlier analysis.json/csv and figures)."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Observables with Gamma-method errors and tau_int (<M>, <|M|>, chi_2, U_L, correlator, ...).
@@ -359,7 +376,7 @@ def register(app: typer.Typer) -> None:
 
             if plot.suffix.lower() != ".png":
                 raise LftmlError(f"--plot {plot}: figures are PNG files; give a name ending in .png")
-            check_output(plot, overwrite=True, inputs=[path], option="--plot")
+            check_output(plot, overwrite=overwrite, inputs=[path], option="--plot")
         result = analyze_file(path, discard=discard, S=S, log_warnings=as_json)  # the table prints them
         if plot is not None:
             from lftml.plots import ensemble_overview
@@ -446,7 +463,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def free(
-        shape: str = SHAPE_OPTION,
+        shape: str = typer.Option(None, "--shape", help=SHAPE_HELP),
         m2: float = typer.Option(..., help="Mass squared m^2 > 0."),
         as_json: bool = JSON_OPTION,
     ) -> None:
@@ -496,4 +513,4 @@ def register(app: typer.Typer) -> None:
             target = out if out is not None else Path(tmp) / "demo.h5"
             _run_command(sampler, theory, chains=16, n_configs=200, therm=100, every=2, seed=seed, start="hot",
                          out=target, resume=False, adapt=False, target=0.8, device="cpu", dtype="float64",
-                         progress=not as_json, as_json=as_json, kind="hmc", overwrite=overwrite)
+                         progress=show_progress(None, as_json), as_json=as_json, kind="hmc", overwrite=overwrite)

@@ -39,6 +39,9 @@ class _Group(TyperGroup):
             ctx.exit(2)
         except UsageError as exc:  # a subcommand's bad option or value
             _usage_error(ctx, exc)
+        except BrokenPipeError:  # stdout closed by its reader (`lftml analyze f.h5 | head -1`): not an error
+            _silence_stdout()
+            ctx.exit(0)
         except OSError as exc:  # an I/O failure no command turned into a message itself
             from lftml.safeio import write_error
 
@@ -72,6 +75,17 @@ class _Group(TyperGroup):
 _LEAF = "lftml.command"  # ctx.meta key (meta is shared by a context and its children)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again on the
+    closed pipe (the Python docs' recipe for SIGPIPE-free programs)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 app = typer.Typer(
     name="lftml",
     cls=_Group,
@@ -80,6 +94,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from lftml import __version__
+
+        typer.echo(f"lftml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    """Lattice field theory meets machine learning: phi^4 engine, RBMs, diffusion models, complex Langevin."""
 
 
 def _register() -> None:

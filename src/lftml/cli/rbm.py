@@ -18,7 +18,7 @@ from typing import Optional
 
 import typer
 
-from lftml.cli.common import JSON_OPTION, SEED_OPTION, check_seed, deprecated_option, emit_json, fmt_err, parse_shape, require_file
+from lftml.cli.common import PROGRESS_OPTION, show_progress, JSON_OPTION, SEED_OPTION, check_seed, deprecated_option, emit_json, fmt_err, parse_shape, require_file
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Scalar-field restricted Boltzmann machines (Gaussian RBM as a lattice field theory).", no_args_is_help=True)
@@ -71,9 +71,9 @@ def train(
     hidden_units: str = typer.Option("gaussian", "--hidden-units", help="gaussian (Gaussian RBM) or bernoulli (hidden h = +-1: a scalar-Bernoulli RBM, trained by PCD/CD on data, fixed --mu2)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="converge (default for exact: L-BFGS until max|grad <log p>| < --tol) or reference (the paper's fixed momentum-SGD schedule)."),
     tol: float = typer.Option(1e-6, "--tol", help="converge recipe: stop when the largest gradient component of <log p> is below this."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="reference (momentum SGD of the reference code), sgd, adam or lbfgs [reference recipe, pcd, cd]."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="reference (momentum SGD of the reference code), sgd, adam or lbfgs (for the reference recipe, pcd and cd)."),
     updates: int = typer.Option(1000, "--updates", help="Parameter updates (converge recipe: the maximum)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [reference recipe, pcd, cd; default 0.5]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (for the reference recipe, pcd and cd; default 0.5)."),
     momentum: Optional[float] = typer.Option(None, "--momentum", help="Momentum (reference: EMA form; default 0.8)."),
     l2: Optional[float] = typer.Option(None, "--l2", help="L2 weight decay on W (default 1e-4)."),
     lr_decay: Optional[float] = typer.Option(None, "--lr-decay", help="Learning-rate factor every --decay-every updates (default 0.92)."),
@@ -96,7 +96,7 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (pcd, cd or --recipe reference) bit-identically; options not given are taken from the file, given ones must agree."),
     device: str = typer.Option("auto", "--device", help="auto or cpu (the RBM runs in float64 on the CPU)."),
-    progress: bool = typer.Option(False, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Optional[bool] = PROGRESS_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a Gaussian RBM on a free-field target or data; writes the model with its learning curves."""
@@ -156,7 +156,8 @@ def train(
     config = TrainConfig(method=method, n_updates=updates, k=k, n_chains=64 if pcd_chains is None else pcd_chains,
                          batch_size=batch_size, data_term=data_term, log_every=log_every, mu_lr_scale=mu_lr_scale,
                          recipe=recipe, grad_tol=tol, **{**REFERENCE, **explicit})
-    model, summary = _fit(tgt, config, resume=resume, out=out, seed=seed, progress=progress, init=init, cli_options=raw,
+    model, summary = _fit(tgt, config, resume=resume, out=out, seed=seed, progress=show_progress(progress, as_json),
+                          init=init, cli_options=raw,
                           n_hidden=hidden, mu2=mu2, learn_mu2=learn_mu2, mu0=mu0, init_std=init_std, sigma_h=sigma_h,
                           learn_eta=learn_eta)
     if tgt.data is not None:
@@ -421,7 +422,7 @@ def spectrum(
     data: Optional[str] = typer.Option(None, "--data", help="Spectrum of a data set's correlator instead: mnist, digits or a file."),
     center: bool = typer.Option(False, "--center", help="With --data: the connected (centred) correlator."),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", help="With --data: a random subset (seeded by --seed)."),
-    seed: int = SEED_OPTION,
+    seed: int = typer.Option(0, "--seed", help="Seed of every random stream (nothing is written)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Save the spectrum figure (PNG)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot."),
     as_json: bool = JSON_OPTION,
@@ -501,7 +502,7 @@ def sample(
     seed: int = SEED_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Ensemble file to write (HDF5), analysable with lftml analyze."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out / --grid."),
-    progress: bool = typer.Option(False, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Optional[bool] = PROGRESS_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate configurations from a trained RBM (an lftml ensemble) and/or a grid of digits."""
@@ -528,7 +529,7 @@ def sample(
             if out is not None:
                 with OutputLock(out, "ensemble"):
                     summary = sample_to_ensemble(model, out, n_configs=n_configs, n_chains=chains, n_therm=therm, every=every,
-                                                 method=method, seed=seed, progress=progress)
+                                                 method=method, seed=seed, progress=show_progress(progress, as_json))
             if grid is not None:
                 summary["grid"] = digit_grid(model, grid, n_images=grid_size, n_sweeps=therm, seed=seed, method=method)
     except KeyboardInterrupt:
@@ -560,7 +561,7 @@ def likelihood(
     log_z: str = typer.Option("auto", "--log-z", help="Scalar-Bernoulli RBM: log Z by enumeration (2^N_h states), ais, or auto (enumeration for N_h <= 20)."),
     ais_runs: int = typer.Option(1000, "--ais-runs", help="AIS: independent annealing runs (the error is their spread)."),
     ais_betas: int = typer.Option(1000, "--ais-betas", help="AIS: number of inverse temperatures from 0 to 1."),
-    seed: int = SEED_OPTION,
+    seed: int = typer.Option(0, "--seed", help="Seed of every random stream (nothing is written)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Log-likelihood per image log p(phi) of data: Gaussian RBM in closed form; scalar-Bernoulli RBM

@@ -244,7 +244,7 @@ def analyze_scan(
         raise LftmlError(f"--out {target} is not a folder; create it first")
     names = ["analysis.json", "analysis.csv", *(FIGURES if plot else ())]
     for n in names:
-        check_output(target / n, overwrite=overwrite)
+        check_output(target / n, overwrite=overwrite, option="--out" if out is not None else "the scan's analysis output")
     rows = point_table(directory, discard=discard)
     crossings = _crossings(rows, directory, discard, n_bootstrap, seed)
     found = [c for c in crossings if c.get("kappa") is not None and c.get("error") is not None]

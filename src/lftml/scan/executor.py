@@ -63,6 +63,9 @@ def check_backend(cluster: str | None = "local", *, workers: int | None = None, 
         raise LftmlError(f"--cluster {kind!r} is unknown; use one of {', '.join(CLUSTERS)}")
     if workers is not None and workers < 1:
         raise LftmlError(f"--workers must be >= 1, got {workers}")
+    if workers is not None and kind != "local":
+        raise LftmlError(f"--workers applies to --cluster local; --cluster {kind} "
+                         + ("runs every point in this process" if kind == "serial" else "takes its jobs from [cluster] jobs"))
     if scheduler is not None and not dask_available():
         raise LftmlError("--scheduler needs Dask: pip install 'lftml[dask]'")
     if kind in ("slurm", "pbs") and importlib.util.find_spec("dask_jobqueue") is None:

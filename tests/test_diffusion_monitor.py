@@ -58,20 +58,21 @@ def test_gain_ceiling_is_the_closed_form_kl_and_log_z_of_two_gaussians(free_pair
 
 class _GaussianScoreModel:
     """Just what :func:`likelihood_gain` reads of a score model: the analytic part is the exact
-    diffused score of ``N(0, c_q)`` and the full model that of ``N(0, c_p)`` (model units, scale 1)."""
+    diffused score of ``N(0, c_q)`` and the full model that of ``N(0, c_p)`` (model units); ``scale``
+    the model-unit factor, ``theory`` a theory record or None."""
 
     training = False
 
-    def __init__(self, c_p: np.ndarray, c_q: np.ndarray, sde: VESDE):
+    def __init__(self, c_p: np.ndarray, c_q: np.ndarray, sde: VESDE, scale: float = 1.0, theory: dict | None = None):
         self.c_p = torch.as_tensor(c_p, dtype=torch.float32)
         self.c_q = torch.as_tensor(c_q, dtype=torch.float32)
         self.lattice_shape = tuple(c_p.shape)
         self.volume = int(c_p.size)
         self.sde = sde
-        self.theory = None
+        self.theory = theory
         self.power_spectrum = self.c_p  # the data's two-point function (the TSM blend uses it)
         self.sigma_data = float(np.sqrt(c_p.mean()))
-        self.scaling = type("Scaling", (), {"scale": 1.0})()
+        self.scaling = type("Scaling", (), {"scale": scale})()
         self.net = torch.nn.Linear(1, 1)
 
     def eval(self):

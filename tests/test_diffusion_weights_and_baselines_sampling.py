@@ -17,12 +17,13 @@ from lftml.diffusion.baselines import GaussianBaseline, MixtureBaseline
 from lftml.diffusion.gaussian import GaussianScore
 from lftml.diffusion.model import ScoreModel
 from lftml.diffusion.monitor import gain_ceiling, likelihood_gain
-from lftml.diffusion.nets import UNet, preset
 from lftml.diffusion.sampling import sample_path_weighted
 from lftml.diffusion.sde import VESDE
 from lftml.lattice import Lattice
 from lftml.stats import gamma_method
 from lftml.theories import FreeScalar
+from test_diffusion_exact import _random_model
+from test_diffusion_monitor import _GaussianScoreModel
 
 Z = 4.0  # z-score bound of every statistical check (two-sided, ~6e-5 per check for a Gaussian)
 
@@ -138,17 +139,9 @@ def test_path_weights_without_an_analytic_part_give_the_free_field_log_z():
 
 
 def _untrained_mixture_model(shape=(4, 4)) -> ScoreModel:
-    """The ``mixture`` model of test_diffusion_exact's ``_random_model`` with its network's output
-    zeroed: its score is the exact diffused score of ``1/2 N(mu, C) + 1/2 N(-mu, C)``."""
-    g = torch.Generator().manual_seed(11)
-    net = UNet(preset("tiny"), g)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    ps = torch.rand(shape, generator=g) + 0.2
-    ps = 0.5 * (ps + torch.roll(torch.flip(ps, (0, 1)), (1, 1), (0, 1)))
-    model = ScoreModel(net, VESDE(25.0), shape, parametrization="mixture", sigma_data=0.7,
-                       power_spectrum=ps, vacuum=0.6).eval()
+    """test_diffusion_exact's ``mixture`` model with its network's output zeroed: its score is the
+    exact diffused score of ``1/2 N(mu, C) + 1/2 N(-mu, C)``."""
+    model = _random_model("mixture", shape)
     model.net.zero_output_layers()
     return model
 
@@ -239,43 +232,6 @@ def test_mixture_baseline_samples_both_vacua_with_equal_weight():
 
 
 # ------------------------------------------------------------------ likelihood_gain
-
-
-class _GaussianScoreModel:
-    """Just what :func:`likelihood_gain` reads of a score model (as in test_diffusion_monitor): the
-    analytic part is the exact diffused score of ``N(0, c_q)``, the full model that of ``N(0, c_p)``
-    (model units); ``scale`` the model-unit factor, ``theory`` a theory record or None."""
-
-    training = False
-
-    def __init__(self, c_p, c_q, sde: VESDE, scale: float = 1.0, theory: dict | None = None):
-        self.c_p = torch.as_tensor(c_p, dtype=torch.float32)
-        self.c_q = torch.as_tensor(c_q, dtype=torch.float32)
-        self.lattice_shape = tuple(c_p.shape)
-        self.volume = int(c_p.size)
-        self.sde = sde
-        self.theory = theory
-        self.power_spectrum = self.c_p
-        self.sigma_data = float(np.sqrt(c_p.mean()))
-        self.scaling = type("Scaling", (), {"scale": scale})()
-        self.net = torch.nn.Linear(1, 1)
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
-
-    def _score(self, x, t, c):
-        s2 = (self.sde.std(t.double()) ** 2).float().reshape(-1, 1, 1)
-        return -torch.fft.ifft2(torch.fft.fft2(x) / (c + s2)).real
-
-    def score_parts(self, x, t):
-        a = self._score(x, t, self.c_q)
-        return a, self._score(x, t, self.c_p) - a
-
-    def __call__(self, x, t):
-        return self._score(x, t, self.c_p)
 
 
 @pytest.fixture(scope="module")

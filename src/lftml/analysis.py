@@ -16,7 +16,6 @@ tau_int is in units of the measurement spacing of the file.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import math
 from contextlib import contextmanager
@@ -75,7 +74,6 @@ REFERENCE_LABELS = {
     "dt0_limit": "dt = 0 limit (this ensemble has O(dt) bias)",
     "target": "target",
 }
-
 
 
 def reference_label(key: str | None, result: dict[str, Any]) -> str:

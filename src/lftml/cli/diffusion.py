@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from lftml.cli.common import PROGRESS_OPTION, show_progress, JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, parse_shape, require_file
+from lftml.cli.common import (JSON_OPTION, PROGRESS_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err,
+                              parse_shape, require_file, show_progress)
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Diffusion models (VE SDE + periodic U-Net) trained on lattice ensembles.", no_args_is_help=True)

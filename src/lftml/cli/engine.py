@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import typer
 
-from lftml.cli.common import (PROGRESS_OPTION, show_progress, JSON_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err, given_on_command_line,
-                              parse_shape, require_file)
+from lftml.cli.common import (JSON_OPTION, PROGRESS_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err,
+                              given_on_command_line, parse_shape, require_file, show_progress)
 from lftml.errors import LftmlError
 
 SHAPE_HELP = "Lattice extents, e.g. --shape 32 32 (any dimension)."

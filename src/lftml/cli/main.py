@@ -39,8 +39,13 @@ class _Group(TyperGroup):
             ctx.exit(2)
         except UsageError as exc:  # a subcommand's bad option or value
             _usage_error(ctx, exc)
-        except BrokenPipeError:  # stdout closed by its reader (`lftml analyze f.h5 | head -1`): not an error
-            _silence_stdout()
+        except BrokenPipeError as exc:
+            if not _stdout_closed():  # another pipe (a worker's, a FIFO output): a real I/O failure
+                from lftml.safeio import write_error
+
+                typer.echo(f"error: {write_error(exc, getattr(exc, 'filename', None) or 'a file', 'access')}", err=True)
+                ctx.exit(2)
+            _silence_stdout()  # stdout closed by its reader (`lftml analyze f.h5 | head -1`): not an error
             ctx.exit(0)
         except OSError as exc:  # an I/O failure no command turned into a message itself
             from lftml.safeio import write_error
@@ -73,6 +78,18 @@ class _Group(TyperGroup):
 
 
 _LEAF = "lftml.command"  # ctx.meta key (meta is shared by a context and its children)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _silence_stdout() -> None:

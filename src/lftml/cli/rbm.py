@@ -18,7 +18,8 @@ from typing import Optional
 
 import typer
 
-from lftml.cli.common import PROGRESS_OPTION, show_progress, JSON_OPTION, SEED_OPTION, check_seed, deprecated_option, emit_json, fmt_err, parse_shape, require_file
+from lftml.cli.common import (JSON_OPTION, PROGRESS_OPTION, SEED_OPTION, check_seed, deprecated_option, emit_json,
+                              fmt_err, parse_shape, require_file, show_progress)
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Scalar-field restricted Boltzmann machines (Gaussian RBM as a lattice field theory).", no_args_is_help=True)

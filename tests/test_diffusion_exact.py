@@ -470,6 +470,9 @@ def test_cli_sample_stores_path_weights_and_analyze_reweights(tmp_path, model_fi
     m = run_cli("diffusion", "metropolis", "--model", model_file, "--n-configs", "40", "--steps", "6",
                 "--out", tmp_path / "chain.h5", "--json", check=True).json()
     assert m["exact"] and 0 <= m["acceptance"] <= 1 and "tau_int_chain" in m
+    assert all(m["tau_int_chain_error"][k] > 0 for k in ("M", "abs_M", "action_density"))  # no tau_int without its error
+    table = run_cli("diffusion", "metropolis", "--model", model_file, "--n-configs", "40", "--steps", "6", check=True).stdout
+    assert f"tau_int(M) {m['tau_int_chain']['M']:.2f}({m['tau_int_chain_error']['M']:.2f})" in table
     # the acceptance's error is the Gamma method's over the realised chain's accept indicator
     # (rejections come in runs, so it is not the binomial sqrt(a(1-a)/N))
     est = metropolis_acceptance(log_w, np.random.default_rng(np.random.SeedSequence(0).spawn(2)[1]))

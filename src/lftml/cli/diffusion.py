@@ -428,9 +428,11 @@ def metropolis(
         return
     w = res["weights_summary"]
     typer.echo(f"independence Metropolis ({'exact path weights' if res['exact'] else 'PF-ODE log q, approximate'}): "
-               f"acceptance {fmt_err(res['acceptance'], res['acceptance_error'])}, tau_int(M) {res['tau_int_chain']['M']:.2f}, "
-               f"tau_int(S) {res['tau_int_chain']['action_density']:.2f}"
-               + (f" (HMC tau_int(M) {res['autocorrelation']['hmc']['tau_int']:.2f})" if "autocorrelation" in res else ""))
+               f"acceptance {fmt_err(res['acceptance'], res['acceptance_error'])}, "
+               f"tau_int(M) {res['tau_int_chain']['M']:.2f}({res['tau_int_chain_error']['M']:.2f}), "
+               f"tau_int(S) {res['tau_int_chain']['action_density']:.2f}({res['tau_int_chain_error']['action_density']:.2f})"
+               + (f" (HMC tau_int(M) {res['autocorrelation']['hmc']['tau_int']:.2f}"
+                  f"({res['autocorrelation']['hmc']['tau_int_error']:.2f}))" if "autocorrelation" in res else ""))
     rw = res["reweighted"]
     for k, label in (("susceptibility", "chi_2"), ("binder", "U_L"), ("action_density", "<S>/V")):
         typer.echo(f"{label:>6}: chain {fmt_err(res['metropolis_chain'][k]['value'], res['metropolis_chain'][k]['error'])}, "

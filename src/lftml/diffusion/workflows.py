@@ -387,6 +387,9 @@ def _metropolis_estimates(M_gen: np.ndarray, s: np.ndarray, idx: np.ndarray, log
         "weights_summary": weight_diagnostics(log_w, V),
         "tau_int_chain": {"M": chain["magnetisation"]["tau_int"], "abs_M": chain["abs_magnetisation"]["tau_int"],
                           "action_density": chain["action_density"]["tau_int"]},
+        "tau_int_chain_error": {"M": chain["magnetisation"]["tau_int_error"],
+                                "abs_M": chain["abs_magnetisation"]["tau_int_error"],
+                                "action_density": chain["action_density"]["tau_int_error"]},
         "log_w_std": float(np.std(log_w)),
     }
 

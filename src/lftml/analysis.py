@@ -249,11 +249,11 @@ def _analyze(ens: Ensemble, discard: int, S: float, correlators: bool) -> dict[s
     )
     result["reweighted"] = ens.log_weights is not None
     rec = ens.records
-    result["acceptance"] = float(np.mean(rec["accepted"])) if "accepted" in rec and rec["accepted"].size else None
-    result["acceptance_error"] = None  # None: too few records, or every update had the same outcome
-    if result["acceptance"] is not None:
+    result["acceptance"] = result["acceptance_error"] = None  # error None: too few records, or one outcome only
+    if "accepted" in rec and rec["accepted"].size:
         acc = np.asarray(rec["accepted"], dtype=np.float64)
         acc = acc.reshape(acc.shape[0], -1)
+        result["acceptance"] = float(acc.mean())
         if acc.shape[0] >= 4 and np.ptp(acc) > 0:  # Gamma method over records x chains: correlated outcomes
             result["acceptance_error"] = gamma_method(acc, S=S, name="acceptance").error
     if "exp_minus_dH" in rec and rec["exp_minus_dH"].size:

@@ -30,7 +30,8 @@ except ImportError:  # pragma: no cover - depends on the typer release
     from click.exceptions import UsageError
 
 __all__ = [
-    "JSON_OPTION", "SEED_OPTION", "MULTI_VALUE_OPTIONS", "ParameterSource", "UsageError", "emit_json", "fmt_err",
+    "JSON_OPTION", "PROGRESS_OPTION", "SEED_OPTION", "MULTI_VALUE_OPTIONS", "ParameterSource", "UsageError",
+    "check_typed_output", "emit_json", "fmt_err", "show_progress",
     "given_on_command_line",
     "get_current_context", "normalize_argv", "parse_shape", "require_file", "to_jsonable",
 ]
@@ -160,6 +161,19 @@ def being_written(path: str | Path, what: str = "file") -> LftmlError | None:
         return None
     return LftmlError(f"{what} {path} is being written by another lftml process ({holder}); it appears when "
                       "that run finishes")
+
+
+def check_typed_output(path: Path, suffix: str, what: str, *, option: str, overwrite: bool,
+                       inputs: tuple = ()) -> Path:
+    """An output of one file type (``suffix``: ``.png`` for --plot figures, ``.npz`` for arrays),
+    checked before any work: the name must end in ``suffix`` (a writer that appends it, as
+    ``np.savez`` does, would write another file than the one named), then
+    :func:`lftml.safeio.check_output`."""
+    from lftml.safeio import check_output
+
+    if Path(path).suffix.lower() != suffix:
+        raise LftmlError(f"{option} {path}: {what}; give a name ending in {suffix}")
+    return check_output(path, overwrite=overwrite, inputs=inputs, option=option)
 
 
 def require_file(path: Path, what: str = "file") -> Path:

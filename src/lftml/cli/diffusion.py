@@ -13,8 +13,8 @@ from typing import Optional
 
 import typer
 
-from lftml.cli.common import (JSON_OPTION, PROGRESS_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err,
-                              parse_shape, require_file, show_progress)
+from lftml.cli.common import (JSON_OPTION, PROGRESS_OPTION, SEED_OPTION, check_typed_output, deprecated_option,
+                              emit_json, fmt_err, parse_shape, require_file, show_progress)
 from lftml.errors import LftmlError
 
 app = typer.Typer(help="Diffusion models (VE SDE + periodic U-Net) trained on lattice ensembles.", no_args_is_help=True)
@@ -129,11 +129,6 @@ def train(
                f"configurations: final loss {res['final_loss']:.4f}{extra}; model {res['model']}, loss curve {res['loss_png']}")
 
 
-def _progress(flag: Optional[bool], as_json: bool) -> bool:
-    """``--progress/--no-progress``: :func:`lftml.cli.common.show_progress`."""
-    return show_progress(flag, as_json)
-
-
 def _interrupted(out: Optional[Path]) -> None:
     """The one line for SIGINT/SIGTERM in a one-shot writer (exit 130), called in its ``except
     KeyboardInterrupt``: names what was completed (:class:`~lftml.diffusion.workflows.OutputsInterrupted`)."""
@@ -217,7 +212,7 @@ def sample(
     set_threads(threads)
     try:
         res = sample_to_file(model, out, n=n_configs, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                             schedule=schedule, snr=snr, device=device, progress=_progress(progress, as_json),
+                             schedule=schedule, snr=snr, device=device, progress=show_progress(progress, as_json),
                              strip_png=plot, weights=weights, probes=probes, overwrite=overwrite,
                              network_below=network_below, smc_moves=smc_moves,
                              shape=parse_shape(shape) if shape is not None else None)
@@ -318,16 +313,11 @@ def likelihood(
     require_file(model, "model file")
     if data is not None:
         require_file(data, "ensemble")
-    from lftml.safeio import check_output
-
     if out is not None:
-        if out.suffix.lower() != ".npz":
-            raise LftmlError(f"--out {out}: the arrays are written as an npz file; give a name ending in .npz")
-        check_output(out, overwrite=overwrite, inputs=[model, data], option="--out")
+        check_typed_output(out, ".npz", "the arrays are written as an npz file", option="--out", overwrite=overwrite,
+                           inputs=(model, data))
     if png is not None:
-        if png.suffix.lower() != ".png":
-            raise LftmlError(f"--plot {png}: figures are PNG files; give a name ending in .png")
-        check_output(png, overwrite=overwrite, inputs=[model, data], option="--plot")
+        check_typed_output(png, ".png", "figures are PNG files", option="--plot", overwrite=overwrite, inputs=(model, data))
     set_threads(threads)
     settings = LikelihoodSettings(probes=probes, probe=probe, solver=solver, rtol=rtol, atol=atol, steps=steps)
     res = likelihood_report(model, data=data, generate_n=generate, settings=settings, seed=seed,
@@ -419,7 +409,7 @@ def metropolis(
     try:
         res = metropolis_report(model, hmc, n=n_configs, weights=weights, steps=steps, probes=probes, seed=seed,
                                 batch_size=batch_size, max_lag=max_lag, png=plot, out=out,
-                                device=str(resolve_device(device)), progress=_progress(progress, as_json),
+                                device=str(resolve_device(device)), progress=show_progress(progress, as_json),
                                 overwrite=overwrite, network_below=network_below)
     except KeyboardInterrupt:
         _interrupted(out)

@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import typer
 
-from lftml.cli.common import (JSON_OPTION, PROGRESS_OPTION, SEED_OPTION, deprecated_option, emit_json, fmt_err,
-                              given_on_command_line, parse_shape, require_file, show_progress)
+from lftml.cli.common import (JSON_OPTION, PROGRESS_OPTION, SEED_OPTION, check_typed_output, deprecated_option,
+                              emit_json, fmt_err, given_on_command_line, parse_shape, require_file, show_progress)
 from lftml.errors import LftmlError
 
 SHAPE_HELP = "Lattice extents, e.g. --shape 32 32 (any dimension)."
@@ -372,11 +372,7 @@ def register(app: typer.Typer) -> None:
             return
         require_file(path, "ensemble file")
         if plot is not None:
-            from lftml.safeio import check_output
-
-            if plot.suffix.lower() != ".png":
-                raise LftmlError(f"--plot {plot}: figures are PNG files; give a name ending in .png")
-            check_output(plot, overwrite=overwrite, inputs=[path], option="--plot")
+            check_typed_output(plot, ".png", "figures are PNG files", option="--plot", overwrite=overwrite, inputs=(path,))
         result = analyze_file(path, discard=discard, S=S, log_warnings=as_json)  # the table prints them
         if plot is not None:
             from lftml.plots import ensemble_overview

@@ -39,15 +39,10 @@ class _Group(TyperGroup):
             ctx.exit(2)
         except UsageError as exc:  # a subcommand's bad option or value
             _usage_error(ctx, exc)
-        except BrokenPipeError as exc:
-            if not _stdout_closed():  # another pipe (a worker's, a FIFO output): a real I/O failure
-                from lftml.safeio import write_error
-
-                typer.echo(f"error: {write_error(exc, getattr(exc, 'filename', None) or 'a file', 'access')}", err=True)
-                ctx.exit(2)
-            _silence_stdout()  # stdout closed by its reader (`lftml analyze f.h5 | head -1`): not an error
-            ctx.exit(0)
         except OSError as exc:  # an I/O failure no command turned into a message itself
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                _silence_stdout()  # stdout closed by its reader (`lftml analyze f.h5 | head -1`): not an error
+                ctx.exit(0)
             from lftml.safeio import write_error
 
             typer.echo(f"error: {write_error(exc, getattr(exc, 'filename', None) or 'a file', 'access')}", err=True)

@@ -216,11 +216,12 @@ def pf_ode_prior(score_fn, sde: VESDE):
     if c is None:
         return sde.prior_log_prob, sde.prior_sample
     from lftml.diffusion.baselines import GaussianBaseline, MixtureBaseline
-    from lftml.diffusion.sampling import color_noise, symmetrize_spectrum
+    from lftml.diffusion.sampling import color_noise
 
-    var = symmetrize_spectrum(torch.as_tensor(c, dtype=torch.float64).cpu()) + sde.sigma_max**2
+    gauss = GaussianBaseline(torch.as_tensor(c, dtype=torch.float64).cpu() + sde.sigma_max**2)  # symmetrises c
+    var = gauss.power_spectrum
     vac = score_fn.analytic_vacuum() if hasattr(score_fn, "analytic_vacuum") else None
-    density = GaussianBaseline(var) if vac is None else MixtureBaseline(GaussianBaseline(var, vac))
+    density = gauss if vac is None else MixtureBaseline(GaussianBaseline(var, vac))
 
     def log_prob(x: torch.Tensor) -> torch.Tensor:
         return density.log_prob(x.to(torch.float64).cpu())
